@@ -1,0 +1,226 @@
+"""Visual backbones: multi-scale features at strides 4/8/16/32 for every frame.
+
+- ``resnet50``: timm, ``features_only``, applied frame by frame, frozen batch norm.
+- ``video-swin-t`` / ``video-swin-b``: torchvision's ``SwinTransformer3d`` with temporal patch
+  size 1 (as in ReferFormer), so every frame keeps its own feature map while windows of 8
+  frames mix time.
+- ``tiny-cnn``: a small Conv-BN-ReLU network for the ``tiny`` preset.
+
+Every backbone maps frames ``(B, T, 3, H, W)`` to a list of four ``(B, T, C_l, H/s, W/s)``
+tensors and exposes ``out_channels``. Pretrained weights load from a local file only.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from .config import BackboneConfig
+
+log = logging.getLogger(__name__)
+
+STRIDES = (4, 8, 16, 32)
+
+
+class TinyCNN(nn.Module):
+    """Four Conv-BN-ReLU stages at strides 4, 8, 16, 32 (about 0.3 M parameters)."""
+
+    def __init__(self, channels: tuple[int, ...]) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int, stride: int) -> list[nn.Module]:
+            return [
+                nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+
+        c1, c2, c3, c4 = channels
+        self.stages = nn.ModuleList(
+            [
+                nn.Sequential(*block(3, c1 // 2, 2), *block(c1 // 2, c1, 2), *block(c1, c1, 1)),
+                nn.Sequential(*block(c1, c2, 2), *block(c2, c2, 1)),
+                nn.Sequential(*block(c2, c3, 2), *block(c3, c3, 1)),
+                nn.Sequential(*block(c3, c4, 2), *block(c4, c4, 1)),
+            ]
+        )
+        self.out_channels = tuple(channels)
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        batch = frames.shape[0]
+        x = rearrange(frames, "b t c h w -> (b t) c h w")
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(rearrange(x, "(b t) c h w -> b t c h w", b=batch))
+        return features
+
+
+class ResNet50(nn.Module):
+    """timm ResNet-50 with ``features_only`` (layers 1-4), batch norm frozen as in DETR."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        import timm
+
+        self.body = timm.create_model(
+            "resnet50", pretrained=False, features_only=True, out_indices=(1, 2, 3, 4)
+        )
+        if config.frozen_batchnorm:
+            from timm.layers import freeze_batch_norm_2d
+
+            self.body = freeze_batch_norm_2d(self.body)
+        self.out_channels = tuple(self.body.feature_info.channels())
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        batch = frames.shape[0]
+        features = self.body(rearrange(frames, "b t c h w -> (b t) c h w"))
+        return [rearrange(f, "(b t) c h w -> b t c h w", b=batch) for f in features]
+
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        _load_strict(self.body, state_dict, source)
+
+
+_SWIN_SIZES = {
+    "video-swin-t": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
+    "video-swin-b": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32]),
+}
+
+
+class VideoSwin(nn.Module):
+    """torchvision ``SwinTransformer3d`` with patch size (1, 4, 4); one norm per output level."""
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        from torchvision.models.video.swin_transformer import SwinTransformer3d
+
+        sizes = _SWIN_SIZES[config.name]
+        swin = SwinTransformer3d(
+            patch_size=[1, 4, 4],
+            window_size=list(config.window_size),
+            stochastic_depth_prob=config.drop_path_rate,
+            **sizes,
+        )
+        # Keep the patch embedding and the stages; the classification norm/head are unused.
+        self.patch_embed = swin.patch_embed
+        self.pos_drop = swin.pos_drop
+        self.features = swin.features
+        dim = sizes["embed_dim"]
+        self.out_channels = (dim, dim * 2, dim * 4, dim * 8)
+        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in self.out_channels)
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        x = self.patch_embed(rearrange(frames, "b t c h w -> b c t h w"))  # (B, T, H/4, W/4, C)
+        x = self.pos_drop(x)
+        features = []
+        for index, layer in enumerate(self.features):
+            x = layer(x)
+            if index % 2 == 0:  # stages sit at even indices, patch merging at odd ones
+                level = self.norms[index // 2](x)
+                features.append(rearrange(level, "b t h w c -> b t c h w"))
+        return features
+
+    def load_pretrained(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        state_dict = _video_swin_to_torchvision(state_dict)
+        state_dict = {
+            k: v
+            for k, v in state_dict.items()
+            if not k.startswith(("head.", "norm.")) and "relative_position_index" not in k
+        }
+        # Kinetics checkpoints embed 2-frame patches; temporal size 1 sums the kernel over time
+        # (ReferFormer's adaptation), which keeps the response to a static clip unchanged.
+        key = "patch_embed.proj.weight"
+        if key in state_dict and state_dict[key].shape[2] != 1:
+            state_dict[key] = state_dict[key].sum(dim=2, keepdim=True)
+        own = self.state_dict()
+        for name in own:
+            if name.startswith("norms.") or "relative_position_index" in name:
+                state_dict.setdefault(name, own[name])  # our level norms start fresh
+        _load_strict(self, state_dict, source)
+
+
+def _video_swin_to_torchvision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename keys of the original Video-Swin (mmaction) layout to torchvision's, if needed."""
+    if not any(k.startswith("layers.") for k in state_dict):
+        return state_dict
+    renamed = {}
+    for key, value in state_dict.items():
+        new = re.sub(r"^layers\.(\d+)\.blocks\.", lambda m: f"features.{2 * int(m[1])}.", key)
+        new = re.sub(r"^layers\.(\d+)\.downsample\.", lambda m: f"features.{2 * int(m[1]) + 1}.", new)
+        new = new.replace(".mlp.fc1.", ".mlp.0.").replace(".mlp.fc2.", ".mlp.3.")
+        new = new.replace("cls_head.fc_cls.", "head.")
+        renamed[new] = value
+    return renamed
+
+
+def _strip_prefixes(state_dict: dict) -> dict[str, torch.Tensor]:
+    """Unwrap ``{"state_dict": ...}``-style containers and DDP / whole-model key prefixes."""
+    for wrapper in ("state_dict", "model", "module"):
+        if isinstance(state_dict.get(wrapper), dict):
+            state_dict = state_dict[wrapper]
+    if state_dict and all(k.startswith("module.") for k in state_dict):
+        state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    if any(k.startswith("backbone.") for k in state_dict):
+        # A whole recogniser/detector checkpoint (mmaction's Kinetics Video-Swin): keep the backbone.
+        state_dict = {
+            k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")
+        }
+    return state_dict
+
+
+def _load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state_dict))
+        if state_dict[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"pretrained weights in {source} do not fit {type(module).__name__}: "
+            f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}), "
+            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} "
+            f"({len(unexpected)}), shape mismatches {mismatched[:10]}"
+        )
+    module.load_state_dict(state_dict, strict=True)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` file or a ``.pth``/``.pt``/``.bin`` (weights only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    # weights_only refuses arbitrary pickled objects: only tensors and containers load.
+    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def build_backbone(config: BackboneConfig, pretrained: str | Path | None = None) -> nn.Module:
+    """The configured backbone, with weights from ``pretrained`` (a local file) when given."""
+    if config.name == "tiny-cnn":
+        backbone: nn.Module = TinyCNN(config.channels)
+    elif config.name == "resnet50":
+        backbone = ResNet50(config)
+    else:
+        backbone = VideoSwin(config)
+    if pretrained is not None:
+        if not hasattr(backbone, "load_pretrained"):
+            raise ValueError(f"backbone {config.name!r} has no pretrained weights to load")
+        state_dict = _strip_prefixes(read_state_dict(pretrained))
+        backbone.load_pretrained(state_dict, str(pretrained))
+        log.info("loaded %s backbone weights from %s", config.name, pretrained)
+    return backbone

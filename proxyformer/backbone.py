@@ -83,7 +83,13 @@ class ResNet50(nn.Module):
         return [rearrange(f, "(b t) c h w -> b t c h w", b=batch) for f in features]
 
     def load_pretrained(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        own = self.body.state_dict()
+        state_dict = {
+            k: v
+            for k, v in state_dict.items()
+            # the classifier is unused; frozen batch norm keeps no num_batches_tracked counter
+            if not k.startswith("fc.") and (not k.endswith("num_batches_tracked") or k in own)
+        }
         _load_strict(self.body, state_dict, source)
 
 

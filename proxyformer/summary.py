@@ -65,6 +65,8 @@ def summarize(
         )
         for name in COMPONENTS
     }
+    direct = [p for p in model.parameters(recurse=False)]  # level embeddings
+    params["other"] = (sum(p.numel() for p in direct), sum(p.numel() for p in direct if p.requires_grad))
     model.requires_grad_(False)  # FlopCounterMode's module tracker wants no autograd graph
     video = torch.randn(1, frames, 3, *size)
     ids = torch.randint(5, 500, (1, text_length))

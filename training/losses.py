@@ -1,0 +1,166 @@
+"""Losses of ProxyFormer (paper Sec. III-B/C, Eq. 6-11).
+
+Only one object is referred to in a video, so matching is an argmin, not a Hungarian
+assignment: for every video the query whose whole trajectory (all frames) costs least under
+Eq. 10 is the positive,
+
+    cost = 2 focal_cls + 5 L1 + 2 GIoU + 5 dice + 2 mask_focal          (weights of Sec. IV-B)
+
+and the same terms, on the positive query, are the loss. Every decoder layer's auxiliary
+output is matched and supervised the same way. The JSC loss (Eq. 8) is a symmetric
+contrastive loss over the videos of a batch between the positive video-level query q (the
+temporally pooled proxy of the matched index, Eq. 6) and the joint semantics s_{v&t} (Eq. 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    cls: float = 2.0
+    l1: float = 5.0
+    giou: float = 2.0
+    dice: float = 5.0
+    focal: float = 2.0
+    jsc: float = 5.0
+    jsc_temperature: float = 0.07  # q and s are L2-normalised; see RVOSCriterion.jsc_loss
+    aux: bool = True
+
+
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)
+
+
+def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-item dice loss over the last two dims: (..., H, W) -> (...)."""
+    probs = logits.sigmoid().flatten(-2)
+    targets = targets.flatten(-2)
+    numerator = 2 * (probs * targets).sum(-1)
+    denominator = probs.sum(-1) + targets.sum(-1)
+    return 1 - (numerator + 1) / (denominator + 1)
+
+
+def upsample_masks(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Eq. 9's bilinear upsampling of (..., h, w) mask logits to the target size (H, W)."""
+    lead = mask_logits.shape[:-2]
+    flat = mask_logits.reshape(-1, 1, *mask_logits.shape[-2:])
+    return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
+
+
+class RVOSCriterion(torch.nn.Module):
+    """Matching (Eq. 10) and the total loss (Eq. 11) for a batch of videos.
+
+    ``targets`` holds, per video: ``masks`` (T, H, W) bool/float at the input resolution,
+    ``boxes`` (T, 4) normalised cx, cy, w, h, ``valid`` (T,) bool (object visible).
+    """
+
+    def __init__(self, weights: LossWeights = LossWeights()) -> None:
+        super().__init__()
+        self.weights = weights
+
+    # -- per-query terms over a whole trajectory -------------------------------------------
+
+    def query_costs(self, pred: dict, target: dict, b: int) -> dict[str, torch.Tensor]:
+        """Each loss term for every query of video ``b``: a dict of (N,) tensors."""
+        logits = pred["pred_logits"][b]  # (T, N)
+        boxes = pred["pred_boxes"][b]  # (T, N, 4)
+        masks = pred["pred_masks"][b]  # (T, N, h, w)
+        valid = target["valid"].to(logits.device)  # (T,)
+        gt_masks = target["masks"].to(masks.dtype)  # (T, H, W)
+        num_frames, num_queries = logits.shape
+        validf = valid.to(logits.dtype)
+        n_valid = validf.sum().clamp(min=1)
+
+        # Class: the query is "referred" on frames where the object is visible, not elsewhere.
+        cls_target = validf[:, None].expand(num_frames, num_queries)
+        cls = sigmoid_focal_loss(logits, cls_target, reduction="none").mean(0)  # (N,)
+
+        gt_boxes = target["boxes"].to(boxes.dtype)[:, None].expand_as(boxes)
+        l1 = ((boxes - gt_boxes).abs().sum(-1) * validf[:, None]).sum(0) / n_valid
+        giou = generalized_box_iou_loss(
+            box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(gt_boxes), reduction="none"
+        )
+        giou = (giou * validf[:, None]).sum(0) / n_valid
+
+        full = upsample_masks(masks, gt_masks.shape[-2:])  # (T, N, H, W)
+        gt = gt_masks[:, None].expand_as(full)
+        dice = dice_loss(full, gt).mean(0)
+        focal = sigmoid_focal_loss(full, gt, reduction="none").flatten(-2).mean(-1).mean(0)
+        return {"cls": cls, "l1": l1, "giou": giou, "dice": dice, "focal": focal}
+
+    def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        w = self.weights
+        return (
+            w.cls * terms["cls"] + w.l1 * terms["l1"] + w.giou * terms["giou"]
+            + w.dice * terms["dice"] + w.focal * terms["focal"]
+        )  # fmt: skip
+
+    # -- matching and losses ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def match(self, pred: dict, targets: list[dict]) -> torch.Tensor:
+        """Eq. 10: index of the positive query of every video, (B,) long."""
+        return torch.stack(
+            [self.weighted(self.query_costs(pred, t, b)).argmin() for b, t in enumerate(targets)]
+        )
+
+    def prediction_losses(self, pred: dict, targets: list[dict]) -> tuple[dict, torch.Tensor]:
+        matched = self.match(pred, targets)
+        per_video = [self.query_costs(pred, t, b) for b, t in enumerate(targets)]
+        losses = {
+            name: torch.stack([costs[name][matched[b]] for b, costs in enumerate(per_video)]).mean()
+            for name in ("l1", "giou", "dice", "focal")
+        }
+        # The class loss covers every query: the unmatched ones are pushed to "not referred".
+        cls = []
+        for b, target in enumerate(targets):
+            logits = pred["pred_logits"][b]
+            labels = torch.zeros_like(logits)
+            labels[:, matched[b]] = target["valid"].to(logits)
+            n_pos = labels.sum().clamp(min=1)
+            cls.append(sigmoid_focal_loss(logits, labels, reduction="sum") / n_pos)
+        losses["cls"] = torch.stack(cls).mean()
+        return losses, matched
+
+    def jsc_loss(self, video_queries: torch.Tensor, joint: torch.Tensor, matched: torch.Tensor):
+        """Eq. 8 between q = Q_v[b, matched[b]] and s_{v&t}[b] over the B videos.
+
+        Both are L2-normalised and the dot products divided by a temperature (as CLIP does):
+        raw dot products of 256-d vectors saturate the softmax at initialisation.
+        """
+        q = video_queries[torch.arange(len(matched), device=matched.device), matched]  # (B, C)
+        x = F.normalize(q, dim=-1)
+        y = F.normalize(joint, dim=-1)
+        logits = x @ y.t() / self.weights.jsc_temperature  # (B, B)
+        labels = torch.arange(len(matched), device=logits.device)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+
+    def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
+        """All loss terms, their weighted sum as ``loss`` and the matched indices as ``matched``."""
+        if len(targets) != outputs["pred_logits"].shape[0]:
+            raise ValueError(
+                f"{len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} videos"
+            )
+        losses, matched = self.prediction_losses(outputs, targets)
+        total = self.weighted(losses)
+        if self.weights.aux:
+            for i, aux in enumerate(outputs.get("aux_outputs", [])):
+                aux_losses, _ = self.prediction_losses(aux, targets)
+                total = total + self.weighted(aux_losses)
+                losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        if self.weights.jsc > 0 and len(targets) > 1:
+            losses["jsc"] = self.jsc_loss(outputs["video_queries"], outputs["joint_semantics"], matched)
+            total = total + self.weights.jsc * losses["jsc"]
+        losses["loss"] = total
+        losses["matched"] = matched
+        return losses
+
+    def describe(self) -> dict:
+        return asdict(self.weights)

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast summary clean
+.PHONY: setup demo test test-fast summary data checkpoint clean
 
 setup: $(STAMP)
 
@@ -30,6 +30,25 @@ test-fast: setup
 summary: setup
 	for preset in paper-r50 paper-swin-t paper-swin-b; do \
 		$(PY) -m proxyformer.summary --preset $$preset --frames 19 --size 360x640; done
+
+# The shipped tiny checkpoint: synthetic data, training on the CPU, evaluation, copy.
+SYNTH ?= data/synth
+CKPT_RUN ?= runs/tiny-synthetic
+CKPT_OUT ?= checkpoints/tiny-synthetic
+TRAIN_RECIPE ?= --preset tiny --epochs 100 --max-steps 2000 --batch-size 4 --num-frames 4 \
+	--lr 5e-4 --lr-backbone 5e-4 --lr-drop 100 --train-scales 128 --save-every 250 \
+	--log-every 25 --workers 0 --seed 42
+
+data: setup
+	$(PY) -m training.data.synthetic --out $(SYNTH) --videos 400 --frames 12 --size 128x224 --seed 0
+
+checkpoint: data
+	$(PY) training/train.py --data $(SYNTH) --out $(CKPT_RUN) $(TRAIN_RECIPE)
+	$(PY) training/evaluate.py --checkpoint $(CKPT_RUN)/final --data $(SYNTH) --split valid \
+		--out $(CKPT_RUN)/eval_valid.json
+	mkdir -p $(CKPT_OUT)
+	cp $(CKPT_RUN)/final/model.safetensors $(CKPT_RUN)/final/config.json \
+		$(CKPT_RUN)/final/tokenizer.json $(CKPT_RUN)/eval_valid.json $(CKPT_OUT)/
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

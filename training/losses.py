@@ -54,11 +54,20 @@ def upsample_masks(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Te
     return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
 
 
+def _annotated(target: dict, like: torch.Tensor) -> torch.Tensor:
+    """(T,) float: 1 for frames with an annotation (all of them unless told otherwise)."""
+    if "annotated" in target:
+        return target["annotated"].to(like)
+    return torch.ones(like.shape[0], dtype=like.dtype, device=like.device)
+
+
 class RVOSCriterion(torch.nn.Module):
     """Matching (Eq. 10) and the total loss (Eq. 11) for a batch of videos.
 
     ``targets`` holds, per video: ``masks`` (T, H, W) bool/float at the input resolution,
-    ``boxes`` (T, 4) normalised cx, cy, w, h, ``valid`` (T,) bool (object visible).
+    ``boxes`` (T, 4) normalised cx, cy, w, h, ``valid`` (T,) bool (object visible), and
+    optionally ``annotated`` (T,) bool: frames without annotation (A2D's neighbours of the
+    annotated frame) contribute to no term.
     """
 
     def __init__(self, weights: LossWeights = LossWeights()) -> None:
@@ -72,15 +81,17 @@ class RVOSCriterion(torch.nn.Module):
         logits = pred["pred_logits"][b]  # (T, N)
         boxes = pred["pred_boxes"][b]  # (T, N, 4)
         masks = pred["pred_masks"][b]  # (T, N, h, w)
-        valid = target["valid"].to(logits.device)  # (T,)
+        annotated = _annotated(target, logits)  # (T,) float
+        n_annotated = annotated.sum().clamp(min=1)
+        validf = target["valid"].to(logits) * annotated
         gt_masks = target["masks"].to(masks.dtype)  # (T, H, W)
         num_frames, num_queries = logits.shape
-        validf = valid.to(logits.dtype)
         n_valid = validf.sum().clamp(min=1)
 
         # Class: the query is "referred" on frames where the object is visible, not elsewhere.
         cls_target = validf[:, None].expand(num_frames, num_queries)
-        cls = sigmoid_focal_loss(logits, cls_target, reduction="none").mean(0)  # (N,)
+        cls = sigmoid_focal_loss(logits, cls_target, reduction="none")
+        cls = (cls * annotated[:, None]).sum(0) / n_annotated  # (N,)
 
         gt_boxes = target["boxes"].to(boxes.dtype)[:, None].expand_as(boxes)
         l1 = ((boxes - gt_boxes).abs().sum(-1) * validf[:, None]).sum(0) / n_valid
@@ -91,8 +102,9 @@ class RVOSCriterion(torch.nn.Module):
 
         full = upsample_masks(masks, gt_masks.shape[-2:])  # (T, N, H, W)
         gt = gt_masks[:, None].expand_as(full)
-        dice = dice_loss(full, gt).mean(0)
-        focal = sigmoid_focal_loss(full, gt, reduction="none").flatten(-2).mean(-1).mean(0)
+        dice = (dice_loss(full, gt) * annotated[:, None]).sum(0) / n_annotated
+        focal = sigmoid_focal_loss(full, gt, reduction="none").flatten(-2).mean(-1)
+        focal = (focal * annotated[:, None]).sum(0) / n_annotated
         return {"cls": cls, "l1": l1, "giou": giou, "dice": dice, "focal": focal}
 
     def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -122,10 +134,12 @@ class RVOSCriterion(torch.nn.Module):
         cls = []
         for b, target in enumerate(targets):
             logits = pred["pred_logits"][b]
+            annotated = _annotated(target, logits)
             labels = torch.zeros_like(logits)
-            labels[:, matched[b]] = target["valid"].to(logits)
+            labels[:, matched[b]] = target["valid"].to(logits) * annotated
             n_pos = labels.sum().clamp(min=1)
-            cls.append(sigmoid_focal_loss(logits, labels, reduction="sum") / n_pos)
+            per_item = sigmoid_focal_loss(logits, labels, reduction="none") * annotated[:, None]
+            cls.append(per_item.sum() / n_pos)
         losses["cls"] = torch.stack(cls).mean()
         return losses, matched
 

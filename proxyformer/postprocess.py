@@ -1,0 +1,46 @@
+"""Inference post-processing (DESIGN.md): from raw outputs to one mask track per expression.
+
+Per expression: the class score of each query is averaged over frames, the best query wins,
+and its mask logits are upsampled to the model input size (Eq. 9), thresholded at 0.5 after
+a sigmoid, and resized to the original video size.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def select_masks(
+    outputs: dict,
+    input_size: tuple[int, int],
+    output_size: tuple[int, int] | None = None,
+    threshold: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Best query per expression.
+
+    Args:
+        outputs: the model's ``pred_logits`` (E, T, N) and ``pred_masks`` (E, T, N, h, w).
+        input_size: (H, W) of the frames given to the model.
+        output_size: (H0, W0) of the original video; defaults to ``input_size``.
+        threshold: probability above which a pixel is foreground.
+    Returns:
+        masks (E, T, H0, W0) bool, scores (E,) the chosen query's mean probability,
+        and the chosen query indices (E,).
+    """
+    logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
+    scores = logits.sigmoid().mean(dim=1)  # (E, N)
+    best_scores, best = scores.max(dim=1)
+    index = best[:, None, None, None, None].expand(-1, mask_logits.shape[1], 1, *mask_logits.shape[-2:])
+    chosen = mask_logits.gather(2, index).squeeze(2)  # (E, T, h, w)
+    # Eq. 9: bilinear to the input size (masks are at stride 4, cropped to ceil(H/4)).
+    full = F.interpolate(
+        chosen.flatten(0, 1)[:, None].float(),
+        size=(chosen.shape[-2] * 4, chosen.shape[-1] * 4),
+        mode="bilinear",
+        align_corners=False,
+    )[..., : input_size[0], : input_size[1]]
+    if output_size is not None and tuple(output_size) != tuple(input_size):
+        full = F.interpolate(full, size=tuple(output_size), mode="bilinear", align_corners=False)
+    masks = full.sigmoid() > threshold
+    return masks[:, 0].unflatten(0, chosen.shape[:2]), best_scores, best

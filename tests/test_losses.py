@@ -1,0 +1,85 @@
+"""Losses on constructed cases: a perfect prediction costs almost nothing, a swapped one a lot."""
+
+import torch
+
+from training.losses import RVOSCriterion, dice_loss
+
+
+def make_targets(batch=2, frames=3, size=(32, 48)):
+    targets = []
+    for b in range(batch):
+        masks = torch.zeros(frames, *size, dtype=torch.bool)
+        top, left = 4 + 8 * b, 6 + 10 * b
+        masks[:, top : top + 12, left : left + 16] = True
+        h, w = size
+        box = torch.tensor([(left + 8) / w, (top + 6) / h, 16 / w, 12 / h])
+        targets.append({"masks": masks, "boxes": box.expand(frames, 4).clone(), "valid": torch.ones(frames, dtype=torch.bool)})
+    return targets
+
+
+def prediction_for(targets, positive, queries=5, dim=16):
+    """Outputs whose query ``positive[b]`` reproduces video b's target exactly."""
+    batch, frames = len(targets), targets[0]["masks"].shape[0]
+    h, w = targets[0]["masks"].shape[-2:]
+    logits = torch.full((batch, frames, queries), -8.0)
+    boxes = torch.full((batch, frames, queries, 4), 0.5)
+    masks = torch.full((batch, frames, queries, h // 4, w // 4), -20.0)
+    for b, target in enumerate(targets):
+        n = positive[b]
+        logits[b, :, n] = 8.0
+        boxes[b, :, n] = target["boxes"]
+        small = target["masks"].float()[:, None]
+        small = torch.nn.functional.avg_pool2d(small, 4)[:, 0]
+        masks[b, :, n] = (small * 2 - 1) * 20.0
+    joint = torch.randn(batch, dim)
+    video_queries = torch.randn(batch, queries, dim)
+    for b in range(batch):
+        video_queries[b, positive[b]] = joint[b] * 3  # aligned with its own video-text pair
+    return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": masks,
+            "video_queries": video_queries, "joint_semantics": joint, "aux_outputs": []}
+
+
+def test_matching_finds_the_query_that_fits():
+    targets = make_targets()
+    outputs = prediction_for(targets, positive=[3, 1])
+    assert RVOSCriterion().match(outputs, targets).tolist() == [3, 1]
+
+
+def test_perfect_prediction_costs_almost_nothing_and_a_swapped_one_a_lot():
+    criterion = RVOSCriterion()
+    targets = make_targets()
+    perfect = criterion(prediction_for(targets, [3, 1]), targets)
+    for name in ("cls", "l1", "giou", "focal"):
+        assert perfect[name] < 0.02, (name, perfect[name])
+    assert perfect["dice"] < 0.05  # stride-4 masks upsampled bilinearly blur the edges a little
+    swapped = criterion(prediction_for(targets[::-1], [3, 1]), targets)
+    assert swapped["loss"] > 10 * perfect["loss"]
+    assert swapped["l1"] > 0.2 and swapped["dice"] > 0.5
+
+
+def test_jsc_prefers_aligned_pairs():
+    criterion = RVOSCriterion()
+    targets = make_targets(batch=4)
+    outputs = prediction_for(targets, [0, 1, 2, 3])
+    aligned = criterion(outputs, targets)["jsc"]
+    outputs["joint_semantics"] = outputs["joint_semantics"][[1, 2, 3, 0]]
+    misaligned = criterion(outputs, targets)["jsc"]
+    assert aligned < 0.1 < misaligned
+
+
+def test_invisible_frames_carry_no_box_loss():
+    criterion = RVOSCriterion()
+    targets = make_targets(batch=1)
+    outputs = prediction_for(targets, [2])
+    targets[0]["valid"][1] = False
+    targets[0]["masks"][1] = False
+    outputs["pred_boxes"][0, 1, 2] = torch.tensor([0.9, 0.9, 0.1, 0.1])  # wrong, but not visible
+    costs = criterion.query_costs(outputs, targets[0], 0)
+    assert costs["l1"][2] < 1e-6 and costs["giou"][2] < 1e-6
+
+
+def test_dice_loss_bounds():
+    target = torch.zeros(1, 8, 8)
+    target[0, 2:6, 2:6] = 1
+    assert dice_loss(target * 40 - 20, target) < 0.01
+    assert dice_loss(-(target * 40 - 20), target) > 0.9

@@ -1,0 +1,154 @@
+"""Training: the loss falls, resume is exact, SIGTERM saves, DDP runs, evaluation writes."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.data.collate import RVOSCollate
+from training.data.synthetic import write_dataset
+from training.data.transforms import flip_expression
+from training.data.ytvos import RefYouTubeVOS, sample_clip_indices
+from training.trainer import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    # 2 training videos, 1 validation video: a few steps per epoch, so runs cross epochs.
+    return write_dataset(tmp_path_factory.mktemp("synth"), videos=3, frames=4, size=(64, 96), seed=1)
+
+
+def small_config(data, out, **changes):
+    base = dict(
+        preset="tiny", data=str(data), out=str(out), epochs=50, batch_size=2, num_frames=4,
+        lr=1e-3, lr_backbone=1e-3, lr_drop=(1,), workers=0, train_scales=(64,), max_size=None,
+        log_every=1, save_every=1000, seed=5,
+    )  # fmt: skip
+    return TrainConfig(**(base | changes))
+
+
+def read_metrics(out):
+    with open(Path(out) / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_few_steps_lower_the_loss(synth, tmp_path):
+    train(small_config(synth, tmp_path / "run", max_steps=40, lr_drop=(100,)))
+    losses = [float(r["loss"]) for r in read_metrics(tmp_path / "run")]
+    assert len(losses) == 40
+    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(synth, tmp_path):
+    straight = train(small_config(synth, tmp_path / "straight", max_steps=9))
+    interrupted = small_config(synth, tmp_path / "resumed", max_steps=4)
+    train(interrupted)
+    state = torch.load(tmp_path / "resumed/checkpoint/training_state.pt", weights_only=True)
+    assert state["step"] == 4
+    resumed = train(small_config(synth, tmp_path / "resumed", max_steps=9, resume=True))
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed weights differ in {different[:5]}"
+    rows = read_metrics(tmp_path / "resumed")
+    assert [int(r["step"]) for r in rows] == list(range(1, 10))  # no duplicated rows
+    assert int(rows[-1]["epoch"]) >= 1  # the run crossed an epoch (and the lr drop)
+
+
+def test_resume_refuses_other_options(synth, tmp_path):
+    train(small_config(synth, tmp_path / "run", max_steps=2))
+    with pytest.raises(ValueError, match="cannot resume .*'lr': \(0.001, 0.0005\)"):
+        train(small_config(synth, tmp_path / "run", max_steps=4, resume=True, lr=5e-4))
+
+
+def _command(synth, out, extra=()):
+    return [sys.executable, str(ROOT / "training/train.py"), "--preset", "tiny", "--data", str(synth),
+            "--out", str(out), "--batch-size", "2", "--num-frames", "4", "--workers", "0",
+            "--train-scales", "64", "--log-every", "1", "--seed", "5", *extra]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(synth, tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen(_command(synth, out, ["--max-steps", "10000"]), cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (out / "metrics.csv").exists():
+        time.sleep(0.5)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output
+    assert "SIGTERM received" in output
+    state = torch.load(out / "checkpoint/training_state.pt", weights_only=True)
+    assert state["step"] >= 1
+    finish = subprocess.run(_command(synth, out, ["--max-steps", str(state["step"] + 2), "--resume"]),
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr[-2000:]
+    assert (out / "final/model.safetensors").is_file()
+    assert int(read_metrics(out)[-1]["step"]) == state["step"] + 2
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu(synth, tmp_path):
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", "29517", *_command(synth, out, ["--max-steps", "3", "--batch-size", "1"])[1:]]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_metrics(out)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]  # one log, written by rank 0 only
+    assert all(torch.isfinite(torch.tensor(float(r["loss"]))) for r in rows)
+    assert (out / "final/model.safetensors").is_file()
+
+
+def test_collate_pads_and_renormalises_boxes(synth, tokenizer):
+    dataset = RefYouTubeVOS(synth, "train", num_frames=2)
+    small, large = dataset[0], dataset[1]
+    small["frames"] = small["frames"][..., :48, :80]
+    small["masks"] = small["masks"][..., :48, :80]
+    small["boxes"] = torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 2)
+    batch = RVOSCollate(tokenizer)([small, large])
+    assert batch["frames"].shape[-2:] == large["frames"].shape[-2:]
+    h, w = large["frames"].shape[-2:]
+    expected = torch.tensor([0.5 * 80 / w, 0.5 * 48 / h, 0.2 * 80 / w, 0.2 * 48 / h])
+    torch.testing.assert_close(batch["targets"][0]["boxes"][0], expected)
+    assert batch["text_ids"].shape == batch["text_mask"].shape and batch["text_ids"].shape[0] == 2
+
+
+def test_clip_sampling_and_flip():
+    import random
+
+    rng = random.Random(0)
+    for reference in range(10):
+        indices = sample_clip_indices(reference, 10, 5, rng)
+        assert len(indices) == 5 and reference in indices and indices == sorted(indices)
+    assert len(sample_clip_indices(0, 2, 5, rng)) == 5  # short videos repeat frames
+    assert flip_expression("the circle to the left of the red square") == "the circle to the right of the red square"
+    assert flip_expression("Left hand, rightmost cup") == "Right hand, leftmost cup"
+
+
+def test_evaluate_writes_scores_and_a_submission(synth, tmp_path, tiny_model, tokenizer):
+    from proxyformer.checkpoint import save_checkpoint
+    from training.evaluate import main
+
+    checkpoint = save_checkpoint(tiny_model, tmp_path / "ckpt", tokenizer=tokenizer)
+    main(["--checkpoint", str(checkpoint), "--data", str(synth), "--split", "valid",
+          "--out", str(tmp_path / "eval.json"), "--submission", str(tmp_path / "sub"), "--window", "3"])
+    result = json.loads((tmp_path / "eval.json").read_text())
+    summary = result["summary"]
+    assert 0 <= summary["J"] <= 1 and 0 <= summary["F"] <= 1 and summary["expressions"] >= 1
+    row = result["per_expression"][0]
+    pngs = sorted((tmp_path / "sub/Annotations" / row["video"] / row["exp_id"]).glob("*.png"))
+    assert len(pngs) == 4  # every frame, windows of 3 + 1

@@ -1,0 +1,187 @@
+"""Evaluate a checkpoint: J, F and J&F per expression and overall (Ref-YouTube-VOS, Ref-DAVIS17,
+the synthetic set); P@0.5..0.9, overall and mean IoU and mAP for A2D/JHMDB-Sentences.
+
+    python training/evaluate.py --checkpoint runs/tiny/final --data data/synth --split valid
+    python training/evaluate.py ... --submission out/submission   # Ref-YouTube-VOS layout
+    python training/evaluate.py --checkpoint CKPT --data a2d_sentences --dataset a2d --split test
+
+Every video is read once and its backbone features computed once for all its expressions.
+Videos longer than ``--window`` frames run in consecutive windows. Predictions follow the
+inference rule of DESIGN.md (``proxyformer.postprocess.select_masks``) and are compared with
+the annotations at the original resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from proxyformer.checkpoint import load_checkpoint
+from proxyformer.postprocess import select_masks
+from proxyformer.text import encode_texts, load_tokenizer
+from training.data import DATASETS, build_dataset
+from training.data.transforms import ClipTransform, resize_clip, scaled_size, to_tensor_clip
+from training.metrics import frame_metrics, mask_average_precision, summarize_jf, video_jf
+
+log = logging.getLogger("evaluate")
+
+
+@torch.inference_mode()
+def segment_video(model, tokenizer, frames: list[np.ndarray], expressions: list[str], window: int | None):
+    """Masks (E, T, H, W) bool and scores (E, n_windows) for RGB frames and expressions."""
+    clip = to_tensor_clip(frames)  # (T, 3, H, W)
+    device = next(model.parameters()).device
+    ids, mask = encode_texts(tokenizer, expressions)
+    ids, mask = ids.to(device), mask.to(device)
+    text = model.encode_text(ids, mask)
+    size = tuple(clip.shape[-2:])
+    step = window or clip.shape[0]
+    masks, scores = [], []
+    for start in range(0, clip.shape[0], step):
+        chunk = clip[start : start + step].to(device)
+        levels = model.encode_frames(chunk[None])  # the backbone once for every expression
+        levels = [level.expand(len(expressions), *level.shape[1:]) for level in levels]
+        outputs = model.decode(levels, text, mask, size)
+        chunk_masks, chunk_scores, _ = select_masks(outputs, size)
+        masks.append(chunk_masks.cpu())
+        scores.append(chunk_scores.cpu())
+    return torch.cat(masks, dim=1).numpy(), torch.stack(scores, dim=1).numpy()
+
+
+def evaluate(
+    model,
+    tokenizer,
+    dataset,
+    window: int | None = None,
+    submission: Path | None = None,
+    limit: int | None = None,
+) -> dict:
+    """J/F per expression and overall on a dataset built with ``num_frames=None``."""
+    by_video: dict[str, list] = defaultdict(list)
+    for record in dataset.records:
+        by_video[record.video].append(record)
+    videos = sorted(by_video)[:limit] if limit else sorted(by_video)
+    rows = []
+    for video in tqdm(videos, desc="evaluate", unit="video"):
+        records = by_video[video]
+        names = list(records[0].frames)
+        originals = [dataset.read_frame(video, n) for n in names]
+        height, width = originals[0].shape[:2]
+        frames = originals
+        transform: ClipTransform = dataset.transform
+        if transform.eval_short_side is not None:
+            target = scaled_size(height, width, transform.eval_short_side, transform.max_size)
+            if target != (height, width):
+                frames, _ = resize_clip(originals, [], target)
+        masks, scores = segment_video(model, tokenizer, frames, [r.expression for r in records], window)
+        if masks.shape[-2:] != (height, width):  # back to the annotation resolution
+            masks = (
+                torch.nn.functional.interpolate(
+                    torch.from_numpy(masks).float(), size=(height, width), mode="nearest"
+                ).numpy()
+                > 0.5
+            )
+        for record, pred, score in zip(records, masks, scores):
+            gt = np.stack([dataset.read_mask(video, n, record.obj_id, (height, width)) for n in names])
+            annotated = [i for i, n in enumerate(names) if (dataset.label_dir / video / f"{n}.png").is_file()]
+            j, f = video_jf(gt[annotated], pred[annotated])
+            rows.append({"video": video, "exp_id": record.exp_id, "expression": record.expression,
+                         "J": j, "F": f, "J&F": (j + f) / 2, "score": float(score.mean())})  # fmt: skip
+            if submission is not None:
+                out_dir = submission / "Annotations" / video / record.exp_id
+                out_dir.mkdir(parents=True, exist_ok=True)
+                for name, frame_mask in zip(names, pred):
+                    Image.fromarray(frame_mask.astype(np.uint8) * 255).save(out_dir / f"{name}.png")
+    return {"summary": summarize_jf(rows), "per_expression": rows}
+
+
+@torch.inference_mode()
+def evaluate_frames(model, tokenizer, dataset, limit: int | None = None) -> dict:
+    """A2D/JHMDB protocol: every sample is one annotated frame in the middle of its clip.
+
+    IoU metrics use the query with the highest score on that frame; mAP ranks all N queries.
+    """
+    device = next(model.parameters()).device
+    ious, intersections, unions, gts, predictions, rows = [], [], [], [], [], []
+    count = min(len(dataset), limit) if limit else len(dataset)
+    for index in tqdm(range(count), desc="evaluate", unit="sample"):
+        item = dataset[index]
+        centre = int(item["annotated"].nonzero()[0, 0])
+        frames = item["frames"][None].to(device)
+        ids, mask = encode_texts(tokenizer, [item["expression"]])
+        outputs = model(frames, ids.to(device), mask.to(device))
+        size = tuple(frames.shape[-2:])
+        logits = outputs["pred_masks"][0, centre]  # (N, h, w)
+        full = torch.nn.functional.interpolate(
+            logits[:, None], size=(logits.shape[-2] * 4, logits.shape[-1] * 4), mode="bilinear",
+            align_corners=False,
+        )[:, 0, : size[0], : size[1]]  # fmt: skip
+        height, width = item["orig_size"]
+        full = torch.nn.functional.interpolate(full[:, None], size=(height, width), mode="bilinear",
+                                               align_corners=False)[:, 0]  # fmt: skip
+        query_masks = (full.sigmoid() > 0.5).cpu().numpy()
+        scores = outputs["pred_logits"][0, centre].sigmoid().cpu().numpy()
+        gt = dataset.read_target(dataset.samples[index])
+        best = int(scores.argmax())
+        inter = int(np.logical_and(gt, query_masks[best]).sum())
+        union = int(np.logical_or(gt, query_masks[best]).sum())
+        ious.append(inter / union if union else 1.0)
+        intersections.append(inter)
+        unions.append(union)
+        gts.append(gt)
+        predictions.append((query_masks, scores))
+        rows.append({"video": item["video"], "frame": item["exp_id"], "expression": item["expression"],
+                     "iou": ious[-1], "score": float(scores[best])})  # fmt: skip
+    summary = frame_metrics(ious, intersections, unions) | mask_average_precision(gts, predictions)
+    return {"summary": summary, "per_sample": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Evaluate a ProxyFormer checkpoint (J&F).")
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--dataset", default="ytvos", choices=DATASETS)
+    parser.add_argument("--split", default="valid")
+    parser.add_argument("--short-side", type=int, default=None,
+                        help="resize frames to this short side (360 for Ref-YouTube-VOS); default: native")
+    parser.add_argument("--max-size", type=int, default=640)
+    parser.add_argument("--window", type=int, default=None, help="frames per forward pass")
+    parser.add_argument("--num-frames", type=int, default=8, help="A2D/JHMDB clip length")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate the first N videos only")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--submission", type=Path, default=None,
+                        help="write masks as Annotations/<video>/<exp_id>/<frame>.png here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model = load_checkpoint(args.checkpoint, device=args.device)
+    tokenizer = load_tokenizer(model.config, path=args.checkpoint / "tokenizer.json"
+                               if (args.checkpoint / "tokenizer.json").is_file() else None)
+    transform = ClipTransform(train=False, eval_short_side=args.short_side, max_size=args.max_size)
+    if args.dataset in ("a2d", "jhmdb"):
+        transform = ClipTransform(train=False, eval_short_side=args.short_side or 320, max_size=args.max_size)
+        dataset = build_dataset(args.dataset, args.data, args.split, args.num_frames, transform)
+        result = evaluate_frames(model, tokenizer, dataset, args.limit)
+        print("  ".join(f"{k} {v:.4f}" for k, v in result["summary"].items() if k != "frames"))
+    else:
+        dataset = build_dataset(args.dataset, args.data, args.split, None, transform)
+        result = evaluate(model, tokenizer, dataset, args.window, args.submission, args.limit)
+        summary = result["summary"]
+        print(f"J&F {summary['J&F']:.4f}  J {summary['J']:.4f}  F {summary['F']:.4f}  "
+              f"({summary['expressions']} expressions, {args.split})")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result | {"checkpoint": str(args.checkpoint)}, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,452 @@
+"""The training loop behind ``training/train.py``.
+
+AdamW with a lower learning rate for the backbone (Sec. IV-B: 1e-4, backbone 5e-5), step decay
+x0.1 at the given epochs, gradient clipping, AMP on a GPU, gradient accumulation and
+``torchrun`` DDP (gloo on CPU, NCCL on GPU). Checkpoints are written atomically every
+``save_every`` optimizer steps and at the end; ``resume`` continues an interrupted run so that
+its final weights equal an uninterrupted run's with the same seed (data order, augmentation,
+dropout and the position inside the epoch are all restored). SIGTERM/SIGINT save and exit.
+
+Output directory::
+
+    OUT/checkpoint/   latest state: model.safetensors, config.json, tokenizer.json, training_state.pt
+    OUT/final/        the trained model: model.safetensors, config.json, tokenizer.json
+    OUT/metrics.csv   one row per logged step
+    OUT/train_config.json
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from proxyformer.checkpoint import load_weights, save_checkpoint
+from proxyformer.config import get_preset
+from proxyformer.model import build_proxyformer
+from proxyformer.text import load_tokenizer
+
+from .data import build_dataset
+from .data.collate import RVOSCollate
+from .data.transforms import ClipTransform
+from .losses import LossWeights, RVOSCriterion
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "training_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; saved as ``train_config.json`` and in every checkpoint."""
+
+    preset: str = "tiny"
+    overrides: dict = field(default_factory=dict)  # config changes, e.g. {"cmie.use_p2v": False}
+    data: str = "data/synth"
+    dataset: str = "ytvos"  # ytvos (also Ref-DAVIS17 and the synthetic set), a2d, jhmdb
+    out: str = "runs/tiny"
+    epochs: int = 30
+    max_steps: int | None = None  # stop after this many optimizer steps
+    batch_size: int = 2  # clips per process and micro-batch
+    num_frames: int = 8
+    lr: float = 1e-4
+    lr_backbone: float = 5e-5
+    lr_text: float | None = None  # a trainable text encoder's lr; None: the same as lr
+    weight_decay: float = 5e-4
+    lr_drop: tuple[int, ...] = (20,)  # epochs after which the learning rate is multiplied by 0.1
+    clip_max_norm: float = 0.1
+    accumulate: int = 1
+    workers: int = 1
+    seed: int = 42
+    save_every: int = 500
+    log_every: int = 10
+    amp: str = "auto"  # auto (on for CUDA), on, off
+    device: str = "auto"
+    resume: bool = False
+    backbone_weights: str | None = None
+    text_weights: str | None = None
+    jsc_weight: float = 5.0
+    train_scales: tuple[int, ...] = (288, 320, 352, 392, 416, 448, 480, 512)
+    max_size: int | None = 640
+    flip_prob: float = 0.5
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training options {unknown}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+
+# -- distributed helpers --------------------------------------------------------------------
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world
+
+
+def _any_rank(flag: bool, world: int) -> bool:
+    """True on every rank if it is True on any (so all ranks stop at the same step)."""
+    if world == 1:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value)
+    return bool(value.item() > 0)
+
+
+class EpochSampler(Sampler[int]):
+    """A per-epoch permutation from (seed, epoch), split across ranks, startable mid-epoch.
+
+    Every rank gets the same number of indices (the permutation is padded by wrapping, as
+    ``DistributedSampler`` does), so all ranks take the same number of steps.
+    """
+
+    def __init__(self, size: int, rank: int, world: int, seed: int) -> None:
+        self.size, self.rank, self.world, self.seed = size, rank, world, seed
+        self.epoch, self.start = 0, 0
+        self.per_rank = math.ceil(size / world)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def indices(self) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        order += order[: self.per_rank * self.world - len(order)]
+        return order[self.rank :: self.world]
+
+    def __iter__(self):
+        return iter(self.indices()[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        if config.device == "auto":
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(config.device)
+        self.rank, self.world = _init_distributed(self.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
+        self.out = Path(config.out)
+        self.is_main = self.rank == 0
+        if config.accumulate < 1 or config.batch_size < 1:
+            raise ValueError("batch_size and accumulate must be >= 1")
+
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)
+        self.model_config = get_preset(config.preset, **config.overrides)
+        self.model = build_proxyformer(
+            self.model_config, config.backbone_weights, config.text_weights
+        ).to(self.device)
+        self.tokenizer = load_tokenizer(self.model_config, text_weights=config.text_weights)
+        self.criterion = RVOSCriterion(LossWeights(jsc=config.jsc_weight))
+
+        transform = ClipTransform(
+            train=True, scales=config.train_scales, max_size=config.max_size,
+            flip_prob=config.flip_prob,
+        )  # fmt: skip
+        self.dataset = build_dataset(
+            config.dataset, config.data, "train", config.num_frames, transform, config.seed
+        )
+        self.sampler = EpochSampler(len(self.dataset), self.rank, self.world, config.seed)
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=config.batch_size,
+            sampler=self.sampler,
+            num_workers=config.workers,
+            collate_fn=RVOSCollate(self.tokenizer),
+            drop_last=True,
+            persistent_workers=False,
+            # Its own generator: worker seeds must not consume the global RNG (resume equality).
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        self.micro_per_epoch = len(self.sampler) // config.batch_size
+        self.steps_per_epoch = self.micro_per_epoch // config.accumulate
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"{len(self.dataset)} samples give no optimizer step per epoch with batch size "
+                f"{config.batch_size} x {config.accumulate} accumulation x {self.world} processes"
+            )
+
+        self.optimizer = torch.optim.AdamW(
+            self._param_groups(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=list(config.lr_drop), gamma=0.1
+        )
+        use_amp = config.amp == "on" or (config.amp == "auto" and self.device.type == "cuda")
+        if use_amp and self.device.type != "cuda":
+            raise ValueError("--amp on needs a CUDA device")
+        self.amp_dtype = (
+            torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        ) if use_amp else None  # fmt: skip
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.ddp_model = self.model
+        if self.world > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
+        self._stop_signal: str | None = None
+
+    def _param_groups(self) -> list[dict]:
+        groups = {"backbone": [], "text": [], "rest": []}
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            if name.startswith("backbone."):
+                groups["backbone"].append(param)
+            elif name.startswith("text_encoder.body."):
+                groups["text"].append(param)
+            else:
+                groups["rest"].append(param)
+        lr_text = self.config.lr if self.config.lr_text is None else self.config.lr_text
+        lrs = {"backbone": self.config.lr_backbone, "text": lr_text, "rest": self.config.lr}
+        return [
+            {"params": params, "lr": lrs[name], "name": name}
+            for name, params in groups.items()
+            if params
+        ]
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _training_state(self) -> bytes:
+        state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "micro_in_epoch": self.micro_in_epoch,
+            "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(),
+            "train_config": json.dumps(self.config.to_dict()),
+        }
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    def save(self, directory: Path, with_state: bool = True) -> None:
+        if not self.is_main:
+            return
+        extra = {STATE_NAME: self._training_state()} if with_state else None
+        save_checkpoint(
+            self.model, directory, tokenizer=self.tokenizer, extra_files=extra,
+            metadata={"step": str(self.step), "epoch": str(self.epoch)},
+        )  # fmt: skip
+
+    def restore(self, directory: Path) -> None:
+        state_path = directory / STATE_NAME
+        if not state_path.is_file():
+            raise FileNotFoundError(f"no training state to resume from: {state_path}")
+        load_weights(self.model, directory)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        saved = json.loads(state["train_config"])
+        differing = {
+            k: (saved.get(k), v)
+            for k, v in self.config.to_dict().items()
+            if k not in ("resume", "epochs", "max_steps", "save_every", "log_every", "workers")
+            and json.loads(json.dumps(v)) != saved.get(k)
+        }
+        if differing:
+            raise ValueError(f"cannot resume {directory} with other options: {differing} (saved, now)")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.micro_in_epoch = state["step"], state["epoch"], state["micro_in_epoch"]
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        log.info("resumed %s at step %d (epoch %d)", directory, self.step, self.epoch)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _on_signal(self, signum, _frame) -> None:
+        self._stop_signal = signal.Signals(signum).name
+        log.warning("%s received: saving a checkpoint after this step", self._stop_signal)
+
+    def _log_row(self, row: dict) -> None:
+        if not self.is_main:
+            return
+        path = self.out / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def _truncate_metrics(self) -> None:
+        """Drop rows logged after the resumed step (an interrupted run may have logged more)."""
+        path = self.out / "metrics.csv"
+        if not self.is_main or not path.exists():
+            return
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        kept = [r for r in rows if int(r["step"]) <= self.step]
+        with open(path, "w", newline="") as handle:
+            if kept:
+                writer = csv.DictWriter(handle, fieldnames=list(kept[0]))
+                writer.writeheader()
+                writer.writerows(kept)
+
+    def total_steps(self) -> int:
+        total = self.config.epochs * self.steps_per_epoch
+        return min(total, self.config.max_steps) if self.config.max_steps else total
+
+    def train(self) -> Path:
+        """Run (or resume) training; returns the directory of the final model."""
+        config = self.config
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        checkpoint_dir = self.out / "checkpoint"
+        if config.resume:
+            if (checkpoint_dir / STATE_NAME).is_file():
+                self.restore(checkpoint_dir)
+                self._truncate_metrics()
+            else:
+                log.warning("--resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
+        elif self.is_main and (self.out / "metrics.csv").exists():
+            (self.out / "metrics.csv").unlink()  # a fresh run starts a fresh log
+
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        total = self.total_steps()
+        progress = tqdm(
+            total=total, initial=self.step, desc="train", unit="step", disable=not self.is_main
+        )
+        self.model.train()
+        started = time.perf_counter()
+        running: dict[str, float] = {}
+        logged_steps = 0
+        try:
+            while self.epoch < config.epochs and self.step < total:
+                self.sampler.set_epoch(self.epoch, self.micro_in_epoch * config.batch_size)
+                self.dataset.set_epoch(self.epoch)
+                for batch in self.loader:
+                    self.micro_in_epoch += 1
+                    sync = self.micro_in_epoch % config.accumulate == 0
+                    losses = self._micro_step(batch, sync)
+                    for key, value in losses.items():
+                        running[key] = running.get(key, 0.0) + value / config.accumulate
+                    if not sync:
+                        continue
+                    grad_norm = self._optimizer_step()
+                    self.step += 1
+                    logged_steps += 1
+                    running["grad_norm"] = running.get("grad_norm", 0.0) + grad_norm
+                    progress.update(1)
+                    if self.step % config.log_every == 0 or self.step == total:
+                        row = {"step": self.step, "epoch": self.epoch}
+                        row |= {f"lr_{g['name']}": g["lr"] for g in self.optimizer.param_groups}
+                        row["seconds"] = round(time.perf_counter() - started, 2)
+                        # Means over the steps since the last row.
+                        row |= {k: round(v / logged_steps, 6) for k, v in running.items()}
+                        self._log_row(row)
+                        progress.set_postfix(loss=f"{row['loss']:.3f}")
+                        running, logged_steps = {}, 0
+                    stop = _any_rank(self._stop_signal is not None, self.world)
+                    if stop or self.step % config.save_every == 0 or self.step >= total:
+                        self.save(checkpoint_dir)
+                    if stop:
+                        log.warning("stopped by signal at step %d; resume with --resume", self.step)
+                        return checkpoint_dir
+                    if self.step >= total:
+                        break
+                else:
+                    # A partial accumulation at the end of an epoch is dropped, not carried over.
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.epoch += 1
+                    self.micro_in_epoch = 0
+                    self.scheduler.step()
+                    continue
+                break  # max_steps reached inside the epoch
+        finally:
+            progress.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        final = self.out / "final"
+        self.save(final, with_state=False)
+        if self.world > 1:
+            dist.barrier()
+        log.info("finished %d steps in %.0f s: %s", self.step, time.perf_counter() - started, final)
+        return final
+
+    def _micro_step(self, batch: dict, sync: bool) -> dict[str, float]:
+        frames = batch["frames"].to(self.device, non_blocking=True)
+        ids = batch["text_ids"].to(self.device)
+        mask = batch["text_mask"].to(self.device)
+        targets = [{k: v.to(self.device) for k, v in t.items()} for t in batch["targets"]]
+        no_sync = self.ddp_model.no_sync if (self.world > 1 and not sync) else nullcontext
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        )
+        with no_sync():
+            with autocast:
+                outputs = self.ddp_model(frames, ids, mask)
+            outputs = _to_float(outputs)  # losses in FP32
+            losses = self.criterion(outputs, targets)
+            self.scaler.scale(losses["loss"] / self.config.accumulate).backward()
+        return {k: float(v.detach()) for k, v in losses.items() if k != "matched" and v.dim() == 0}
+
+    def _optimizer_step(self) -> float:
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_max_norm or float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+
+def _to_float(outputs):
+    if torch.is_tensor(outputs):
+        return outputs.float()
+    if isinstance(outputs, dict):
+        return {k: _to_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, list):
+        return [_to_float(v) for v in outputs]
+    return outputs
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) with ``config``; returns the final model directory."""
+    return Trainer(config).train()

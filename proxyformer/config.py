@@ -117,6 +117,9 @@ class ProxyFormerConfig:
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     # Input sizes are padded inside the model to a multiple of this and cropped back.
     size_divisor: int = 32
+    # ReferFormer's early vision-language fusion, kept by ProxyFormer's baseline: every
+    # backbone level is gated by its attention to the text (x * MHA(x, F_t)) before CMIE/FPN.
+    text_fusion: bool = True
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.cmie.num_heads or self.hidden_dim % self.decoder.num_heads:
@@ -232,7 +235,7 @@ def paper_swin_b() -> ProxyFormerConfig:
 
 
 def tiny() -> ProxyFormerConfig:
-    """The same architecture at ~1.6 M parameters: small CNN, 2-layer text encoder, K=2."""
+    """The same architecture at ~1.56 M parameters: small CNN, 2-layer text encoder, K=2."""
     return ProxyFormerConfig(
         name="tiny",
         hidden_dim=64,

@@ -55,6 +55,24 @@ class Attention(nn.Module):
         return self.out_proj(rearrange(out, "b h l d -> b l (h d)"))
 
 
+class TextFusion(nn.Module):
+    """ReferFormer's vision-language fusion: visual tokens attend to the text and are gated
+    (multiplied) by what they read, so pixels of the referred object can light up."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.attn = Attention(dim, num_heads)
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # (B, L_v, C)
+        text: torch.Tensor,  # (B, L, C)
+        text_mask: torch.Tensor,  # (B, L) bool
+        pos: torch.Tensor | None = None,  # broadcastable to tokens
+    ) -> torch.Tensor:
+        return tokens * self.attn(tokens, text, query_pos=pos, key_padding_mask=text_mask)
+
+
 class FFN(nn.Module):
     """Transformer feed-forward block with its own residual and post-norm."""
 

@@ -30,7 +30,7 @@ from .cmie import CMIE
 from .config import ProxyFormerConfig
 from .decoder import QueryDecoder, SegFPN, group_count
 from .heads import JointSemantics, PredictionHeads
-from .layers import masked_mean, sine_position_2d, temporal_position
+from .layers import TextFusion, masked_mean, sine_position_2d, temporal_position
 from .text import TextEncoder
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ class ProxyFormer(nn.Module):
         )
         self.cmie_levels = [STRIDES.index(s) for s in sorted(config.cmie.strides, reverse=True)]
         self.level_embed = nn.Parameter(torch.randn(len(self.cmie_levels), dim) * 0.02)
+        self.text_fusion = (
+            nn.ModuleList(TextFusion(dim, config.cmie.num_heads) for _ in backbone.out_channels)
+            if config.text_fusion
+            else None
+        )
         self.cmie = cmie
         self.fpn = fpn
         self.decoder = decoder
@@ -123,12 +128,22 @@ class ProxyFormer(nn.Module):
         text_features: torch.Tensor,
         text_mask: torch.Tensor,
         image_size: tuple[int, int],
+        aux: bool = True,
     ) -> dict[str, torch.Tensor | list]:
-        """Backbone levels (B, T, C, h, w) and F_t (B, L, C) -> predictions (see ``forward``)."""
+        """Backbone levels (B, T, C, h, w) and F_t (B, L, C) -> predictions (see ``forward``).
+
+        ``aux=False`` skips the heads of the earlier decoder layers (``aux_outputs`` is empty),
+        which inference and export do not need.
+        """
         text_mask = text_mask.bool()
         batch, frames = levels[0].shape[:2]
         dim = self.config.hidden_dim
         device = levels[0].device
+        if self.text_fusion is not None:
+            levels = [
+                self._fuse_text(fusion, level, text_features, text_mask)
+                for fusion, level in zip(self.text_fusion, levels)
+            ]
 
         # F_v^0: tokens of the CMIE levels, coarsest first, with 2-D sine + level embeddings.
         cmie_maps = [levels[i] for i in self.cmie_levels]
@@ -156,10 +171,10 @@ class ProxyFormer(nn.Module):
         ]
         seg = rearrange(self.fpn(maps), "(b t) d h w -> b t d h w", b=batch)
 
-        if not self.config.cmie.use_proxy:
-            # Without proxy interaction the decoder starts from the learned queries alone.
-            proxy = self.cmie.initial_proxies(batch, frames)
+        # Without proxy interaction (use_proxy=False) CMIE returns the learned queries unchanged.
         layer_outputs = self.decoder(proxy, video, space_pos)
+        if not aux:
+            layer_outputs = layer_outputs[-1:]  # inference: the heads on the last layer only
         out_h, out_w = math.ceil(image_size[0] / 4), math.ceil(image_size[1] / 4)
         predictions = []
         for queries in layer_outputs:
@@ -175,6 +190,15 @@ class ProxyFormer(nn.Module):
         text_gap = masked_mean(text_features, text_mask, dim=1)  # (B, C)
         out["joint_semantics"] = self.jsc(video_gap, text_gap)
         return out
+
+    @staticmethod
+    def _fuse_text(fusion, level, text, text_mask) -> torch.Tensor:
+        """Gate one level (B, T, C, h, w) by the text, per frame, with 2-D sine positions."""
+        batch, frames, dim, height, width = level.shape
+        tokens = rearrange(level, "b t c h w -> b (t h w) c")
+        pos = sine_position_2d(height, width, dim, level.device).repeat(frames, 1)  # (T*h*w, C)
+        fused = fusion(tokens, text, text_mask, pos)
+        return rearrange(fused, "b (t h w) c -> b t c h w", t=frames, h=height)
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(

@@ -23,7 +23,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import PRESETS, get_preset
 from .model import build_proxyformer
 
-COMPONENTS = ("backbone", "input_proj", "text_encoder", "cmie", "fpn", "decoder", "heads", "jsc")
+COMPONENTS = (
+    "backbone", "input_proj", "text_encoder", "text_fusion", "cmie", "fpn", "decoder", "heads", "jsc",
+)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -58,13 +60,13 @@ def summarize(
     """Parameters (total and trainable) and GFLOPs/GMACs of each top-level component."""
     config = get_preset(preset, **(overrides or {}))
     model = build_proxyformer(config).eval()
-    params = {
-        name: (
-            sum(p.numel() for p in getattr(model, name).parameters()),
-            sum(p.numel() for p in getattr(model, name).parameters() if p.requires_grad),
+    params = {}
+    for name in COMPONENTS:
+        module = getattr(model, name) or torch.nn.Module()  # text_fusion is None when off
+        params[name] = (
+            sum(p.numel() for p in module.parameters()),
+            sum(p.numel() for p in module.parameters() if p.requires_grad),
         )
-        for name in COMPONENTS
-    }
     direct = [p for p in model.parameters(recurse=False)]  # level embeddings
     params["other"] = (sum(p.numel() for p in direct), sum(p.numel() for p in direct if p.requires_grad))
     model.requires_grad_(False)  # FlopCounterMode's module tracker wants no autograd graph

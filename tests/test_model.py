@@ -62,6 +62,17 @@ def test_padding_does_not_change_the_unpadded_part_much(tiny_model, text_inputs)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_decode_without_aux_gives_the_same_final_prediction(tiny_model, text_inputs):
+    frames = random_frames()
+    with torch.no_grad():
+        full = tiny_model(frames, *text_inputs)
+        text = tiny_model.encode_text(*text_inputs)
+        lean = tiny_model.decode(tiny_model.encode_frames(frames), text, text_inputs[1], (64, 96), aux=False)
+    assert lean["aux_outputs"] == []
+    for key in ("pred_logits", "pred_boxes", "pred_masks", "video_queries", "joint_semantics"):
+        torch.testing.assert_close(lean[key], full[key])
+
+
 def test_output_is_deterministic_in_eval(tiny_model, text_inputs):
     frames = random_frames()
     with torch.no_grad():
@@ -175,6 +186,24 @@ def test_text_and_other_frames_change_the_masks(tiny_model, tokenizer):
         other_frame = tiny_model(changed, *encode_texts(tokenizer, ["the red circle"]))["pred_masks"]
     assert (base - other_text).abs().max() > 1e-4
     assert (base[:, 0] - other_frame[:, 0]).abs().max() > 1e-4  # frame 3 reaches frame 0
+
+
+def test_text_fusion_switch(tiny_config, tokenizer):
+    """ReferFormer's early fusion gates every backbone level by the text; off, it is gone."""
+    fused = make_model(tiny_config).eval()
+    plain = make_model(tiny_config.replace(text_fusion=False)).eval()
+    assert len(fused.text_fusion) == 4 and plain.text_fusion is None
+    assert not any(name.startswith("text_fusion.") for name, _ in plain.named_parameters())
+    frames = random_frames(1)
+    ids, mask = encode_texts(tokenizer, ["the red circle"])
+    with torch.no_grad():
+        levels = fused.encode_frames(frames)
+        text = fused.encode_text(ids, mask)
+        gated = fused._fuse_text(fused.text_fusion[0], levels[0], text, mask.bool())
+        ids2, mask2 = encode_texts(tokenizer, ["a big blue square moving up"])
+        other = fused._fuse_text(fused.text_fusion[0], levels[0], fused.encode_text(ids2, mask2), mask2.bool())
+    assert gated.shape == levels[0].shape
+    assert (gated - other).abs().max() > 1e-4  # the gate depends on the expression
 
 
 @pytest.mark.parametrize("queries,layers", [(1, 1), (3, 3), (7, 2)])

@@ -50,7 +50,7 @@ def segment_video(model, tokenizer, frames: list[np.ndarray], expressions: list[
         chunk = clip[start : start + step].to(device)
         levels = model.encode_frames(chunk[None])  # the backbone once for every expression
         levels = [level.expand(len(expressions), *level.shape[1:]) for level in levels]
-        outputs = model.decode(levels, text, mask, size)
+        outputs = model.decode(levels, text, mask, size, aux=False)
         chunk_masks, chunk_scores, _ = select_masks(outputs, size)
         masks.append(chunk_masks.cpu())
         scores.append(chunk_scores.cpu())

@@ -54,6 +54,12 @@ def upsample_masks(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Te
     return F.interpolate(flat, size=size, mode="bilinear", align_corners=False).reshape(*lead, *size)
 
 
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def _annotated(target: dict, like: torch.Tensor) -> torch.Tensor:
     """(T,) float: 1 for frames with an annotation (all of them unless told otherwise)."""
     if "annotated" in target:
@@ -144,17 +150,30 @@ class RVOSCriterion(torch.nn.Module):
         return losses, matched
 
     def jsc_loss(self, video_queries: torch.Tensor, joint: torch.Tensor, matched: torch.Tensor):
-        """Eq. 8 between q = Q_v[b, matched[b]] and s_{v&t}[b] over the B videos.
+        """Eq. 8 between q = Q_v[b, matched[b]] and s_{v&t}[b] over the videos of the batch.
 
         Both are L2-normalised and the dot products divided by a temperature (as CLIP does):
-        raw dot products of 256-d vectors saturate the softmax at initialisation.
+        raw dot products of 256-d vectors saturate the softmax at initialisation. Under DDP
+        the batch is the global one: q and s are gathered from every process (differentiably),
+        so one clip per GPU still has negatives.
         """
         q = video_queries[torch.arange(len(matched), device=matched.device), matched]  # (B, C)
         x = F.normalize(q, dim=-1)
         y = F.normalize(joint, dim=-1)
-        logits = x @ y.t() / self.weights.jsc_temperature  # (B, B)
-        labels = torch.arange(len(matched), device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        offset = 0
+        if _world_size() > 1:
+            import torch.distributed as dist
+            from torch.distributed.nn.functional import all_gather
+
+            offset = dist.get_rank() * len(x)  # every rank holds the same number of videos
+            x_all, y_all = torch.cat(all_gather(x)), torch.cat(all_gather(y))
+        else:
+            x_all, y_all = x, y
+        labels = torch.arange(len(x), device=x.device) + offset
+        temperature = self.weights.jsc_temperature
+        q_to_s = F.cross_entropy(x @ y_all.t() / temperature, labels)  # local q against all s
+        s_to_q = F.cross_entropy(y @ x_all.t() / temperature, labels)  # local s against all q
+        return (q_to_s + s_to_q) / 2
 
     def forward(self, outputs: dict, targets: list[dict]) -> dict[str, torch.Tensor]:
         """All loss terms, their weighted sum as ``loss`` and the matched indices as ``matched``."""
@@ -169,7 +188,7 @@ class RVOSCriterion(torch.nn.Module):
                 aux_losses, _ = self.prediction_losses(aux, targets)
                 total = total + self.weighted(aux_losses)
                 losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
-        if self.weights.jsc > 0 and len(targets) > 1:
+        if self.weights.jsc > 0 and len(targets) * _world_size() > 1:
             losses["jsc"] = self.jsc_loss(outputs["video_queries"], outputs["joint_semantics"], matched)
             total = total + self.weights.jsc * losses["jsc"]
         losses["loss"] = total

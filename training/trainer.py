@@ -49,6 +49,9 @@ from .losses import LossWeights, RVOSCriterion
 log = logging.getLogger(__name__)
 
 STATE_NAME = "training_state.pt"
+# Options that may differ between an interrupted run and its resumption.
+_RESUMABLE_CHANGES = ("resume", "epochs", "max_steps", "save_every", "log_every", "workers",
+                      "tensorboard", "device")
 
 
 @dataclass
@@ -84,6 +87,8 @@ class TrainConfig:
     train_scales: tuple[int, ...] = (288, 320, 352, 392, 416, 448, 480, 512)
     max_size: int | None = 640
     flip_prob: float = 0.5
+    tensorboard: bool = False  # also log to OUT/tensorboard (needs the tensorboard package)
+    pair_expressions: bool = False  # batches of two expressions per clip, different targets
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -123,29 +128,70 @@ def _any_rank(flag: bool, world: int) -> bool:
 class EpochSampler(Sampler[int]):
     """A per-epoch permutation from (seed, epoch), split across ranks, startable mid-epoch.
 
-    Every rank gets the same number of indices (the permutation is padded by wrapping, as
+    Every rank gets the same number of indices (the order is padded by wrapping, as
     ``DistributedSampler`` does), so all ranks take the same number of steps.
+
+    With ``groups`` (lists of dataset indices that belong together, e.g. two expressions of
+    one video), whole groups are shuffled and dealt to ranks, so a batch whose size is a
+    multiple of the group size holds complete groups.
     """
 
-    def __init__(self, size: int, rank: int, world: int, seed: int) -> None:
+    def __init__(
+        self, size: int, rank: int, world: int, seed: int, groups_fn=None, group_size: int = 1
+    ) -> None:
         self.size, self.rank, self.world, self.seed = size, rank, world, seed
+        self.groups_fn, self.group_size = groups_fn, group_size
         self.epoch, self.start = 0, 0
-        self.per_rank = math.ceil(size / world)
+        units = self.size if groups_fn is None else len(groups_fn(0))
+        self.per_rank = math.ceil(units / world) * group_size
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
     def indices(self) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
-        order += order[: self.per_rank * self.world - len(order)]
-        return order[self.rank :: self.world]
+        units = [[i] for i in range(self.size)] if self.groups_fn is None else self.groups_fn(self.epoch)
+        order = [units[i] for i in torch.randperm(len(units), generator=generator).tolist()]
+        per_rank_units = self.per_rank // self.group_size
+        order += order[: per_rank_units * self.world - len(order)]
+        return [index for unit in order[self.rank :: self.world] for index in unit]
 
     def __iter__(self):
         return iter(self.indices()[self.start :])
 
     def __len__(self) -> int:
         return self.per_rank - self.start
+
+
+def expression_pairs(dataset, seed: int):
+    """Groups of two clips of one video referring to different objects, new each epoch.
+
+    Two expressions over the same frames that differ in their target can only be told apart
+    by reading the text, which the class loss and JSC then have to do.
+    """
+    from collections import defaultdict
+
+    by_clip = defaultdict(list)
+    for index, record in enumerate(dataset.records):
+        by_clip[(record.video, record.frame_id)].append(index)
+
+    def pairs(epoch: int) -> list[list[int]]:
+        rng = random.Random(hash((seed, epoch, "pairs")))
+        result = []
+        for key in sorted(by_clip):
+            indices = list(by_clip[key])
+            rng.shuffle(indices)
+            while len(indices) >= 2:
+                first = indices.pop()
+                other = next(
+                    (i for i in indices if dataset.records[i].obj_id != dataset.records[first].obj_id),
+                    indices[0],
+                )
+                indices.remove(other)
+                result.append([first, other])
+        return result
+
+    return pairs
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -175,6 +221,8 @@ class Trainer:
         ).to(self.device)
         self.tokenizer = load_tokenizer(self.model_config, text_weights=config.text_weights)
         self.criterion = RVOSCriterion(LossWeights(jsc=config.jsc_weight))
+        if config.jsc_weight == 0:
+            self.model.jsc.requires_grad_(False)  # ψ serves only JSC; DDP needs no unused params
 
         transform = ClipTransform(
             train=True, scales=config.train_scales, max_size=config.max_size,
@@ -183,7 +231,13 @@ class Trainer:
         self.dataset = build_dataset(
             config.dataset, config.data, "train", config.num_frames, transform, config.seed
         )
-        self.sampler = EpochSampler(len(self.dataset), self.rank, self.world, config.seed)
+        if config.pair_expressions:
+            if config.batch_size % 2 or not hasattr(self.dataset, "records"):
+                raise ValueError("--pair-expressions needs an even batch size and a Ref-YouTube-VOS-style dataset")
+            self.sampler = EpochSampler(len(self.dataset), self.rank, self.world, config.seed,
+                                        expression_pairs(self.dataset, config.seed), group_size=2)  # fmt: skip
+        else:
+            self.sampler = EpochSampler(len(self.dataset), self.rank, self.world, config.seed)
         self.loader = DataLoader(
             self.dataset,
             batch_size=config.batch_size,
@@ -223,6 +277,13 @@ class Trainer:
             )
         self.step, self.epoch, self.micro_in_epoch = 0, 0, 0
         self._stop_signal: str | None = None
+        self.writer = None
+        if config.tensorboard and self.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
 
     def _param_groups(self) -> list[dict]:
         groups = {"backbone": [], "text": [], "rest": []}
@@ -282,7 +343,7 @@ class Trainer:
         differing = {
             k: (saved.get(k), v)
             for k, v in self.config.to_dict().items()
-            if k not in ("resume", "epochs", "max_steps", "save_every", "log_every", "workers")
+            if k not in _RESUMABLE_CHANGES
             and json.loads(json.dumps(v)) != saved.get(k)
         }
         if differing:
@@ -306,6 +367,10 @@ class Trainer:
     def _log_row(self, row: dict) -> None:
         if not self.is_main:
             return
+        if self.writer is not None:
+            for key, value in row.items():
+                if key not in ("step", "epoch"):
+                    self.writer.add_scalar(key, value, row["step"])
         path = self.out / "metrics.csv"
         new = not path.exists()
         with open(path, "a", newline="") as handle:
@@ -401,6 +466,8 @@ class Trainer:
                 break  # max_steps reached inside the epoch
         finally:
             progress.close()
+            if self.writer is not None:
+                self.writer.flush()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         final = self.out / "final"

@@ -61,7 +61,7 @@ def main() -> None:
             model(frames, ids, mask)
             timings.append((time.perf_counter() - start) * 1000)
     timings = sorted(timings[2:])  # two warm-up runs
-    log.info("tiny ProxyFormer (random weights: the trained checkpoint comes with training)")
+    log.info("tiny ProxyFormer (random weights until the trained checkpoint ships, issue #3)")
     for name, value in out.items():
         if torch.is_tensor(value):
             log.info("  %-16s %s", name, tuple(value.shape))
@@ -76,7 +76,7 @@ def main() -> None:
     )  # fmt: skip
     log.info("\n%s", format_table(summarize("tiny", args.frames, (height, width))))
     log.info(
-        "\nStill to come (open issues): synthetic data and training (#3), ONNX export and "
+        "\nStill to come (open issues): the trained tiny checkpoint (#3), ONNX export and "
         "TensorRT engines (#4), INT8 calibration (#5), the onnxruntime executor and latency "
         "benchmarks (#6)."
     )

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from .config import BackboneConfig
+from .state import load_state_checked
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class ResNet50(nn.Module):
             # the classifier is unused; frozen batch norm keeps no num_batches_tracked counter
             if not k.startswith("fc.") and (not k.endswith("num_batches_tracked") or k in own)
         }
-        _load_strict(self.body, state_dict, source)
+        load_state_checked(self.body, state_dict, source)
 
 
 _SWIN_SIZES = {
@@ -148,7 +149,7 @@ class VideoSwin(nn.Module):
         for name in own:
             if name.startswith("norms.") or "relative_position_index" in name:
                 state_dict.setdefault(name, own[name])  # our level norms start fresh
-        _load_strict(self, state_dict, source)
+        load_state_checked(self, state_dict, source)
 
 
 def _video_swin_to_torchvision(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -178,25 +179,6 @@ def _strip_prefixes(state_dict: dict) -> dict[str, torch.Tensor]:
             k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")
         }
     return state_dict
-
-
-def _load_strict(module: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
-    mismatched = [
-        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state_dict))
-        if state_dict[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"pretrained weights in {source} do not fit {type(module).__name__}: "
-            f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)}), "
-            f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} "
-            f"({len(unexpected)}), shape mismatches {mismatched[:10]}"
-        )
-    module.load_state_dict(state_dict, strict=True)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from torch import nn
 
 from .config import ProxyFormerConfig, get_preset
 from .model import ProxyFormer, build_proxyformer
+from .state import load_state_checked
 
 log = logging.getLogger(__name__)
 
@@ -121,21 +122,7 @@ def load_weights(model: nn.Module, directory: str | Path, strict: bool = True) -
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {weights}")
-    state = load_file(str(weights))
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    if mismatched or (strict and (missing or unexpected)):
-        raise ValueError(
-            f"weights in {weights} do not fit the model: missing {missing[:10]} ({len(missing)}), "
-            f"unexpected {unexpected[:10]} ({len(unexpected)}), mismatched {mismatched[:10]}"
-        )
-    model.load_state_dict(state, strict=strict)
+    load_state_checked(model, load_file(str(weights)), str(weights), strict)
 
 
 def load_checkpoint(

@@ -93,5 +93,7 @@ def test_weights_with_missing_tensors_are_refused(tiny_model, tmp_path):
     del state["cmie.proxy_embed.weight"]
     state["cmie.extra"] = torch.zeros(1)
     save_file(state, str(directory / "model.safetensors"))
-    with pytest.raises(ValueError, match=r"missing \['cmie.proxy_embed.weight'\].*unexpected \['cmie.extra'\]"):
+    with pytest.raises(
+        ValueError, match=r"missing keys \['cmie.proxy_embed.weight'\].*unexpected keys \['cmie.extra'\]"
+    ):
         load_checkpoint(directory)

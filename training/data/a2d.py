@@ -24,6 +24,7 @@ numbers are 1-based in both datasets.
 
 from __future__ import annotations
 
+import abc
 import csv
 import logging
 import random
@@ -54,8 +55,9 @@ def centred_window(frame: int, length: int, window: int) -> list[int]:
     return [min(max(i, 1), length) for i in range(start, start + window)]
 
 
-class _SentenceDataset(Dataset):
-    """Shared item assembly: clip around the annotated frame, masks, boxes, flags."""
+class _SentenceDataset(Dataset, abc.ABC):
+    """Shared item assembly: clip around the annotated frame, masks, boxes, flags. Subclasses
+    say how to read frames and the annotated mask."""
 
     samples: list[FrameSample]
 
@@ -71,11 +73,13 @@ class _SentenceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @abc.abstractmethod
     def read_frames(self, sample: FrameSample, numbers: list[int]) -> list[np.ndarray]:
-        raise NotImplementedError
+        """RGB frames (H, W, 3) uint8 with the given 1-based numbers."""
 
+    @abc.abstractmethod
     def read_target(self, sample: FrameSample) -> np.ndarray:
-        raise NotImplementedError
+        """The (H, W) bool mask of the referred object on the annotated frame."""
 
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]

@@ -130,8 +130,12 @@ class RVOSCriterion(torch.nn.Module):
         )
 
     def prediction_losses(self, pred: dict, targets: list[dict]) -> tuple[dict, torch.Tensor]:
-        matched = self.match(pred, targets)
+        # The costs of every query are computed once: their argmin (detached) is the match
+        # (Eq. 10) and the matched entries are the loss.
         per_video = [self.query_costs(pred, t, b) for b, t in enumerate(targets)]
+        matched = torch.stack(
+            [self.weighted({k: v.detach() for k, v in costs.items()}).argmin() for costs in per_video]
+        )
         losses = {
             name: torch.stack([costs[name][matched[b]] for b, costs in enumerate(per_video)]).mean()
             for name in ("l1", "giou", "dice", "focal")

@@ -11,6 +11,22 @@ import torch
 import torch.nn.functional as F
 
 
+def upsample_mask_logits(
+    mask_logits: torch.Tensor, input_size: tuple[int, int], output_size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Eq. 9: stride-4 mask logits (K, h, w) -> (K, H, W) at the input size (bilinear, padding
+    cropped), then resized to ``output_size`` when given."""
+    full = F.interpolate(
+        mask_logits[:, None].float(),
+        size=(mask_logits.shape[-2] * 4, mask_logits.shape[-1] * 4),
+        mode="bilinear",
+        align_corners=False,
+    )[..., : input_size[0], : input_size[1]]
+    if output_size is not None and tuple(output_size) != tuple(input_size):
+        full = F.interpolate(full, size=tuple(output_size), mode="bilinear", align_corners=False)
+    return full[:, 0]
+
+
 def select_masks(
     outputs: dict,
     input_size: tuple[int, int],
@@ -33,14 +49,6 @@ def select_masks(
     best_scores, best = scores.max(dim=1)
     index = best[:, None, None, None, None].expand(-1, mask_logits.shape[1], 1, *mask_logits.shape[-2:])
     chosen = mask_logits.gather(2, index).squeeze(2)  # (E, T, h, w)
-    # Eq. 9: bilinear to the input size (masks are at stride 4, cropped to ceil(H/4)).
-    full = F.interpolate(
-        chosen.flatten(0, 1)[:, None].float(),
-        size=(chosen.shape[-2] * 4, chosen.shape[-1] * 4),
-        mode="bilinear",
-        align_corners=False,
-    )[..., : input_size[0], : input_size[1]]
-    if output_size is not None and tuple(output_size) != tuple(input_size):
-        full = F.interpolate(full, size=tuple(output_size), mode="bilinear", align_corners=False)
+    full = upsample_mask_logits(chosen.flatten(0, 1), input_size, output_size)[:, None]
     masks = full.sigmoid() > threshold
     return masks[:, 0].unflatten(0, chosen.shape[:2]), best_scores, best

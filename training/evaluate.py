@@ -26,7 +26,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from proxyformer.checkpoint import load_checkpoint
-from proxyformer.postprocess import select_masks
+from proxyformer.postprocess import select_masks, upsample_mask_logits
 from proxyformer.text import encode_texts, load_tokenizer
 from training.data import DATASETS, build_dataset
 from training.data.transforms import ClipTransform, resize_clip, scaled_size, to_tensor_clip
@@ -120,14 +120,8 @@ def evaluate_frames(model, tokenizer, dataset, limit: int | None = None) -> dict
         ids, mask = encode_texts(tokenizer, [item["expression"]])
         outputs = model(frames, ids.to(device), mask.to(device))
         size = tuple(frames.shape[-2:])
-        logits = outputs["pred_masks"][0, centre]  # (N, h, w)
-        full = torch.nn.functional.interpolate(
-            logits[:, None], size=(logits.shape[-2] * 4, logits.shape[-1] * 4), mode="bilinear",
-            align_corners=False,
-        )[:, 0, : size[0], : size[1]]  # fmt: skip
         height, width = item["orig_size"]
-        full = torch.nn.functional.interpolate(full[:, None], size=(height, width), mode="bilinear",
-                                               align_corners=False)[:, 0]  # fmt: skip
+        full = upsample_mask_logits(outputs["pred_masks"][0, centre], size, (height, width))  # (N, H0, W0)
         query_masks = (full.sigmoid() > 0.5).cpu().numpy()
         scores = outputs["pred_logits"][0, centre].sigmoid().cpu().numpy()
         gt = dataset.read_target(dataset.samples[index])

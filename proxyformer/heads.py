@@ -20,9 +20,10 @@ class PredictionHeads(nn.Module):
     def forward(self, queries: torch.Tensor, seg_features: torch.Tensor) -> dict[str, torch.Tensor]:
         """Queries (B, T, N, C) and F_seg (B, T, D, h, w) -> logits, boxes, mask logits."""
         kernels = self.kernel_head(queries)  # (B, T, N, D)
-        # Eq. 9 before upsampling: each frame's kernels applied to that frame's F_seg. An einsum
-        # (MatMul in ONNX) rather than a grouped conv, so shapes stay dynamic in export.
-        masks = torch.einsum("btnd,btdhw->btnhw", kernels, seg_features)
+        # Eq. 9 before upsampling: each frame's kernels applied to that frame's F_seg, as one
+        # batched MatMul (btnd,btd(hw)->btn(hw)) rather than a grouped conv or an Einsum: shapes
+        # stay dynamic in export, TensorRT runs it as a GEMM and INT8 calibration can quantise it.
+        masks = (kernels @ seg_features.flatten(-2)).unflatten(-1, seg_features.shape[-2:])
         return {
             "pred_logits": self.class_head(queries).squeeze(-1),  # (B, T, N)
             "pred_boxes": self.box_head(queries).sigmoid(),  # (B, T, N, 4) cx, cy, w, h

@@ -39,7 +39,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--lr-text", type=float, default=defaults.lr_text,
                         help="lr of a trainable text encoder (default: --lr); RoBERTa is frozen by default")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--lr-drop", type=int, nargs="*", default=list(defaults.lr_drop))
+    parser.add_argument("--lr-drop", type=int, nargs="*", default=list(defaults.lr_drop),
+                        help="epochs after which the learning rate is multiplied by 0.1")
+    parser.add_argument("--lr-drop-steps", type=int, nargs="*", default=[],
+                        help="optimizer steps after which the learning rate is multiplied by 0.1")
     parser.add_argument("--clip-max-norm", type=float, default=defaults.clip_max_norm)
     parser.add_argument("--accumulate", type=int, default=defaults.accumulate)
     parser.add_argument("--workers", type=int, default=defaults.workers)

@@ -72,6 +72,7 @@ class TrainConfig:
     lr_text: float | None = None  # a trainable text encoder's lr; None: the same as lr
     weight_decay: float = 5e-4
     lr_drop: tuple[int, ...] = (20,)  # epochs after which the learning rate is multiplied by 0.1
+    lr_drop_steps: tuple[int, ...] = ()  # optimizer steps after which it is multiplied by 0.1
     clip_max_norm: float = 0.1
     accumulate: int = 1
     workers: int = 1
@@ -436,6 +437,10 @@ class Trainer:
                         continue
                     grad_norm = self._optimizer_step()
                     self.step += 1
+                    if self.step in config.lr_drop_steps:
+                        # The lr lives in the optimizer's param groups, so resume restores it.
+                        for group in self.optimizer.param_groups:
+                            group["lr"] *= 0.1
                     logged_steps += 1
                     running["grad_norm"] = running.get("grad_norm", 0.0) + grad_norm
                     progress.update(1)

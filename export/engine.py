@@ -1,0 +1,624 @@
+"""Bundle -> TensorRT engines: ``build_engines(bundle, precision, ...)`` and the equivalent
+``trtexec`` commands (``trtexec_commands``) for production builds.
+
+Precision lives in the ONNX graph (DESIGN.md, "Precision and engines"):
+
+- fp32: the "fp32" graph, built as a strongly typed network.
+- fp16: the "fp16" graph (FP16 with normalisations, softmax and reductions kept in FP32),
+  strongly typed. A bundle without it can still get an FP16 engine on TensorRT 10 only: the
+  fp32 graph as a weakly typed network with ``BuilderFlag.FP16``. TensorRT 11 removed that
+  flag (and trtexec's ``--fp16``), so there the bundle must be exported with
+  ``--precision fp16``.
+- int8: the "int8-tensorrt" graph (explicit Q/DQ quantization from calibration), strongly
+  typed; TensorRT 11 has no other INT8 path (no ``IInt8Calibrator``, no ``--int8``).
+
+Every engine has one optimisation profile spanning the manifest's T/E/L ranges, is written to
+``engines/{graph}.{precision}.plan`` atomically and gets a manifest entry (TensorRT version,
+GPU, compute capability, source graph, profile). An engine runs only on the GPU model and the
+TensorRT version it was built with.
+
+TensorRT API (checked against NVIDIA's Python API reference for 10.x and the 10.x -> 11.x
+migration guide): ``trt.Builder``, ``Builder.create_network`` with
+``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (deprecated and ignored in 11, where every
+network is strongly typed), ``trt.OnnxParser.parse_from_file`` (resolves external data next
+to the file), ``ParserError.desc/node/node_name/node_operator``,
+``Builder.create_optimization_profile``, ``IOptimizationProfile.set_shape``,
+``IBuilderConfig.add_optimization_profile/set_memory_pool_limit/create_timing_cache/
+set_timing_cache/get_timing_cache``, ``ITimingCache.serialize``,
+``Builder.build_serialized_network`` (``None`` on failure), ``BuilderFlag.FP16`` (10.x only),
+an ``ILogger`` subclass that forwards TensorRT's messages to ``logging``.
+
+This module imports ``tensorrt`` only inside ``build_engines``; ``trtexec_commands`` works on a
+machine without TensorRT.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from runtime.manifest import AXES, GRAPHS, BundleError, Manifest, TensorSpec
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "int8")
+# Engine precision -> the ONNX variant of the bundle it is built from.
+VARIANTS = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-tensorrt"}
+ENGINE_DIR = "engines"
+MIN_TENSORRT_MAJOR = 10  # name-based I/O (set_input_shape, set_tensor_address, execute_async_v3)
+DEFAULT_TENSORRT_MAJOR = 10  # assumed for trtexec commands when TensorRT is not installed here
+INSTALL_HINT = 'pip install -e ".[tensorrt]"'
+# pip distributions that install the ``tensorrt`` module (the meta package and per-CUDA wheels).
+TENSORRT_DISTRIBUTIONS = (
+    "tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11",
+    "tensorrt-cu13-bindings", "tensorrt-cu12-bindings", "tensorrt-cu11-bindings",
+)  # fmt: skip
+
+
+class EngineBuildError(RuntimeError):
+    """An engine cannot be built here; the message says what to do about it."""
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How one engine is built: from which ONNX file, strongly typed or with the FP16 flag."""
+
+    graph: str
+    precision: str  # "fp32" | "fp16" | "int8"
+    variant: str  # the bundle's ONNX variant: "fp32", "fp16", "int8-tensorrt"
+    onnx_file: str  # relative to the bundle
+    strongly_typed: bool  # False: weakly typed network + BuilderFlag.FP16 (TensorRT 10 only)
+    note: str | None = None  # a fallback the user should know about
+
+    @property
+    def engine_file(self) -> str:
+        return engine_file(self.graph, self.precision)
+
+
+def engine_file(graph: str, precision: str) -> str:
+    """The engine's path relative to the bundle: ``engines/{graph}.{precision}.plan``."""
+    return f"{ENGINE_DIR}/{graph}.{precision}.plan"
+
+
+def plan_build(manifest: Manifest, graph: str, precision: str, tensorrt_major: int) -> BuildPlan:
+    """Choose the ONNX variant and network typing of one engine.
+
+    Raises ``BundleError`` (from ``Manifest.variant``, naming the variant and how to make it)
+    when the bundle lacks the graph the precision needs, and ``EngineBuildError`` for an FP16
+    engine without an FP16 graph on TensorRT >= 11.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and "fp16" not in manifest.precisions(graph):
+        if tensorrt_major >= 11:
+            # TensorRT 11 removed BuilderFlag.FP16 and trtexec --fp16 (10.x -> 11.x migration
+            # guide, "Removed Python APIs"; "Migrating trtexec Usage").
+            raise EngineBuildError(
+                f"bundle {manifest.root} has no fp16 variant of {graph}.onnx and TensorRT "
+                f"{tensorrt_major} builds only strongly typed networks (the FP16 builder flag "
+                "is gone): re-export the bundle with python export/to_onnx.py ... --precision "
+                "fp32 fp16"
+            )
+        variant = manifest.variant(graph, "fp32")
+        return BuildPlan(
+            graph, precision, "fp32", variant["file"], strongly_typed=False,
+            note=(
+                f"{graph}: the bundle has no fp16 graph; building the fp32 graph as a weakly "
+                "typed network with the FP16 builder flag, which only TensorRT 10 has (export "
+                "with --precision fp16 for an FP16 graph that TensorRT 11 can build)"
+            ),
+        )  # fmt: skip
+    variant = VARIANTS[precision]
+    if precision == "int8" and variant not in manifest.precisions(graph) and graph != "video":
+        # Calibration quantizes the video graph only; the text encoder (run once per
+        # expression, not per frame) goes into the INT8 set of engines at its best float graph.
+        fallback = "fp16" if "fp16" in manifest.precisions(graph) else "fp32"
+        return BuildPlan(
+            graph, precision, fallback, manifest.variant(graph, fallback)["file"], True,
+            note=f"{graph}: no INT8 graph (calibration quantizes the video graph); "
+            f"built from its {fallback} graph",
+        )  # fmt: skip
+    return BuildPlan(graph, precision, variant, manifest.variant(graph, variant)["file"], True)
+
+
+def profile_shapes(manifest: Manifest, graph: str) -> dict[str, dict[str, tuple[int, ...]]]:
+    """min/opt/max shapes of every graph input with a dynamic axis, from ``manifest.profiles``."""
+    shapes = {}
+    for spec in manifest.inputs(graph):
+        if all(isinstance(dim, int) for dim in spec.shape):
+            continue
+        shapes[spec.name] = {
+            which: _profile_shape(spec, manifest, which) for which in ("min", "opt", "max")
+        }
+    return shapes
+
+
+def _profile_shape(spec: TensorSpec, manifest: Manifest, which: str) -> tuple[int, ...]:
+    dims = []
+    for dim in spec.shape:
+        if isinstance(dim, int):
+            dims.append(dim)
+        elif dim in manifest.profiles:
+            dims.append(int(manifest.profiles[dim][which]))
+        else:
+            raise BundleError(
+                f"bundle {manifest.root}: input {spec.describe()} has axis {dim!r} without a "
+                f"profile (profiles: {sorted(manifest.profiles)}; axes: {sorted(AXES)})"
+            )
+    return tuple(dims)
+
+
+def _open_manifest(bundle: str | Path | Manifest, verify: bool) -> Manifest:
+    return bundle if isinstance(bundle, Manifest) else Manifest.load(bundle, verify=verify)
+
+
+# -- trtexec ---------------------------------------------------------------------------------
+
+
+def installed_tensorrt_version() -> str | None:
+    """The installed TensorRT's version from pip metadata, without importing ``tensorrt``."""
+    for name in TENSORRT_DISTRIBUTIONS:
+        try:
+            return importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def resolve_tensorrt_major(tensorrt_major: int | None = None) -> tuple[int, str]:
+    """The TensorRT major version commands are written for, and a line saying where it came from.
+
+    Given explicitly, it is used as is; otherwise the installed ``tensorrt`` distribution's
+    version (read from pip metadata, the module is not imported); otherwise 10 is assumed.
+    """
+    if tensorrt_major is not None:
+        if tensorrt_major < MIN_TENSORRT_MAJOR:
+            raise ValueError(f"TensorRT {tensorrt_major} is not supported (needs >= 10)")
+        return tensorrt_major, f"written for TensorRT {tensorrt_major} (as requested)"
+    version = installed_tensorrt_version()
+    if version is not None:
+        return _major(version), f"written for TensorRT {version} (installed here)"
+    return DEFAULT_TENSORRT_MAJOR, (
+        f"written for TensorRT {DEFAULT_TENSORRT_MAJOR}: tensorrt is not installed here, so "
+        "version 10 is assumed; pass --tensorrt-major 11 for TensorRT 11"
+    )
+
+
+def _trtexec_entries(
+    bundle: str | Path | Manifest,
+    precision: str,
+    workspace_gb: float | None,
+    timing_cache: str | Path | None,
+    graphs: tuple[str, ...] | list[str],
+    tensorrt_major: int | None,
+) -> tuple[str, list[tuple[str, BuildPlan]]]:
+    major, origin = resolve_tensorrt_major(tensorrt_major)
+    manifest = _open_manifest(bundle, verify=False)
+    entries = []
+    for graph in graphs:
+        plan = plan_build(manifest, graph, precision, major)
+        args = [
+            "trtexec",
+            f"--onnx={manifest.root / plan.onnx_file}",
+            f"--saveEngine={manifest.root / plan.engine_file}",
+        ]
+        # --stronglyTyped: opt-in on TensorRT 10; on 11 strong typing is always on and the flag
+        # is "no longer needed" (10.x -> 11.x trtexec migration guide), accepted as a no-op.
+        # --fp16 exists only on TensorRT 10 (removed in 11 with --int8, --best, ...).
+        args.append("--stronglyTyped" if plan.strongly_typed else "--fp16")
+        shapes = profile_shapes(manifest, graph)
+        if shapes:
+            # trtexec shape spec: name:AxBxC, comma-separated; min, opt and max all given.
+            for which in ("min", "opt", "max"):
+                spec = ",".join(
+                    f"{name}:{'x'.join(str(d) for d in points[which])}"
+                    for name, points in shapes.items()
+                )
+                args.append(f"--{which}Shapes={spec}")
+        if workspace_gb is not None:
+            # --memPoolSize=workspace:N: N in MiB when no unit suffix is given (trtexec help,
+            # TensorRT 8.4 to 10.x); suffixes (K, M, G) were added later, so none is used.
+            args.append(f"--memPoolSize=workspace:{_workspace_mib(workspace_gb)}")
+        if timing_cache is not None:
+            args.append(f"--timingCacheFile={timing_cache}")
+        args.append("--skipInference")  # build and save only; benchmarks measure elsewhere
+        entries.append((shlex.join(args), plan))
+    return origin, entries
+
+
+def trtexec_commands(
+    bundle: str | Path | Manifest,
+    precision: str,
+    workspace_gb: float | None = None,
+    timing_cache: str | Path | None = None,
+    graphs: tuple[str, ...] | list[str] = GRAPHS,
+    tensorrt_major: int | None = None,
+) -> list[str]:
+    """The ``trtexec`` command (shell-quoted) that builds each graph's engine.
+
+    Args:
+        bundle: the bundle directory (or its loaded ``Manifest``).
+        precision: "fp32", "fp16" or "int8" (int8 needs the bundle's "int8-tensorrt" graph).
+        workspace_gb: builder workspace limit in GiB (``--memPoolSize``); None: TensorRT's.
+        timing_cache: a timing cache file trtexec loads and saves (``--timingCacheFile``).
+        graphs: which graphs.
+        tensorrt_major: the TensorRT major version the flags are for; None: the installed
+            version, or 10 when TensorRT is not installed (``trtexec_script`` says which).
+    Returns:
+        One command per graph, writing ``engines/{graph}.{precision}.plan`` in the bundle.
+        Engines built this way get no manifest entry; ``build_engines`` records its engines.
+    """
+    _, entries = _trtexec_entries(
+        bundle, precision, workspace_gb, timing_cache, graphs, tensorrt_major
+    )
+    return [command for command, _ in entries]
+
+
+def trtexec_script(
+    bundle: str | Path | Manifest,
+    precision: str,
+    workspace_gb: float | None = None,
+    timing_cache: str | Path | None = None,
+    graphs: tuple[str, ...] | list[str] = GRAPHS,
+    tensorrt_major: int | None = None,
+) -> str:
+    """``trtexec_commands`` preceded by comment lines: the TensorRT version assumed, fallbacks."""
+    origin, entries = _trtexec_entries(
+        bundle, precision, workspace_gb, timing_cache, graphs, tensorrt_major
+    )
+    lines = [
+        f"# trtexec commands ({precision}), {origin}",
+        (
+            "# engines built by trtexec get no manifest.json entry; "
+            "export/build_engine.py builds and records them"
+        ),
+    ]
+    lines += [f"# note: {plan.note}" for _, plan in entries if plan.note]
+    lines += [command for command, _ in entries]
+    return "\n".join(lines)
+
+
+def _workspace_mib(workspace_gb: float) -> int:
+    if workspace_gb <= 0:
+        raise ValueError(f"workspace must be positive GiB, got {workspace_gb}")
+    return max(1, int(workspace_gb * 1024))
+
+
+def _major(version: str) -> int:
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        raise EngineBuildError(f"cannot read a TensorRT version from {version!r}") from None
+
+
+# -- the GPU ---------------------------------------------------------------------------------
+
+
+def gpu_info(device: int = 0) -> dict[str, str]:
+    """Name and compute capability ("8.6") of a CUDA GPU, through cuda-python's runtime API.
+
+    Raises ``EngineBuildError`` without cuda-python or without a usable CUDA GPU.
+    """
+    try:
+        # cuda-python >= 12.6 (and 13.x) name the module cuda.bindings.runtime ...
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            # ... older releases cuda.cudart (removed in cuda-python 13).
+            from cuda import cudart
+        except ImportError:
+            raise EngineBuildError(
+                f"cuda-python is not installed; install the GPU extra: {INSTALL_HINT}"
+            ) from None
+    success = cudart.cudaError_t.cudaSuccess
+    # Every call returns (cudaError_t, value...) rather than raising.
+    error, count = cudart.cudaGetDeviceCount()
+    if error != success or not count:
+        reason = _cuda_error_text(cudart, error) if error != success else "0 devices"
+        raise EngineBuildError(
+            f"no CUDA GPU is usable here ({reason}); TensorRT engines are built on the GPU "
+            "model they will run on, with its NVIDIA driver installed"
+        )
+    if not 0 <= device < count:
+        raise EngineBuildError(f"CUDA device {device} does not exist ({count} devices)")
+    error, props = cudart.cudaGetDeviceProperties(device)
+    if error != success:
+        reason = _cuda_error_text(cudart, error)
+        raise EngineBuildError(f"cannot query CUDA device {device}: {reason}")
+    name = props.name
+    if isinstance(name, bytes):
+        name = name.split(b"\0", 1)[0].decode(errors="replace")
+    return {"name": str(name).strip(), "compute_capability": f"{props.major}.{props.minor}"}
+
+
+def _cuda_error_text(cudart, error) -> str:
+    _, text = cudart.cudaGetErrorString(error)
+    text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+    return f"{getattr(error, 'name', error)}: {text}"
+
+
+# -- building ----------------------------------------------------------------------------------
+
+
+def import_tensorrt():
+    """``import tensorrt``, or ``EngineBuildError`` saying how to install it (needs >= 10)."""
+    try:
+        import tensorrt as trt
+    except (ImportError, OSError) as error:  # OSError: the wheel is there, libnvinfer is not
+        raise EngineBuildError(
+            f"TensorRT is not installed or cannot load ({error}); on a machine with an NVIDIA "
+            f"GPU and driver run: {INSTALL_HINT}"
+        ) from None
+    if _major(trt.__version__) < MIN_TENSORRT_MAJOR:
+        raise EngineBuildError(
+            f"TensorRT {trt.__version__} is too old: ProxyFormer engines need TensorRT >= "
+            f"{MIN_TENSORRT_MAJOR} (name-based tensor API); upgrade with {INSTALL_HINT}"
+        )
+    return trt
+
+
+def build_engines(
+    bundle: str | Path | Manifest,
+    precision: str = "fp16",
+    workspace_gb: float | None = None,
+    timing_cache: str | Path | None = None,
+    graphs: tuple[str, ...] | list[str] = GRAPHS,
+    verbose: bool = False,
+) -> dict[str, dict]:
+    """Build a TensorRT engine per graph of a bundle and record it in the bundle's manifest.
+
+    Args:
+        bundle: the bundle directory (loaded with every file's sha256 verified), or a Manifest.
+        precision: "fp32", "fp16" or "int8" (see the module docstring for the graphs used).
+        workspace_gb: builder workspace limit in GiB; None leaves TensorRT's default (the
+            device's memory).
+        timing_cache: a timing cache file, loaded when it exists and saved back (atomically)
+            after each engine, so rebuilds and the other graph reuse the tactic timings.
+        graphs: which graphs to build.
+        verbose: TensorRT's verbose log.
+    Returns:
+        graph -> the manifest entry of its engine (file, tensorrt, gpu, compute_capability,
+        built_from, strongly_typed, profile, workspace_gb, build_seconds).
+    Raises:
+        EngineBuildError: TensorRT or cuda-python missing, TensorRT < 10, no CUDA GPU, an FP16
+            engine without an FP16 graph on TensorRT 11, a parser error (naming the nodes), a
+            failed build.
+        BundleError: the bundle lacks the graph variant the precision needs.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if workspace_gb is not None:
+        _workspace_mib(workspace_gb)
+    manifest = _open_manifest(bundle, verify=True)
+    trt = import_tensorrt()
+    major = _major(trt.__version__)
+    # Plans first: a missing variant is reported before any GPU work.
+    plans = [plan_build(manifest, graph, precision, major) for graph in graphs]
+    gpu = gpu_info()
+    logger = tensorrt_logger(trt, verbose)
+    log.info("TensorRT %s on %s (sm %s)", trt.__version__, gpu["name"], gpu["compute_capability"])
+    entries = {}
+    for plan in plans:
+        if plan.note:
+            log.warning(plan.note)
+        entries[plan.graph] = _build_engine(trt, logger, manifest, plan, gpu, workspace_gb,
+                                            timing_cache)  # fmt: skip
+    return entries
+
+
+def _build_engine(trt, logger, manifest: Manifest, plan: BuildPlan, gpu: dict,
+                  workspace_gb: float | None, timing_cache: str | Path | None) -> dict:  # fmt: skip
+    onnx_path = manifest.root / plan.onnx_file
+    log.info("building %s (%s) from %s", plan.engine_file, plan.precision, plan.onnx_file)
+    start = time.perf_counter()
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt, plan.strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    # parse_from_file (not parse(bytes)) so a sibling external-data file is found.
+    if not parser.parse_from_file(str(onnx_path)):
+        raise EngineBuildError(_parser_failure(parser, onnx_path))
+
+    config = builder.create_builder_config()
+    if not plan.strongly_typed:
+        # TensorRT 10 only: BuilderFlag.FP16 is removed in 11 (plan_build refuses this there).
+        config.set_flag(trt.BuilderFlag.FP16)
+    if workspace_gb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
+    profile = _add_profile(builder, config, network, manifest, plan.graph)
+    _load_timing_cache(config, timing_cache)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineBuildError(
+            f"TensorRT could not build {plan.engine_file} from {onnx_path} (the errors are in "
+            "TensorRT's log above; rerun with --verbose for more). Common causes: too small a "
+            "workspace (--workspace), profile ranges too large for the GPU's memory (re-export "
+            "with smaller --frames/--expressions maxima), or layers without an implementation "
+            "in this precision"
+        )
+    build_seconds = time.perf_counter() - start
+    if timing_cache is not None:
+        _atomic_write_bytes(Path(timing_cache), memoryview(config.get_timing_cache().serialize()))
+
+    path = manifest.root / plan.engine_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write_bytes(path, memoryview(serialized))
+    manifest.add_file(plan.engine_file, "tensorrt engine")
+    entry = {
+        "file": plan.engine_file,
+        "tensorrt": trt.__version__,
+        "gpu": gpu["name"],
+        "compute_capability": gpu["compute_capability"],
+        "built_from": plan.onnx_file,
+        "strongly_typed": plan.strongly_typed,
+        "profile": profile,
+        "workspace_gb": workspace_gb,
+        "build_seconds": round(build_seconds, 1),
+    }
+    manifest.add_engine(plan.precision, plan.graph, entry)
+    manifest.save()
+    log.info("wrote %s (%.1f MB) in %.1f s", path, path.stat().st_size / 1e6, build_seconds)
+    return entry
+
+
+_LOGGER: dict = {}
+
+
+def tensorrt_logger(trt, verbose: bool = False):
+    """The process's one TensorRT logger (TensorRT warns when builders and runtimes use
+    different ones), writing TensorRT's messages to ``logging`` under this module's name.
+
+    Errors and warnings are logged as such; TensorRT's info and verbose messages only with
+    ``verbose`` (at INFO), else info at DEBUG and verbose dropped.
+    """
+    logger = _LOGGER.get("logger")
+    if logger is None:
+        severity = trt.ILogger.Severity
+
+        class LoggingLogger(trt.ILogger):  # subclassing ILogger: TensorRT Python API, "Logger"
+            def __init__(self) -> None:
+                trt.ILogger.__init__(self)
+                self.verbose = False
+
+            def log(self, level, message) -> None:
+                if level in (severity.INTERNAL_ERROR, severity.ERROR):
+                    log.error("TensorRT: %s", message)
+                elif level == severity.WARNING:
+                    log.warning("TensorRT: %s", message)
+                elif self.verbose:
+                    log.info("TensorRT: %s", message)
+                elif level == severity.INFO:
+                    log.debug("TensorRT: %s", message)
+
+        logger = _LOGGER["logger"] = LoggingLogger()
+    logger.verbose = verbose
+    return logger
+
+
+def _network_flags(trt, strongly_typed: bool) -> int:
+    """Creation flags: STRONGLY_TYPED, or 0 for TensorRT 10's weakly typed network.
+
+    In TensorRT 11 the flag is deprecated and ignored (every network is strongly typed); it is
+    looked up with getattr so a release that drops it still gets a strongly typed network.
+    """
+    if not strongly_typed:
+        return 0
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _parser_failure(parser, onnx_path: Path) -> str:
+    """The parser's errors, each with the failing node's name, operator and description."""
+    lines = []
+    for index in range(parser.num_errors):
+        error = parser.get_error(index)
+        # node_name()/node_operator() exist from TensorRT 10.0 (IParserError::nodeName,
+        # nodeOperator); node() is the node's index, -1 when the error is not about a node.
+        name = _call(error, "node_name")
+        operator = _call(error, "node_operator")
+        node = _call(error, "node")
+        where = f"node {name!r}" if name else (f"node #{node}" if node not in (None, -1) else "")
+        if operator:
+            where = f"{where} ({operator})" if where else f"({operator})"
+        lines.append(f"  - {where + ': ' if where else ''}{error.desc()}")
+    hint = ""
+    try:
+        from .tensorrt_ops import tensorrt_report
+
+        report = tensorrt_report({onnx_path.name: onnx_path})
+        if report["problems"]:
+            hint = "\nthe operator table also flags:\n" + "\n".join(
+                f"  - {problem}" for problem in report["problems"]
+            )
+    except Exception as error:  # noqa: BLE001 - a failing hint must not hide the parser errors
+        log.debug("no operator report for %s: %s", onnx_path, error)
+    return (
+        f"TensorRT's ONNX parser rejected {onnx_path}:\n" + "\n".join(lines) + hint
+        + "\nchange the model or the export so these nodes become supported operators "
+        "(export.tensorrt_ops lists them), then re-export the bundle"
+    )
+
+
+def _call(obj, method: str):
+    function = getattr(obj, method, None)
+    try:
+        return function() if callable(function) else None
+    except (RuntimeError, TypeError, ValueError):
+        return None
+
+
+def _add_profile(builder, config, network, manifest: Manifest, graph: str) -> dict:
+    """One optimisation profile: min/opt/max from the manifest for every dynamic input."""
+    specs = {spec.name: spec for spec in manifest.inputs(graph)}
+    profile = builder.create_optimization_profile()
+    shapes = {}
+    for index in range(network.num_inputs):
+        tensor = network.get_input(index)
+        spec = specs.get(tensor.name)
+        if spec is None:
+            raise EngineBuildError(
+                f"{graph} graph input {tensor.name!r} is not in the manifest ({sorted(specs)}): "
+                "the ONNX file does not belong to this bundle; re-export it"
+            )
+        dims = tuple(tensor.shape)
+        if len(dims) != len(spec.shape) or any(
+            d >= 0 and isinstance(s, int) and d != s
+            for d, s in zip(dims, spec.shape, strict=True)
+        ):
+            raise EngineBuildError(
+                f"{graph} graph input {tensor.name} has shape {dims} in the ONNX file but "
+                f"{spec.describe()} in the manifest; re-export the bundle"
+            )
+        if all(d >= 0 for d in dims):
+            continue
+        points = {which: _profile_shape(spec, manifest, which) for which in ("min", "opt", "max")}
+        profile.set_shape(tensor.name, points["min"], points["opt"], points["max"])
+        shapes[tensor.name] = {which: list(shape) for which, shape in points.items()}
+    index = config.add_optimization_profile(profile) if shapes else 0
+    if isinstance(index, int) and index < 0:  # -1: TensorRT found the profile invalid
+        raise EngineBuildError(f"TensorRT rejected the {graph} optimisation profile {shapes}")
+    return shapes
+
+
+def _load_timing_cache(config, path: str | Path | None) -> None:
+    """Attach a timing cache: the file's when it exists and TensorRT accepts it, else a new one."""
+    if path is None:
+        return
+    path = Path(path)
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = None
+    if blob:
+        try:
+            cache = config.create_timing_cache(blob)
+        except (RuntimeError, TypeError, ValueError) as error:  # truncated, other version
+            log.warning("timing cache %s is unusable (%s); starting a new one", path, error)
+    if cache is None:
+        cache = config.create_timing_cache(b"")  # an empty buffer makes a new cache
+    # ignore_mismatch=False: a cache from another GPU model is not applied (it would mislead
+    # the tactic choice); TensorRT then logs the mismatch and builds without it.
+    if config.set_timing_cache(cache, ignore_mismatch=False) is False:
+        log.warning("timing cache %s does not match this GPU/TensorRT; starting a new one", path)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    elif blob:
+        log.info("timing cache loaded from %s", path)
+
+
+def _atomic_write_bytes(path: Path, data) -> None:
+    """Write through a temporary file in the same directory and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,604 @@
+"""Backends on a tiny hand-built bundle: onnxruntime on CPU here, TensorRT on a GPU machine.
+
+The bundle has the real graphs' input/output names, dtypes and named dims, with tiny
+computations that numpy can repeat, and a manifest written through ``runtime.manifest``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.backends import (
+    AVAILABLE,
+    BackendUnavailable,
+    EngineMismatchError,
+    InputError,
+    OnnxRuntimeBackend,
+    available_backends,
+    check_engine_entry,
+    check_feeds,
+    compute_capability,
+    engine_precision,
+    gpu_status,
+    load_backend,
+    tensorrt_ep_options,
+)
+from runtime.manifest import BundleError, Manifest, TensorSpec, profile_shape
+
+REPO = Path(__file__).resolve().parents[1]
+VOCAB, CHANNELS, QUERIES, HEIGHT, WIDTH = 16, 4, 3, 8, 12
+PROFILES = {
+    "T": {"min": 1, "opt": 2, "max": 4},
+    "E": {"min": 1, "opt": 2, "max": 3},
+    "L": {"min": 1, "opt": 4, "max": 6},
+}
+RNG = np.random.default_rng(0)
+EMBEDDING = RNG.standard_normal((VOCAB, CHANNELS)).astype(np.float32)
+QUERY_WEIGHT = np.array([0.5, -1.0, 2.0], dtype=np.float32)
+BOX_WEIGHT = np.array([1.0, -0.5, 0.25, 2.0], dtype=np.float32)
+
+TEXT_INPUTS = [
+    TensorSpec("input_ids", "int64", ("E", "L")),
+    TensorSpec("attention_mask", "int64", ("E", "L")),
+]
+TEXT_OUTPUTS = [TensorSpec("text_features", "float32", ("E", "L", CHANNELS))]
+VIDEO_INPUTS = [
+    TensorSpec("frames", "uint8", ("T", HEIGHT, WIDTH, 3)),
+    TensorSpec("text_features", "float32", ("E", "L", CHANNELS)),
+    TensorSpec("attention_mask", "int64", ("E", "L")),
+]
+VIDEO_OUTPUTS = [
+    TensorSpec("pred_logits", "float32", ("E", "T", QUERIES)),
+    TensorSpec("pred_boxes", "float32", ("E", "T", QUERIES, 4)),
+    TensorSpec("pred_masks", "float32", ("E", "T", QUERIES, HEIGHT, WIDTH)),
+]
+ONNX_TYPES = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8}
+
+
+# -- the tiny bundle -----------------------------------------------------------------------
+
+
+def _value_infos(specs):
+    return [
+        helper.make_tensor_value_info(s.name, ONNX_TYPES[s.dtype], list(s.shape)) for s in specs
+    ]
+
+
+def _const(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def _model(nodes, specs_in, specs_out, initializers, name):
+    graph = helper.make_graph(
+        nodes, name, _value_infos(specs_in), _value_infos(specs_out), initializer=initializers
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def text_encoder_model():
+    """text_features = embedding[input_ids] * attention_mask[..., None]."""
+    nodes = [
+        helper.make_node("Gather", ["embedding", "input_ids"], ["embedded"]),
+        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask", "axis_2"], ["mask3"]),
+        helper.make_node("Mul", ["embedded", "mask3"], ["text_features"]),
+    ]
+    inits = [_const("embedding", EMBEDDING), _const("axis_2", np.array([2], np.int64))]
+    return _model(nodes, TEXT_INPUTS, TEXT_OUTPUTS, inits, "text_encoder")
+
+
+def video_model():
+    """Logits from the masked text mean and each frame's brightness; boxes and masks from them."""
+    nodes = [
+        helper.make_node("Cast", ["frames"], ["frames_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["frames_f", "inv255"], ["pixels"]),
+        helper.make_node("ReduceMean", ["pixels"], ["frame_mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("ReduceMean", ["pixels"], ["gray"], axes=[3], keepdims=0),
+        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask", "axis_2"], ["mask3"]),
+        helper.make_node("Mul", ["text_features", "mask3"], ["masked_text"]),
+        helper.make_node("ReduceMean", ["masked_text"], ["text_mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("Unsqueeze", ["text_mean", "axes_1_2"], ["text_e11"]),
+        helper.make_node("Unsqueeze", ["frame_mean", "axes_0_2"], ["frame_1t1"]),
+        helper.make_node("Mul", ["frame_1t1", "query_weight"], ["frame_query"]),
+        helper.make_node("Add", ["text_e11", "frame_query"], ["pred_logits"]),
+        helper.make_node("Unsqueeze", ["pred_logits", "axis_3"], ["logits4"]),
+        helper.make_node("Mul", ["logits4", "box_weight"], ["box_raw"]),
+        helper.make_node("Sigmoid", ["box_raw"], ["pred_boxes"]),
+        helper.make_node("Unsqueeze", ["pred_logits", "axes_3_4"], ["logits5"]),
+        helper.make_node("Unsqueeze", ["gray", "axes_0_2"], ["gray5"]),
+        helper.make_node("Mul", ["logits5", "gray5"], ["pred_masks"]),
+    ]
+    inits = [
+        _const("inv255", np.array(1 / 255, np.float32)),
+        _const("axis_2", np.array([2], np.int64)),
+        _const("axis_3", np.array([3], np.int64)),
+        _const("axes_1_2", np.array([1, 2], np.int64)),
+        _const("axes_0_2", np.array([0, 2], np.int64)),
+        _const("axes_3_4", np.array([3, 4], np.int64)),
+        _const("query_weight", QUERY_WEIGHT.reshape(1, 1, QUERIES)),
+        _const("box_weight", BOX_WEIGHT),
+    ]
+    return _model(nodes, VIDEO_INPUTS, VIDEO_OUTPUTS, inits, "video")
+
+
+def text_reference(input_ids, attention_mask):
+    return EMBEDDING[input_ids] * attention_mask[..., None].astype(np.float32)
+
+
+def video_reference(frames, text_features, attention_mask):
+    pixels = frames.astype(np.float32) * np.float32(1 / 255)
+    frame_mean = pixels.mean(axis=(1, 2, 3))  # (T,)
+    gray = pixels.mean(axis=3)  # (T, H, W)
+    text_mean = (text_features * attention_mask[..., None]).mean(axis=(1, 2))  # (E,)
+    logits = text_mean[:, None, None] + frame_mean[None, :, None] * QUERY_WEIGHT  # (E, T, N)
+    boxes = 1 / (1 + np.exp(-(logits[..., None] * BOX_WEIGHT)))
+    masks = logits[..., None, None] * gray[None, :, None]
+    return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": masks}
+
+
+def write_bundle(root: Path) -> Manifest:
+    root.mkdir(parents=True, exist_ok=True)
+    onnx.save(text_encoder_model(), root / "text_encoder.onnx")
+    onnx.save(video_model(), root / "video.onnx")
+    manifest = Manifest.new(
+        root,
+        model={"name": "tiny-test", "config": {}},
+        preprocessing={"height": HEIGHT, "width": WIDTH},
+        profiles=PROFILES,
+        opset=17,
+        versions={"onnx": onnx.__version__},
+    )
+    manifest.set_graph("text_encoder", TEXT_INPUTS, TEXT_OUTPUTS)
+    manifest.set_graph("video", VIDEO_INPUTS, VIDEO_OUTPUTS)
+    for graph in ("text_encoder", "video"):
+        manifest.add_variant(graph, "fp32", {"file": f"{graph}.onnx"})
+        manifest.add_file(f"{graph}.onnx", "graph")
+    manifest.save()
+    return Manifest.load(root)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Manifest:
+    return write_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+def text_feeds(expressions=2, tokens=5, seed=1):
+    rng = np.random.default_rng(seed)
+    mask = np.ones((expressions, tokens), np.int64)
+    mask[0, tokens - 2 :] = 0
+    return {
+        "input_ids": rng.integers(0, VOCAB, (expressions, tokens), dtype=np.int64),
+        "attention_mask": mask,
+    }
+
+
+def video_feeds(frames=3, expressions=2, tokens=5, seed=2):
+    rng = np.random.default_rng(seed)
+    text = text_feeds(expressions, tokens, seed)
+    return {
+        "frames": rng.integers(0, 256, (frames, HEIGHT, WIDTH, 3), dtype=np.uint8),
+        "text_features": rng.standard_normal((expressions, tokens, CHANNELS)).astype(np.float32),
+        "attention_mask": text["attention_mask"],
+    }
+
+
+def onnxruntime_cuda_present() -> bool:
+    return available_backends()["onnxruntime-cuda"] == AVAILABLE
+
+
+# -- onnxruntime on CPU --------------------------------------------------------------------
+
+
+def test_onnxruntime_text_encoder_matches_numpy(bundle):
+    backend = OnnxRuntimeBackend(bundle, "text_encoder", threads=1)
+    assert backend.name == "onnxruntime-cpu fp32"
+    assert backend.input_names == ("input_ids", "attention_mask")
+    assert backend.output_names == ("text_features",)
+    for expressions, tokens in [(2, 5), (1, 1), (3, 6)]:
+        feeds = text_feeds(expressions, tokens)
+        outputs = backend.infer(feeds)
+        assert list(outputs) == ["text_features"]
+        assert outputs["text_features"].shape == (expressions, tokens, CHANNELS)
+        np.testing.assert_allclose(outputs["text_features"], text_reference(**feeds), atol=1e-6)
+    backend.close()
+
+
+def test_onnxruntime_video_matches_numpy(bundle):
+    backend = OnnxRuntimeBackend(bundle, "video", threads=1, graph_optimization_level="basic")
+    for frames, expressions in [(3, 2), (1, 1), (4, 3)]:
+        feeds = video_feeds(frames, expressions)
+        outputs = backend.infer(feeds)
+        reference = video_reference(**feeds)
+        assert list(outputs) == ["pred_logits", "pred_boxes", "pred_masks"]
+        for name, expected in reference.items():
+            assert outputs[name].dtype == np.float32
+            assert outputs[name].shape == expected.shape
+            np.testing.assert_allclose(outputs[name], expected, rtol=1e-5, atol=1e-6)
+    backend.close()
+
+
+def test_onnxruntime_profiling_writes_json(bundle, tmp_path):
+    backend = OnnxRuntimeBackend(
+        bundle, "text_encoder", threads=1, profile=True, profile_dir=tmp_path
+    )
+    backend.infer(text_feeds())
+    path = Path(backend.end_profiling())
+    assert path.parent == tmp_path and path.suffix == ".json"
+    assert isinstance(json.loads(path.read_text()), list)
+
+
+def test_infer_checks_feeds_first(bundle):
+    backend = OnnxRuntimeBackend(bundle, "text_encoder", threads=1)
+    feeds = text_feeds()
+    feeds["input_ids"] = feeds["input_ids"].astype(np.int32)
+    with pytest.raises(InputError, match="input 'input_ids' expects int64"):
+        backend.infer(feeds)
+
+
+# -- check_feeds ---------------------------------------------------------------------------
+
+
+def _drop(name):
+    def mutate(feeds):
+        del feeds[name]
+
+    return mutate
+
+
+def _set(name, make):
+    def mutate(feeds):
+        feeds[name] = make(feeds)
+
+    return mutate
+
+
+CHECK_CASES = {
+    "missing": (
+        "text_encoder",
+        _drop("attention_mask"),
+        ["missing", "'attention_mask'", "int64[E in 1..3, L in 1..6]", "input_ids"],
+    ),
+    "extra": (
+        "text_encoder",
+        _set("token_type_ids", lambda f: np.zeros((2, 5), np.int64)),
+        ["unexpected", "'token_type_ids' int64[2, 5]", "'input_ids' int64[E in 1..3, L in 1..6]"],
+    ),
+    "dtype": (
+        "text_encoder",
+        _set("input_ids", lambda f: f["input_ids"].astype(np.int32)),
+        ["'input_ids'", "int64[E in 1..3, L in 1..6]", "received int32[2, 5]", "dtype int32"],
+    ),
+    "rank": (
+        "text_encoder",
+        _set("input_ids", lambda f: f["input_ids"][..., None]),
+        [
+            "'input_ids'",
+            "int64[E in 1..3, L in 1..6]",
+            "received int64[2, 5, 1]",
+            "rank 3 is not 2",
+        ],
+    ),
+    "static_dim": (
+        "video",
+        _set("frames", lambda f: np.zeros((3, HEIGHT, WIDTH + 1, 3), np.uint8)),
+        ["'frames'", "uint8[T in 1..4, 8, 12, 3]", "received uint8[3, 8, 13, 3]", "dim 2 is 13"],
+    ),
+    "above_profile": (
+        "video",
+        _set("frames", lambda f: np.zeros((5, HEIGHT, WIDTH, 3), np.uint8)),
+        ["'frames'", "uint8[T in 1..4, 8, 12, 3]", "received uint8[5, 8, 12, 3]", "T=5", "1..4"],
+    ),
+    "inconsistent_axis": (
+        "video",
+        _set("attention_mask", lambda f: np.ones((3, 5), np.int64)),
+        [
+            "'attention_mask'",
+            "int64[E in 1..3, L in 1..6]",
+            "received int64[3, 5]",
+            "E=3 but 'text_features' has E=2",
+        ],
+    ),
+    "not_an_array": (
+        "text_encoder",
+        _set("input_ids", lambda f: f["input_ids"].tolist()),
+        ["'input_ids'", "int64[E in 1..3, L in 1..6]", "a list, not a numpy array"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CHECK_CASES))
+def test_check_feeds_errors_name_tensor_and_shapes(bundle, case):
+    graph, mutate, expected = CHECK_CASES[case]
+    feeds = text_feeds() if graph == "text_encoder" else video_feeds()
+    mutate(feeds)
+    with pytest.raises(InputError) as raised:
+        check_feeds(graph, bundle.inputs(graph), bundle.profiles, feeds)
+    message = str(raised.value)
+    assert message.startswith(f"{graph}: ")
+    for fragment in expected:
+        assert fragment in message, f"{fragment!r} not in {message!r}"
+
+
+def test_check_feeds_returns_axis_values(bundle):
+    axes = check_feeds("video", bundle.inputs("video"), bundle.profiles, video_feeds(4, 3, 6))
+    assert axes == {"T": 4, "E": 3, "L": 6}
+
+
+# -- providers, choice, availability -------------------------------------------------------
+
+
+def test_unavailable_provider_names_available_ones(bundle):
+    if onnxruntime_cuda_present():
+        pytest.skip("the CUDA provider is available here")
+    import onnxruntime
+
+    with pytest.raises(BackendUnavailable) as raised:
+        OnnxRuntimeBackend(bundle, "text_encoder", providers=["cuda"])
+    message = str(raised.value)
+    assert "CUDAExecutionProvider" in message and "not available" in message
+    for provider in onnxruntime.get_available_providers():
+        assert provider in message
+
+
+def test_tensorrt_ep_options_from_manifest(bundle, tmp_path):
+    options = tensorrt_ep_options(bundle, "video", "fp16", cache_dir=tmp_path)
+    assert all(isinstance(value, str) for value in options.values())
+    assert options["trt_fp16_enable"] == "True" and options["trt_int8_enable"] == "False"
+    assert options["trt_engine_cache_enable"] == "True"
+    assert options["trt_engine_cache_path"] == str(tmp_path)
+    assert options["trt_timing_cache_enable"] == "True"
+    assert options["trt_profile_min_shapes"] == (
+        "frames:1x8x12x3,text_features:1x1x4,attention_mask:1x1"
+    )
+    assert options["trt_profile_opt_shapes"] == (
+        "frames:2x8x12x3,text_features:2x4x4,attention_mask:2x4"
+    )
+    assert options["trt_profile_max_shapes"] == (
+        "frames:4x8x12x3,text_features:3x6x4,attention_mask:3x6"
+    )
+    fp32 = tensorrt_ep_options(bundle, "text_encoder", "fp32", cache_dir=tmp_path)
+    assert fp32["trt_fp16_enable"] == "False"
+    assert fp32["trt_profile_max_shapes"] == "input_ids:3x6,attention_mask:3x6"
+
+
+def test_load_backend_auto_picks_onnxruntime_cpu_here(bundle, caplog):
+    backends = available_backends()
+    if backends["tensorrt"] == AVAILABLE or backends["onnxruntime-cuda"] == AVAILABLE:
+        pytest.skip("a GPU backend is available here")
+    with caplog.at_level(logging.INFO, logger="runtime.backends"):
+        backend = load_backend(bundle, "text_encoder", threads=1, cuda_graph=True)
+    assert isinstance(backend, OnnxRuntimeBackend)
+    assert backend.name == "onnxruntime-cpu fp32"
+    assert "auto chose onnxruntime CPU" in caplog.text
+    assert "TensorRT:" in caplog.text  # the reason TensorRT was passed over
+    np.testing.assert_allclose(
+        backend.infer(text_feeds())["text_features"], text_reference(**text_feeds()), atol=1e-6
+    )
+
+
+def test_load_backend_by_name(bundle):
+    backend = load_backend(bundle.root, "video", "ort", threads=1)
+    assert isinstance(backend, OnnxRuntimeBackend)
+    with pytest.raises(BundleError, match="no 'fp16' variant"):
+        load_backend(bundle, "video", "onnxruntime", precision="fp16")
+    with pytest.raises(ValueError, match="not one of"):
+        load_backend(bundle, "video", "openvino")
+
+
+def test_available_backends_explains_tensorrt(bundle):
+    backends = available_backends()
+    assert set(backends) == {
+        "onnxruntime-cpu",
+        "onnxruntime-cuda",
+        "onnxruntime-tensorrt",
+        "tensorrt",
+    }
+    assert backends["onnxruntime-cpu"] == AVAILABLE
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert "tensorrt is not installed" in backends["tensorrt"]
+        with pytest.raises(BackendUnavailable, match="tensorrt"):
+            load_backend(bundle, "video", "tensorrt", precision="fp32")
+    else:
+        assert backends["tensorrt"] == AVAILABLE or backends["tensorrt"]
+
+
+# -- engine entries (pure Python: the mismatch message is written before any GPU call) -------
+
+
+def test_compute_capability_forms():
+    for value in ("8.9", "89", "sm_89", 8.9, [8, 9], (8, 9)):
+        assert compute_capability(value) == (8, 9)
+    assert compute_capability("100") == (10, 0)
+    assert compute_capability(None) is None
+
+
+def test_engine_precision_follows_export_names():
+    # export/engine.py records the INT8 engine (built from the int8-tensorrt variant) as "int8".
+    assert engine_precision("int8-tensorrt") == "int8"
+    assert [engine_precision(p) for p in ("fp32", "fp16", "int8")] == ["fp32", "fp16", "int8"]
+
+
+def test_engine_entry_mismatch_says_what_and_how_to_rebuild(tmp_path):
+    entry = {
+        "file": "engines/video.fp16.plan",
+        "tensorrt": "10.9.0.34",
+        "gpu": "NVIDIA A100-SXM4-80GB",
+        "compute_capability": "8.0",
+    }
+    with pytest.raises(EngineMismatchError) as raised:
+        check_engine_entry(
+            entry, "video", "fp16", tmp_path, "10.13.0.35", "NVIDIA H100 80GB HBM3", (9, 0)
+        )
+    message = str(raised.value)
+    for fragment in (
+        "built with TensorRT 10.9.0.34 for sm_80 on GPU NVIDIA A100-SXM4-80GB",
+        "this machine has TensorRT 10.13.0.35 and NVIDIA H100 80GB HBM3 (sm_90)",
+        f"python export/build_engine.py --bundle {tmp_path} --precision fp16",
+    ):
+        assert fragment in message
+    # Same TensorRT and GPU: accepted; a shorter recorded version matches by prefix.
+    check_engine_entry(entry, "video", "fp16", tmp_path, "10.9.0.34", entry["gpu"], (8, 0))
+    check_engine_entry(
+        {**entry, "tensorrt": "10.9"}, "video", "fp16", tmp_path, "10.9.0.34", entry["gpu"], (8, 0)
+    )
+    # Another SKU of the same architecture only with allow_other_gpu.
+    with pytest.raises(EngineMismatchError, match="GPU differ"):
+        check_engine_entry(
+            entry, "video", "fp16", tmp_path, "10.9.0.34", "NVIDIA A100-PCIE", (8, 0)
+        )
+    check_engine_entry(
+        entry,
+        "video",
+        "fp16",
+        tmp_path,
+        "10.9.0.34",
+        "NVIDIA A100-PCIE",
+        (8, 0),
+        allow_other_gpu=True,
+    )
+
+
+def test_cuda_python_calls_reach_the_driver():
+    """Without a GPU every cuda-python call must fail in CUDA, not in argument conversion.
+
+    This pins the signatures used by the TensorRT backend (cudaMemcpyAsync's five arguments,
+    cudaGraphInstantiate(graph, flags), ...) against the installed cuda-python.
+    """
+    pytest.importorskip("cuda.bindings.runtime")
+    if gpu_status() == AVAILABLE:
+        pytest.skip("a GPU is present; the TensorRT tests exercise these calls for real")
+    from runtime.backends import CudaError, _CudaPython, _import_cudart
+
+    cudart = _import_cudart()
+    api = _CudaPython(cudart)
+    stream = cudart.cudaStream_t(0)
+    host = np.zeros(4, np.float32)
+    calls = {
+        "device_count": lambda: api.device_count(),
+        "set_device": lambda: api.set_device(0),
+        "device_info": lambda: api.device_info(0),
+        "malloc": lambda: api.malloc(256),
+        "stream_create": lambda: api.stream_create(),
+        "synchronize": lambda: api.synchronize(stream),
+        "htod": lambda: api.memcpy_htod_async(0, host, stream),
+        "dtoh": lambda: api.memcpy_dtoh_async(host, 0, stream),
+        "begin_capture": lambda: api.begin_capture(stream),
+        "end_capture": lambda: api.end_capture(stream),
+        "instantiate": lambda: api.graph_instantiate(cudart.cudaGraph_t(0)),
+        "launch": lambda: api.graph_launch(cudart.cudaGraphExec_t(0), stream),
+        "destroy": lambda: api.graph_destroy(cudart.cudaGraph_t(0), cudart.cudaGraphExec_t(0)),
+    }
+    for name, call in calls.items():
+        with pytest.raises(CudaError, match=r"failed: cudaError") as raised:
+            call()
+        assert "cudaError" in str(raised.value), name
+    assert api.stream_handle(stream) == 0
+
+
+def test_importing_backends_does_not_import_torch():
+    code = "import runtime.backends, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# -- TensorRT (GPU machines only; no mocks) -------------------------------------------------
+
+
+@pytest.fixture()
+def engine_bundle(bundle, tmp_path):
+    """A copy of the tiny bundle with fp32 TensorRT engines for both graphs."""
+    trt = pytest.importorskip("tensorrt")
+    status = gpu_status()
+    if status != AVAILABLE:
+        pytest.skip(status)
+    from runtime.backends import _load_cuda_api, tensorrt_logger
+
+    root = tmp_path / "bundle"
+    shutil.copytree(bundle.root, root)
+    manifest = Manifest.load(root)
+    cuda = _load_cuda_api(0)
+    gpu_name, (major, minor) = cuda.device_info(0)
+    cuda.release()
+    (root / "engines").mkdir()
+    for graph in ("text_encoder", "video"):
+        builder = trt.Builder(tensorrt_logger())
+        network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10+
+        parser = trt.OnnxParser(network, tensorrt_logger())
+        if not parser.parse((root / f"{graph}.onnx").read_bytes()):
+            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            pytest.fail(f"TensorRT could not parse {graph}.onnx: {errors}")
+        config = builder.create_builder_config()
+        profile = builder.create_optimization_profile()
+        for spec in manifest.inputs(graph):
+            shapes = [profile_shape(spec, manifest.profiles, w) for w in ("min", "opt", "max")]
+            profile.set_shape(spec.name, *shapes)
+        config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        assert serialized is not None, f"TensorRT could not build {graph}"
+        relative = f"engines/{graph}.fp32.plan"
+        with open(root / relative, "wb") as handle:
+            handle.write(serialized)
+        manifest.add_engine(
+            "fp32",
+            graph,
+            {
+                "file": relative,
+                "tensorrt": trt.__version__,
+                "gpu": gpu_name,
+                "compute_capability": f"{major}.{minor}",
+            },
+        )
+        manifest.add_file(relative, "engine")
+    manifest.save()
+    return Manifest.load(root)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_tensorrt_backend_matches_numpy(engine_bundle, cuda_graph):
+    from runtime.backends import TensorRTBackend
+
+    with TensorRTBackend(engine_bundle, "text_encoder", "fp32", cuda_graph=cuda_graph) as text:
+        for expressions, tokens in [(2, 5), (2, 5), (3, 6), (1, 2)]:
+            feeds = text_feeds(expressions, tokens)
+            got = text.infer(feeds)["text_features"]
+            np.testing.assert_allclose(got, text_reference(**feeds), atol=1e-5)
+    # Same shape twice (graph replay), a larger one (buffers grow), a smaller one.
+    with TensorRTBackend(engine_bundle, "video", "fp32", cuda_graph=cuda_graph) as video:
+        for frames, expressions in [(3, 2), (3, 2), (4, 3), (1, 1)]:
+            feeds = video_feeds(frames, expressions)
+            outputs = video.infer(feeds)
+            for name, expected in video_reference(**feeds).items():
+                np.testing.assert_allclose(outputs[name], expected, rtol=1e-4, atol=1e-5)
+        with pytest.raises(InputError, match="T=5"):
+            video.infer(video_feeds(5, 1))
+
+
+@pytest.mark.gpu
+def test_tensorrt_auto_and_mismatch(engine_bundle):
+    from runtime.backends import TensorRTBackend
+
+    backend = load_backend(engine_bundle, "text_encoder", precision="fp32")
+    assert backend.name == "tensorrt fp32"
+    backend.close()
+    engine_bundle.data["engines"]["fp32"]["video"]["tensorrt"] = "0.0.1"
+    with pytest.raises(EngineMismatchError, match=r"[Rr]ebuild with"):
+        TensorRTBackend(engine_bundle, "video", "fp32")

@@ -1,0 +1,210 @@
+"""``calibrate_bundle``: calibration samples -> INT8 variants of ``video.onnx`` in the bundle,
+each with its agreement against FP32 on held-out clips; and the per-node sensitivity pass.
+
+Agreement is measured the way a user sees the output: for every held-out clip and expression
+the FP32 and INT8 graphs each pick their query (DESIGN.md's rule) and threshold its mask; the
+IoU of the two mask tracks, averaged, is the figure (plus how often the same query wins and
+the largest mask-logit difference). J&F against the ground truth is ``benchmarks/accuracy.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.backends import load_backend
+from runtime.manifest import Manifest, atomic_write_text
+
+from .data import CalibrationSet, build_calibration_set
+from .quantize import qdq_summary, quantize_video, quantized_nodes, range_cache, variant_name
+
+log = logging.getLogger(__name__)
+
+
+def select(logits: np.ndarray, mask_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best query per expression and its stride-4 mask logits: (E,), (E, T, h, w)."""
+    probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    best = probabilities.mean(axis=1).argmax(axis=1)
+    return best, mask_logits[np.arange(len(best)), :, best]
+
+
+def agreement(
+    reference: dict[str, np.ndarray] | list, candidate: list, samples: list | None = None
+) -> dict:
+    """Mask-track IoU (stride-4 masks of each graph's chosen query), same-query rate and the
+    largest mask-logit error, between lists of ``{pred_logits, pred_masks}`` outputs."""
+    ious, same, errors = [], [], []
+    for ref, got in zip(reference, candidate):
+        ref_best, ref_masks = select(ref["pred_logits"], ref["pred_masks"])
+        got_best, got_masks = select(got["pred_logits"], got["pred_masks"])
+        for a, b in zip(ref_masks > 0, got_masks > 0):
+            union = np.logical_or(a, b).sum()
+            ious.append(np.logical_and(a, b).sum() / union if union else 1.0)
+        same.extend((ref_best == got_best).tolist())
+        errors.append(float(np.abs(ref["pred_masks"] - got["pred_masks"]).max()))
+    return {
+        "mask_iou": float(np.mean(ious)),
+        "same_query": float(np.mean(same)),
+        "max_mask_logit_error": float(max(errors)),
+        "tracks": len(ious),
+    }
+
+
+def run_graph(backend, samples: list[dict]) -> list[dict]:
+    return [backend.infer(sample) for sample in samples]
+
+
+def calibrate_bundle(
+    bundle: str | Path,
+    data: str | Path,
+    targets: tuple[str, ...] = ("tensorrt", "cpu"),
+    method: str = "entropy",
+    samples: int = 64,
+    split: str = "train",
+    seed: int = 0,
+    check_split: str = "valid",
+    check_samples: int = 8,
+    exclude: list[str] | None = None,
+    cpu_format: str = "qdq",
+    threads: int | None = None,
+    recalibrate: bool = False,
+) -> Manifest:
+    """Calibrate on ``samples`` clips of ``split`` and write one INT8 variant per target.
+
+    The samples are cached in ``bundle/calibration/`` (reused when the split, seed and count
+    match) and so are the tensor ranges of each method; ``recalibrate`` rebuilds both.
+    """
+    manifest = Manifest.load(bundle)
+    calibration = _calibration_samples(manifest, data, split, samples, seed, recalibrate, method)
+    calibration_info = {
+        "method": method, "samples": len(calibration), "split": split, "seed": seed,
+        "data": str(data), "videos": calibration.info.get("videos", []),
+        "ranges": f"calibration/{range_cache(manifest, method).name}",
+    }  # fmt: skip
+    held_out = build_calibration_set(manifest, data, check_split, check_samples, seed + 1000)
+    fp32 = load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads)
+    reference = run_graph(fp32, held_out.samples)
+    for target in targets:
+        started = time.perf_counter()
+        path = quantize_video(manifest, calibration, target, method, exclude, cpu_format=cpu_format)
+        calibration = None  # the ranges are cached now; the next target reuses them
+        manifest.add_variant("video", variant_name(target), {"file": path.name, "external_data": []})
+        manifest.add_file(path.name, "onnx graph")
+        backend = load_backend(manifest, "video", "onnxruntime", variant_name(target), threads=threads)
+        result = agreement(reference, run_graph(backend, held_out.samples))
+        backend.close()
+        entry = {
+            "file": path.name,
+            "external_data": [],
+            "target": target,
+            "format": "qdq" if target == "tensorrt" or cpu_format == "qdq" else "qoperator",
+            "calibration": calibration_info,
+            "float_nodes": list(exclude or []),
+            "quantization": qdq_summary(path),
+            "agreement_vs_fp32": result | {"split": check_split, "clips": len(held_out)},
+            "seconds": round(time.perf_counter() - started, 1),
+        }
+        manifest.add_variant("video", variant_name(target), entry)
+        log.info(
+            "%s: mask IoU vs FP32 %.4f, same query %.3f on %d held-out tracks",
+            variant_name(target), result["mask_iou"], result["same_query"], result["tracks"],
+        )  # fmt: skip
+    _refresh_tensorrt_report(manifest)
+    manifest.save()
+    return manifest
+
+
+def _calibration_samples(manifest, data, split, samples, seed, recalibrate, method) -> CalibrationSet:
+    directory = manifest.root / "calibration" / "samples"
+    info_path = directory / "calibration.json"
+    if info_path.is_file() and not recalibrate:
+        info = json.loads(info_path.read_text())
+        wanted = {"split": split, "seed": seed, "data": str(data)}
+        if all(info.get(k) == v for k, v in wanted.items()) and info["samples"] == min(
+            samples, info["samples"]
+        ) and info.get("requested") == samples:
+            log.info("reusing %d calibration samples in %s", info["samples"], directory)
+            return CalibrationSet.load(directory, manifest)
+    calibration = build_calibration_set(manifest, data, split, samples, seed)
+    calibration.info["requested"] = samples
+    calibration.save(directory)
+    range_cache(manifest, method).unlink(missing_ok=True)  # new samples, new ranges
+    for other in (manifest.root / "calibration").glob("ranges-*.json"):
+        other.unlink()
+    return calibration
+
+
+def _refresh_tensorrt_report(manifest: Manifest) -> None:
+    import onnx
+
+    from export.tensorrt_ops import tensorrt_report
+
+    graphs = {
+        f"{name}.{precision}": onnx.load(str(manifest.root / v["file"]), load_external_data=False)
+        for name, graph in manifest.data["graphs"].items()
+        for precision, v in graph["variants"].items()
+        if precision != "int8-cpu"  # ONNX Runtime's CPU form is not meant for TensorRT
+    }
+    report = tensorrt_report(graphs)
+    atomic_write_text(manifest.root / "tensorrt_report.json", json.dumps(report, indent=2) + "\n")
+    manifest.add_file("tensorrt_report.json", "tensorrt compatibility report")
+    manifest.data["tensorrt_compatibility"] = {
+        "ok": report["ok"], "problems": report["problems"], "file": "tensorrt_report.json",
+    }  # fmt: skip
+    if not report["ok"]:
+        log.warning("TensorRT compatibility problems: %s", "; ".join(report["problems"]))
+
+
+def sensitivity(
+    bundle: str | Path,
+    target: str = "tensorrt",
+    method: str = "entropy",
+    data: str | Path | None = None,
+    check_split: str = "valid",
+    check_samples: int = 4,
+    seed: int = 0,
+    threads: int | None = None,
+) -> list[dict]:
+    """Per quantized node, the agreement when that node alone stays in float; best first.
+
+    Uses the cached ranges (run ``calibrate_bundle`` first). Written to
+    ``bundle/calibration/sensitivity-<target>.json``; apply the top K with
+    ``calibrate.py --keep-float K``.
+    """
+    manifest = Manifest.load(bundle)
+    if data is None:
+        data = json.loads((manifest.root / "calibration" / "samples" / "calibration.json").read_text())["data"]
+    held_out = build_calibration_set(manifest, data, check_split, check_samples, seed + 1000)
+    reference = run_graph(load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads),
+                          held_out.samples)  # fmt: skip
+    candidates = quantized_nodes(manifest.variant_path("video", variant_name(target)))
+    scratch = manifest.root / "calibration" / "sensitivity.onnx"
+    rows = []
+    import onnxruntime as ort
+
+    for node in tqdm(candidates, desc="sensitivity", unit="node"):
+        quantize_video(manifest, None, target, method, [node], output=scratch)
+        session = ort.InferenceSession(str(scratch), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        outputs = [dict(zip(names, session.run(names, s))) for s in held_out.samples]
+        error = float(np.mean([np.mean((o["pred_masks"] - r["pred_masks"]) ** 2)
+                               for o, r in zip(outputs, reference)]))  # fmt: skip
+        rows.append({"node": node, "mask_logit_mse": error} | agreement(reference, outputs))
+    scratch.unlink(missing_ok=True)
+    rows.sort(key=lambda r: (-r["mask_iou"], r["mask_logit_mse"]))
+    out = manifest.root / "calibration" / f"sensitivity-{target}.json"
+    atomic_write_text(out, json.dumps(rows, indent=2) + "\n")
+    log.info("sensitivity of %d nodes written to %s", len(rows), out)
+    return rows
+
+
+def float_nodes_from_sensitivity(bundle: str | Path, target: str, count: int) -> list[str]:
+    path = Path(bundle) / "calibration" / f"sensitivity-{target}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run calibrate.py --sensitivity first")
+    return [row["node"] for row in json.loads(path.read_text())[:count]]

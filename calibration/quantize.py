@@ -1,0 +1,196 @@
+"""INT8 variants of ``video.onnx``: explicit Q/DQ from calibration ranges, for two targets.
+
+- ``tensorrt``: the explicit-quantization form TensorRT builds from (TensorRT 11 has no
+  implicit INT8): QuantizeLinear/DequantizeLinear pairs with symmetric int8 activations
+  (zero point 0, per tensor) and symmetric per-channel int8 weights on Conv, MatMul and Gemm;
+  biases stay float; Softmax, LayerNorm, Resize and everything else stay in float.
+- ``cpu``: the form ONNX Runtime's x86 int8 kernels (VNNI/AMX: u8 x s8) run: uint8 asymmetric
+  activations and int8 symmetric per-channel weights, as Q/DQ (which ORT fuses into
+  QLinearConv / MatMulIntegerToFloat) or as QOperator nodes (``cpu_format``). Which one is
+  faster is measured by ``benchmarks/latency.py``, not assumed.
+
+Calibration (ONNX Runtime's calibrators: entropy, percentile, minmax) runs once per method;
+its tensor ranges are cached as JSON in the bundle, so re-quantising with other nodes left in
+float (the sensitivity pass) costs no new calibration.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from runtime.manifest import Manifest
+
+from .data import CalibrationSet
+
+log = logging.getLogger(__name__)
+
+TARGETS = ("tensorrt", "cpu")
+METHODS = ("entropy", "percentile", "minmax")
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+class _SkipPreprocessHint(logging.Filter):
+    """ONNX Runtime suggests its pre-processing (shape inference + ORT graph optimisation). It
+    is skipped on purpose: optimised graphs can hold ORT-only fused ops TensorRT cannot parse."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader over a calibration set."""
+
+    def __init__(self, calibration: CalibrationSet) -> None:
+        self.samples = calibration.samples
+        self.index = 0
+
+    def get_next(self):
+        if self.index >= len(self.samples):
+            return None
+        self.index += 1
+        return self.samples[self.index - 1]
+
+    def rewind(self) -> None:
+        self.index = 0
+
+
+def variant_name(target: str) -> str:
+    return f"int8-{target}"
+
+
+def quantize_video(
+    manifest: Manifest,
+    calibration: CalibrationSet | None,
+    target: str = "tensorrt",
+    method: str = "entropy",
+    exclude: list[str] | None = None,
+    output: Path | None = None,
+    cpu_format: str = "qdq",
+    percentile: float = 99.999,
+) -> Path:
+    """Write an INT8 copy of the bundle's FP32 ``video.onnx`` and return its path.
+
+    Args:
+        manifest: the bundle.
+        calibration: the samples; ``None`` reuses the cached ranges of ``method``.
+        target: "tensorrt" or "cpu" (see the module docstring).
+        method: "entropy", "percentile" or "minmax".
+        exclude: node names left in float (from the sensitivity pass).
+        output: where to write (default: ``video.int8-<target>.onnx`` in the bundle).
+        cpu_format: for the cpu target, "qdq" or "qoperator".
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    source = manifest.variant_path("video", "fp32")
+    output = output or manifest.root / f"video.{variant_name(target)}.onnx"
+    cache = range_cache(manifest, method)
+    if calibration is None and not cache.is_file():
+        raise FileNotFoundError(f"no calibration samples and no cached ranges at {cache}")
+    calibrate_method = {
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+        "minmax": CalibrationMethod.MinMax,
+    }[method]
+    if target == "tensorrt":
+        options = dict(
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={
+                "ActivationSymmetric": True,  # zero point 0: TensorRT's only INT8 form
+                "WeightSymmetric": True,
+                "QuantizeBias": False,  # TensorRT fuses float biases itself
+            },
+        )
+    else:
+        options = dict(
+            quant_format=QuantFormat.QDQ if cpu_format == "qdq" else QuantFormat.QOperator,
+            activation_type=QuantType.QUInt8,  # x86 int8 GEMMs are u8 x s8
+            weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+    options["extra_options"] |= {"CalibPercentile": percentile, "CalibMaxIntermediateOutputs": 8}
+    started = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="proxyformer-int8-"))
+    hint = _SkipPreprocessHint()
+    logging.getLogger().addFilter(hint)
+    try:
+        # The calibrator writes an augmented copy of the model; keep it out of the bundle.
+        local = work / "video.onnx"
+        shutil.copy(source, local)
+        for extra in manifest.variant("video", "fp32").get("external_data", []):
+            shutil.copy(manifest.root / extra, work / extra)
+        tmp_output = work / output.name
+        quantize_static(
+            str(local),
+            str(tmp_output),
+            _Reader(calibration) if calibration is not None else None,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            per_channel=True,
+            reduce_range=False,
+            nodes_to_exclude=list(exclude or []),
+            calibrate_method=calibrate_method,
+            calibration_cache_path=str(cache),
+            **options,
+        )
+        tmp_output.replace(output)
+    finally:
+        logging.getLogger().removeFilter(hint)
+        shutil.rmtree(work, ignore_errors=True)
+    log.info("quantised %s for %s (%s) in %.1f s", output.name, target, method,
+             time.perf_counter() - started)  # fmt: skip
+    return output
+
+
+def range_cache(manifest: Manifest, method: str) -> Path:
+    return manifest.root / "calibration" / f"ranges-{method}.json"
+
+
+def quantized_nodes(path: Path) -> list[str]:
+    """Names of the float nodes whose inputs got Q/DQ (the candidates of the sensitivity pass)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    produced_by_dq = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    return [
+        n.name for n in model.graph.node
+        if n.op_type in QUANTIZED_OPS and any(i in produced_by_dq for i in n.input)
+    ]  # fmt: skip
+
+
+def qdq_summary(path: Path) -> dict:
+    """Counts of Q/DQ nodes and quantized ops, and the zero points and dtypes used."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    zero_points, dtypes = set(), set()
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and len(node.input) > 2:
+            zp = inits.get(node.input[2])
+            if zp is not None:
+                values = numpy_helper.to_array(zp)
+                zero_points.update(np.unique(values).tolist())
+                dtypes.add(str(values.dtype))
+    return {
+        "quantize_linear": counts.get("QuantizeLinear", 0),
+        "dequantize_linear": counts.get("DequantizeLinear", 0),
+        "quantized_ops": len(quantized_nodes(path)),
+        "qoperator_nodes": {k: v for k, v in counts.items() if k.startswith("QLinear") or
+                            k in ("MatMulInteger", "ConvInteger", "DynamicQuantizeLinear")},  # fmt: skip
+        "zero_points": sorted(zero_points)[:8],
+        "zero_point_dtypes": sorted(dtypes),
+    }

@@ -25,19 +25,42 @@ from runtime.manifest import GRAPHS, BundleError
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", required=True, help="bundle directory (manifest.json)")
-    parser.add_argument("--precision", default="fp16", choices=PRECISIONS,
-                        help="engine precision (default fp16)")
-    parser.add_argument("--workspace", type=float, default=None, metavar="GB",
-                        help="builder workspace limit in GiB (default: TensorRT's)")
-    parser.add_argument("--timing-cache", default=None, metavar="FILE",
-                        help="timing cache file, loaded if present and saved after building")
-    parser.add_argument("--graphs", nargs="+", default=list(GRAPHS), choices=GRAPHS,
-                        help="graphs to build (default: all)")
-    parser.add_argument("--print-trtexec", action="store_true",
-                        help="print the trtexec commands and exit (TensorRT is not imported)")
-    parser.add_argument("--tensorrt-major", type=int, default=None, metavar="N",
-                        help="with --print-trtexec: TensorRT major version the flags are for "
-                        "(default: the installed one, else 10)")
+    parser.add_argument(
+        "--precision", default="fp16", choices=PRECISIONS, help="engine precision (default fp16)"
+    )
+    parser.add_argument(
+        "--workspace",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="builder workspace limit in GiB (default: TensorRT's)",
+    )
+    parser.add_argument(
+        "--timing-cache",
+        default=None,
+        metavar="FILE",
+        help="timing cache file, loaded if present and saved after building",
+    )
+    parser.add_argument(
+        "--graphs",
+        nargs="+",
+        default=list(GRAPHS),
+        choices=GRAPHS,
+        help="graphs to build (default: all)",
+    )
+    parser.add_argument(
+        "--print-trtexec",
+        action="store_true",
+        help="print the trtexec commands and exit (TensorRT is not imported)",
+    )
+    parser.add_argument(
+        "--tensorrt-major",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --print-trtexec: TensorRT major version the flags are for "
+        "(default: the installed one, else 10)",
+    )
     parser.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     return parser.parse_args(argv)
 
@@ -56,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for graph, entry in entries.items():
-        print(f"{graph}: {args.bundle}/{entry['file']} (TensorRT {entry['tensorrt']}, "
-              f"{entry['gpu']}, sm {entry['compute_capability']}, {entry['build_seconds']} s)")
+        print(
+            f"{graph}: {args.bundle}/{entry['file']} (TensorRT {entry['tensorrt']}, "
+            f"{entry['gpu']}, sm {entry['compute_capability']}, {entry['build_seconds']} s)"
+        )
     return 0
 
 

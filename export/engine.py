@@ -539,7 +539,9 @@ def _parser_failure(parser, onnx_path: Path) -> str:
     except Exception as error:  # noqa: BLE001 - a failing hint must not hide the parser errors
         log.debug("no operator report for %s: %s", onnx_path, error)
     return (
-        f"TensorRT's ONNX parser rejected {onnx_path}:\n" + "\n".join(lines) + hint
+        f"TensorRT's ONNX parser rejected {onnx_path}:\n"
+        + "\n".join(lines)
+        + hint
         + "\nchange the model or the export so these nodes become supported operators "
         "(export.tensorrt_ops lists them), then re-export the bundle"
     )
@@ -568,8 +570,7 @@ def _add_profile(builder, config, network, manifest: Manifest, graph: str) -> di
             )
         dims = tuple(tensor.shape)
         if len(dims) != len(spec.shape) or any(
-            d >= 0 and isinstance(s, int) and d != s
-            for d, s in zip(dims, spec.shape, strict=True)
+            d >= 0 and isinstance(s, int) and d != s for d, s in zip(dims, spec.shape, strict=True)
         ):
             raise EngineBuildError(
                 f"{graph} graph input {tensor.name} has shape {dims} in the ONNX file but "

@@ -80,7 +80,9 @@ class Profile:
         if len(parts) == 1:
             parts = parts * 3
         if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
-            raise ValueError(f"{what} must be MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got {text!r}")
+            raise ValueError(
+                f"{what} must be MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got {text!r}"
+            )
         return cls(*parts)
 
     def to_dict(self) -> dict[str, int]:
@@ -207,7 +209,9 @@ def make_inputs(
     return feeds
 
 
-def run_torch(module: torch.nn.Module, feeds: dict[str, np.ndarray], names) -> dict[str, np.ndarray]:
+def run_torch(
+    module: torch.nn.Module, feeds: dict[str, np.ndarray], names
+) -> dict[str, np.ndarray]:
     with torch.no_grad():
         out = module(*(torch.from_numpy(feeds[k]) for k in feeds))
     out = out if isinstance(out, tuple) else (out,)
@@ -222,15 +226,21 @@ def export_graph(
     path: Path,
     opset: int,
 ) -> None:
-    """``torch.onnx.export`` with the dynamo exporter and bounded dynamic axes."""
+    """``torch.onnx.export`` with the dynamo exporter and bounded dynamic axes.
+
+    An axis whose profile has MIN = MAX is exported static. Afterwards every input axis that
+    should be dynamic is checked in the graph: the exporter can specialise an axis the model
+    branches on (Video-Swin adapts its temporal window when T <= the window's T) and that
+    would otherwise surface only as a shape error at run time.
+    """
     inputs, outputs = specs
     dims = {
         axis: torch.export.Dim(axis, min=profile.min, max=profile.max)
         for axis, profile in profiles.items()
+        if profile.min < profile.max
     }
     dynamic_shapes = {
-        spec.name: {i: dims[d] for i, d in enumerate(spec.shape) if isinstance(d, str)}
-        for spec in inputs
+        spec.name: {i: dims[d] for i, d in enumerate(spec.shape) if d in dims} for spec in inputs
     }
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -238,6 +248,31 @@ def export_graph(
         warnings.filterwarnings("ignore", message=".*will not be used, since it shares")
         _export(module, feeds, inputs, outputs, path, opset, dynamic_shapes)
     log.info("exported %s in %.1f s", path.name, time.perf_counter() - started)
+    check_dynamic_axes(path, inputs, dims)
+
+
+def check_dynamic_axes(path: Path, inputs: list[TensorSpec], dims: dict) -> None:
+    """Raise when an input axis meant to be dynamic came out of the exporter as a constant."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    for value in graph.input:
+        spec = next((s for s in inputs if s.name == value.name), None)
+        if spec is None:
+            continue
+        for index, (axis, dim) in enumerate(zip(spec.shape, value.type.tensor_type.shape.dim)):
+            if axis in dims and not dim.dim_param:
+                hint = (
+                    " Video-Swin shrinks its temporal window when T <= the window's T (8), so "
+                    "its graphs need --frames with MIN >= 9, or a static T (MIN = OPT = MAX)."
+                    if axis == "T"
+                    else ""
+                )
+                raise ValueError(
+                    f"the exporter fixed axis {axis} of input {value.name!r} (dim {index}) to "
+                    f"{dim.dim_value}: the model's code branches on it within the profile "
+                    f"{dims[axis].min}..{dims[axis].max}.{hint}"
+                )
 
 
 def _export(module, feeds, inputs, outputs, path, opset, dynamic_shapes) -> None:
@@ -504,7 +539,10 @@ def export_bundle(
 
     model, tokenizer, description = load_model(checkpoint, preset, max_text_len, seed)
     specs = graph_specs(model, size, frame_format)
-    modules = {"text_encoder": TextGraph(model).eval(), "video": VideoGraph(model, frame_format).eval()}
+    modules = {
+        "text_encoder": TextGraph(model).eval(),
+        "video": VideoGraph(model, frame_format).eval(),
+    }
 
     preprocessing = {
         "size": [height, width],
@@ -550,16 +588,18 @@ def export_bundle(
 
         cases = parity_cases(profiles, export_sizes)
         if parity:
-            results = check_parity(
-                modules, files, specs, cases, tokenizer, model, fp32_tolerance
-            )
+            results = check_parity(modules, files, specs, cases, tokenizer, model, fp32_tolerance)
             for name, result in results.items():
                 manifest.data["graphs"][name]["variants"]["fp32"]["parity"] = result
         if "fp16" in precisions:
             fp16_files = {}
             for name in modules:
-                metadata = _metadata(name, "fp16", description, preprocessing, manifest_profiles, opset)
-                entry = convert_fp16(files[name], staging / f"{name}.fp16.onnx", metadata, external_data)
+                metadata = _metadata(
+                    name, "fp16", description, preprocessing, manifest_profiles, opset
+                )
+                entry = convert_fp16(
+                    files[name], staging / f"{name}.fp16.onnx", metadata, external_data
+                )
                 fp16_files[name] = staging / entry["file"]
                 manifest.add_variant(name, "fp16", entry)
             if parity:

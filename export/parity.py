@@ -19,7 +19,11 @@ class Tolerance:
     rtol: float
 
     def to_dict(self) -> dict:
-        return {"atol": self.atol, "rtol": self.rtol, "rule": "max_abs <= atol + rtol * max_abs_ref"}
+        return {
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "rule": "max_abs <= atol + rtol * max_abs_ref",
+        }
 
 
 # FP32 ONNX Runtime against PyTorch eager: reordered float sums only.
@@ -59,7 +63,8 @@ def compare(
 
 def failures(report: dict[str, dict]) -> list[str]:
     return [
-        f"{name}: max abs error {entry['max_abs_error']:.3g} (reference max {entry['max_abs_ref']:.3g})"
+        f"{name}: max abs error {entry['max_abs_error']:.3g} "
+        f"(reference max {entry['max_abs_ref']:.3g})"
         for name, entry in report.items()
         if not entry["ok"]
     ]

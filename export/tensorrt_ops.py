@@ -315,9 +315,7 @@ def tensorrt_report(graphs: dict[str, onnx.ModelProto | str | Path]) -> dict:
 def _graph_report(name: str, model) -> dict:
     problems: list[str] = []
     warnings: list[str] = []
-    opset = next(
-        (o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), None
-    )
+    opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), None)
     low, high = OPSET_RANGE
     if opset is None:
         problems.append(f"{name}: no standard-domain opset import")

@@ -30,28 +30,59 @@ def parse_size(text: str) -> tuple[int, int]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="checkpoint directory (model.safetensors + config.json)")
-    source.add_argument("--preset", choices=sorted(PRESETS),
-                        help="export this preset with random weights (no checkpoint)")
+    source.add_argument(
+        "--checkpoint", help="checkpoint directory (model.safetensors + config.json)"
+    )
+    source.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="export this preset with random weights (no checkpoint)",
+    )
     parser.add_argument("--out", required=True, help="bundle directory to write")
-    parser.add_argument("--size", type=parse_size, default=(360, 640),
-                        help="frame size HxW fixed in the graphs (default 360x640)")
-    parser.add_argument("--frames", default="1:8:36",
-                        help="MIN:OPT:MAX frames per call (dynamic T; engine profile)")
-    parser.add_argument("--expressions", default="1:1:8",
-                        help="MIN:OPT:MAX expressions per video (dynamic E; engine profile)")
-    parser.add_argument("--max-text-len", type=int, default=32,
-                        help="tokens per expression; longer ones are truncated")
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=(360, 640),
+        help="frame size HxW fixed in the graphs (default 360x640)",
+    )
+    parser.add_argument(
+        "--frames", default="1:8:36", help="MIN:OPT:MAX frames per call (dynamic T; engine profile)"
+    )
+    parser.add_argument(
+        "--expressions",
+        default="1:1:8",
+        help="MIN:OPT:MAX expressions per video (dynamic E; engine profile)",
+    )
+    parser.add_argument(
+        "--max-text-len",
+        type=int,
+        default=32,
+        help="tokens per expression; longer ones are truncated",
+    )
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--frame-format", default="uint8-nhwc", choices=("uint8-nhwc", "float-nchw"),
-                        help="uint8 [T,H,W,3] RGB normalised in the graph, or normalised float "
-                        "[T,3,H,W]")
-    parser.add_argument("--precision", nargs="+", default=["fp32"], choices=("fp32", "fp16"),
-                        help="graphs to write; fp32 is always written")
-    parser.add_argument("--external-data", default="auto", choices=("auto", "always", "never"),
-                        help="weights in a .data file beside each graph (auto: above 1 GiB)")
+    parser.add_argument(
+        "--frame-format",
+        default="uint8-nhwc",
+        choices=("uint8-nhwc", "float-nchw"),
+        help="uint8 [T,H,W,3] RGB normalised in the graph, or normalised float [T,3,H,W]",
+    )
+    parser.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32"],
+        choices=("fp32", "fp16"),
+        help="graphs to write; fp32 is always written",
+    )
+    parser.add_argument(
+        "--external-data",
+        default="auto",
+        choices=("auto", "always", "never"),
+        help="weights in a .data file beside each graph (auto: above 1 GiB)",
+    )
     parser.add_argument("--no-slim", action="store_true", help="skip onnxslim")
-    parser.add_argument("--no-parity", action="store_true", help="skip the ONNX Runtime parity check")
+    parser.add_argument(
+        "--no-parity", action="store_true", help="skip the ONNX Runtime parity check"
+    )
     parser.add_argument("--atol", type=float, default=FP32_TOLERANCE.atol)
     parser.add_argument("--rtol", type=float, default=FP32_TOLERANCE.rtol)
     parser.add_argument("--fp16-atol", type=float, default=FP16_TOLERANCE.atol)

@@ -165,7 +165,9 @@ class Manifest:
             if axis not in AXES:
                 raise BundleError(f"{where}: profile for unknown axis {axis!r}")
             if not 1 <= bounds["min"] <= bounds["opt"] <= bounds["max"]:
-                raise BundleError(f"{where}: profile {axis} needs 1 <= min <= opt <= max, got {bounds}")
+                raise BundleError(
+                    f"{where}: profile {axis} needs 1 <= min <= opt <= max, got {bounds}"
+                )
         for name, graph in data["graphs"].items():
             for key in ("inputs", "outputs", "variants"):
                 if key not in graph:
@@ -275,7 +277,9 @@ class Manifest:
     def _graph(self, graph: str) -> dict:
         graphs = self.data["graphs"]
         if graph not in graphs:
-            raise BundleError(f"bundle {self.root} has no graph {graph!r} (it has {sorted(graphs)})")
+            raise BundleError(
+                f"bundle {self.root} has no graph {graph!r} (it has {sorted(graphs)})"
+            )
         return graphs[graph]
 
     def to_dict(self) -> dict:
@@ -289,7 +293,8 @@ class Manifest:
             f"model: {data['model'].get('name')} "
             f"({data['model'].get('parameters', '?')} parameters)",
             "preprocessing: " + json.dumps(data["preprocessing"]),
-            "profiles: " + ", ".join(
+            "profiles: "
+            + ", ".join(
                 f"{axis} ({AXES[axis]}) {b['min']}..{b['max']} opt {b['opt']}"
                 for axis, b in data["profiles"].items()
             ),
@@ -301,14 +306,22 @@ class Manifest:
             for precision, variant in data["graphs"][name]["variants"].items():
                 parity = variant.get("parity", {})
                 error = parity.get("max_abs_error")
-                lines.append(
-                    f"  {precision}: {variant['file']}"
-                    + (f" (max abs error vs {parity.get('reference')}: {error})" if error else "")
-                )
+                agreement = variant.get("agreement_vs_fp32")
+                note = ""
+                if error:
+                    worst = ", ".join(f"{k} {v:.2e}" for k, v in error.items())
+                    note = f" (max abs error vs {parity.get('reference')}: {worst})"
+                elif agreement:
+                    note = (
+                        f" (mask IoU vs fp32 {agreement['mask_iou']:.4f}, same query "
+                        f"{agreement['same_query']:.3f} on {agreement['tracks']} held-out tracks)"
+                    )
+                lines.append(f"  {precision}: {variant['file']}{note}")
         for precision, engines in data.get("engines", {}).items():
             for graph, entry in engines.items():
                 lines.append(
-                    f"engine {precision} {graph}: {entry['file']} (TensorRT {entry.get('tensorrt')}, "
+                    f"engine {precision} {graph}: {entry['file']} "
+                    f"(TensorRT {entry.get('tensorrt')}, "
                     f"{entry.get('gpu')}, sm {entry.get('compute_capability')})"
                 )
         return "\n".join(lines)
@@ -318,6 +331,8 @@ def load_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
     return Manifest.load(bundle, verify=verify)
 
 
-def profile_shape(spec: TensorSpec, profiles: dict[str, dict[str, int]], which: str) -> tuple[int, ...]:
+def profile_shape(
+    spec: TensorSpec, profiles: dict[str, dict[str, int]], which: str
+) -> tuple[int, ...]:
     """The concrete shape of ``spec`` at a profile point ("min", "opt", "max")."""
     return tuple(d if isinstance(d, int) else profiles[d][which] for d in spec.shape)

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from export.graphs import VideoGraph
+from export.graphs import TextGraph, VideoGraph
 from export.onnx_export import (
     Profile,
     _export_sizes,
@@ -25,7 +25,6 @@ from export.onnx_export import (
     run_torch,
 )
 from export.parity import FP16_TOLERANCE, ParityError, Tolerance
-from export.graphs import TextGraph
 from runtime.manifest import BundleError, Manifest
 
 SIZE = (64, 96)
@@ -56,7 +55,7 @@ def test_bundle_files_and_manifest(bundle):
     manifest = Manifest.load(bundle)  # verifies every sha256
     names = {p.name for p in bundle.iterdir()}
     assert {"manifest.json", "tokenizer.json", "text_encoder.onnx", "video.onnx",
-            "text_encoder.fp16.onnx", "video.fp16.onnx", "tensorrt_report.json"} <= names  # fmt: skip
+            "text_encoder.fp16.onnx", "video.fp16.onnx", "tensorrt_report.json"} <= names  # noqa: E501
     assert set(manifest.data["files"]) == names - {"manifest.json"}
     assert manifest.profiles == {
         "T": {"min": 1, "opt": 3, "max": 6},
@@ -66,7 +65,11 @@ def test_bundle_files_and_manifest(bundle):
     assert manifest.preprocessing["size"] == list(SIZE)
     video_out = {s.name: s.shape for s in manifest.outputs("video")}
     assert video_out["pred_masks"] == ("E", "T", 5, 16, 24)
-    assert [s.name for s in manifest.inputs("video")] == ["frames", "text_features", "attention_mask"]
+    assert [s.name for s in manifest.inputs("video")] == [
+        "frames",
+        "text_features",
+        "attention_mask",
+    ]
     assert manifest.inputs("video")[0].dtype == "uint8"
     assert manifest.precisions("video") == ["fp32", "fp16"]
     for precision in ("fp32", "fp16"):
@@ -167,9 +170,13 @@ def test_tensorrt_report_has_no_unsupported_op(bundle):
     assert manifest.data["tensorrt_compatibility"]["ok"]
     ops = set()
     for name in ("text_encoder.onnx", "video.onnx"):
-        ops |= {n.op_type for n in onnx.load(str(bundle / name), load_external_data=False).graph.node}
+        ops |= {
+            n.op_type for n in onnx.load(str(bundle / name), load_external_data=False).graph.node
+        }
     assert "Einsum" not in ops  # the dynamic kernels are a MatMul
-    assert all(n.domain in ("", "ai.onnx") for n in onnx.load(str(bundle / "video.onnx")).graph.node)
+    assert all(
+        n.domain in ("", "ai.onnx") for n in onnx.load(str(bundle / "video.onnx")).graph.node
+    )
 
 
 def test_external_data_layout(bundle, tmp_path):

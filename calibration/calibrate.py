@@ -24,23 +24,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", required=True, help="bundle directory (export/to_onnx.py)")
     parser.add_argument("--data", required=True,
-                        help="dataset root in the Ref-YouTube-VOS layout (data/synth, ...)")  # fmt: skip
+                        help="dataset root, Ref-YouTube-VOS layout (data/synth...)")  # fmt: skip
     parser.add_argument("--split", default="train", help="split the calibration clips come from")
     parser.add_argument("--samples", type=int, default=64, help="calibration clips (one per video)")
     parser.add_argument("--method", default="entropy", choices=METHODS)
-    parser.add_argument("--target", nargs="+", default=list(TARGETS), choices=TARGETS,
-                        help="tensorrt: symmetric int8 Q/DQ; cpu: ONNX Runtime's u8s8 form")
+    parser.add_argument(
+        "--target",
+        nargs="+",
+        default=list(TARGETS),
+        choices=TARGETS,
+        help="tensorrt: symmetric int8 Q/DQ; cpu: ONNX Runtime's u8s8 form",
+    )
     parser.add_argument("--cpu-format", default="qdq", choices=("qdq", "qoperator"))
     parser.add_argument("--seed", type=int, default=0, help="which videos and clips")
     parser.add_argument("--check-split", default="valid", help="held-out clips for the agreement")
     parser.add_argument("--check-samples", type=int, default=8)
     parser.add_argument("--exclude", nargs="*", default=[], help="node names to leave in float")
-    parser.add_argument("--keep-float", type=int, default=0,
-                        help="leave the K most sensitive nodes (from --sensitivity) in float")
-    parser.add_argument("--sensitivity", action="store_true",
-                        help="rank quantized nodes by the agreement gained when left in float")
-    parser.add_argument("--recalibrate", action="store_true",
-                        help="rebuild the cached samples and ranges")
+    parser.add_argument(
+        "--keep-float",
+        type=int,
+        default=0,
+        help="leave the K most sensitive nodes (from --sensitivity) in float",
+    )
+    parser.add_argument(
+        "--sensitivity",
+        action="store_true",
+        help="rank quantized nodes by the agreement gained when left in float",
+    )
+    parser.add_argument(
+        "--recalibrate", action="store_true", help="rebuild the cached samples and ranges"
+    )
     parser.add_argument("--threads", type=int, default=None)
     return parser.parse_args(argv)
 

@@ -80,7 +80,9 @@ class CalibrationSet:
                 raise CalibrationDataError(f"calibration shard {path} is missing or was changed")
             with np.load(path) as data:
                 for i in range(shard["samples"]):
-                    samples.append({k: data[f"{k}_{i}"] for k in ("frames", "text_features", "attention_mask")})
+                    samples.append(
+                        {k: data[f"{k}_{i}"] for k in ("frames", "text_features", "attention_mask")}
+                    )
         calibration = cls(samples, info)
         if manifest is not None:
             calibration.check(manifest, str(directory))
@@ -133,9 +135,11 @@ def build_calibration_set(
     tokenizer = Tokenizer.from_file(str(manifest.root / pre["tokenizer"]))
     text_graph = load_backend(manifest, "text_encoder", "onnxruntime", "fp32")
     # Every sample has the same shapes (ONNX Runtime's histogram calibrators stack them):
-    # E expressions (a video's own, repeated when it has fewer), padded to the longest L.
-    expressions_per_clip = min(max_expressions, 4)
-    length = profiles["L"]["max"]
+    # E expressions (a video's own, repeated when it has fewer), padded to the longest one.
+    expressions_per_clip = min(max_expressions, 2)
+    all_texts = [e["exp"] for v in chosen for e in videos[v]["expressions"].values()]
+    length = max(len(e.ids) for e in tokenizer.encode_batch(all_texts))
+    length = max(profiles["L"]["min"], min(length, profiles["L"]["max"]))
     rng = random.Random(seed + 1)
     result = []
     for video in chosen:
@@ -170,7 +174,9 @@ def build_calibration_set(
         "text_length": length,
         "size": pre["size"],
         "frame_format": pre["frame_format"],
-        "text_encoder_sha256": manifest.data["files"][manifest.variant("text_encoder", "fp32")["file"]]["sha256"],
+        "text_encoder_sha256": manifest.data["files"][
+            manifest.variant("text_encoder", "fp32")["file"]
+        ]["sha256"],
     }
     calibration = CalibrationSet(result, info)
     calibration.check(manifest)

@@ -93,9 +93,13 @@ def calibrate_bundle(
         started = time.perf_counter()
         path = quantize_video(manifest, calibration, target, method, exclude, cpu_format=cpu_format)
         calibration = None  # the ranges are cached now; the next target reuses them
-        manifest.add_variant("video", variant_name(target), {"file": path.name, "external_data": []})
+        manifest.add_variant(
+            "video", variant_name(target), {"file": path.name, "external_data": []}
+        )
         manifest.add_file(path.name, "onnx graph")
-        backend = load_backend(manifest, "video", "onnxruntime", variant_name(target), threads=threads)
+        backend = load_backend(
+            manifest, "video", "onnxruntime", variant_name(target), threads=threads
+        )
         result = agreement(reference, run_graph(backend, held_out.samples))
         backend.close()
         entry = {
@@ -119,15 +123,19 @@ def calibrate_bundle(
     return manifest
 
 
-def _calibration_samples(manifest, data, split, samples, seed, recalibrate, method) -> CalibrationSet:
+def _calibration_samples(
+    manifest, data, split, samples, seed, recalibrate, method
+) -> CalibrationSet:
     directory = manifest.root / "calibration" / "samples"
     info_path = directory / "calibration.json"
     if info_path.is_file() and not recalibrate:
         info = json.loads(info_path.read_text())
         wanted = {"split": split, "seed": seed, "data": str(data)}
-        if all(info.get(k) == v for k, v in wanted.items()) and info["samples"] == min(
-            samples, info["samples"]
-        ) and info.get("requested") == samples:
+        if (
+            all(info.get(k) == v for k, v in wanted.items())
+            and info["samples"] == min(samples, info["samples"])
+            and info.get("requested") == samples
+        ):
             log.info("reusing %d calibration samples in %s", info["samples"], directory)
             return CalibrationSet.load(directory, manifest)
     calibration = build_calibration_set(manifest, data, split, samples, seed)
@@ -178,7 +186,9 @@ def sensitivity(
     """
     manifest = Manifest.load(bundle)
     if data is None:
-        data = json.loads((manifest.root / "calibration" / "samples" / "calibration.json").read_text())["data"]
+        data = json.loads(
+            (manifest.root / "calibration" / "samples" / "calibration.json").read_text()
+        )["data"]
     held_out = build_calibration_set(manifest, data, check_split, check_samples, seed + 1000)
     reference = run_graph(load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads),
                           held_out.samples)  # fmt: skip

@@ -1,0 +1,116 @@
+"""The runtime's command line (no torch).
+
+    python -m runtime segment --bundle bundles/tiny --video clip.mp4 \\
+        --text "the small red circle moving left" --text "the big blue square" --out out/
+    python -m runtime info --bundle bundles/tiny
+
+``segment`` writes per-frame PNG masks in the Ref-YouTube-VOS submission layout
+(``OUT/Annotations/<video>/<expression index>/<frame>.png``), an overlay video with each
+expression in its own colour (``OUT/<video>_overlay.mp4``, or ``.gif`` with ``--gif``) and
+``OUT/<video>_result.json`` (expressions, scores, chosen queries, timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m runtime", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="print a bundle's manifest")
+    info.add_argument("--bundle", required=True)
+    info.add_argument("--json", action="store_true", help="the whole manifest as JSON")
+    info.add_argument("--no-verify", action="store_true", help="skip the sha256 checks")
+
+    segment = commands.add_parser("segment", help="segment the objects expressions refer to")
+    segment.add_argument("--bundle", required=True)
+    segment.add_argument("--video", required=True, help="a video file or a folder of frames")
+    segment.add_argument("--text", action="append", required=True,
+                         help="a referring expression (repeat for several)")  # fmt: skip
+    segment.add_argument("--out", required=True, type=Path)
+    segment.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    segment.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32, fp16, int8-cpu or int8-tensorrt (the video graph's variant)",
+    )
+    segment.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    segment.add_argument(
+        "--window", type=int, default=None, help="frames per call (default: the bundle's maximum)"
+    )
+    segment.add_argument("--name", default=None, help="video name in the output layout")
+    segment.add_argument("--gif", action="store_true", help="write the overlay as a GIF")
+    segment.add_argument("--fps", type=float, default=10.0)
+    segment.add_argument("--no-overlay", action="store_true")
+    return parser.parse_args(argv)
+
+
+def run_segment(args: argparse.Namespace) -> dict:
+    from .predictor import RVOSPredictor
+    from .video import overlay, read_video, write_masks, write_video
+
+    options = {"threads": args.threads} if args.threads else {}
+    predictor = RVOSPredictor(
+        args.bundle, backend=args.backend, precision=args.precision, **options
+    )
+    frames, names = read_video(args.video)  # read once: segmented, then overlaid
+    result = predictor.segment(frames, args.text, window=args.window)
+    name = args.name or Path(args.video).stem
+    for index, masks in enumerate(result.masks):
+        write_masks(masks, names, args.out / "Annotations" / name / str(index))
+    summary = {
+        "video": str(args.video),
+        "bundle": str(args.bundle),
+        "backend": predictor.video_backend.name,
+        "frames": len(names),
+        "expressions": [
+            {
+                "index": i,
+                "text": text,
+                "score": float(score),
+                "queries": result.queries[i].tolist(),
+                "foreground_fraction": float(result.masks[i].mean()),
+            }  # fmt: skip
+            for i, (text, score) in enumerate(zip(args.text, result.scores))
+        ],
+        "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
+    }
+    if not args.no_overlay:
+        path = args.out / f"{name}_overlay.{'gif' if args.gif else 'mp4'}"
+        summary["overlay"] = str(write_video(overlay(frames, result.masks), path, args.fps))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}_result.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from .manifest import BundleError, Manifest
+    from .video import VideoError
+
+    try:
+        if args.command == "info":
+            manifest = Manifest.load(args.bundle, verify=not args.no_verify)
+            print(json.dumps(manifest.data, indent=2) if args.json else manifest.summary())
+            return 0
+        summary = run_segment(args)
+    except (BundleError, VideoError, ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for entry in summary["expressions"]:
+        print(f"[{entry['index']}] {entry['text']!r}: score {entry['score']:.3f}, "
+              f"{100 * entry['foreground_fraction']:.1f}% of pixels")  # fmt: skip
+    print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in summary["timings_ms"].items()))
+    print(f"masks in {args.out / 'Annotations'}" + (f", overlay {summary['overlay']}"
+                                                    if "overlay" in summary else ""))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

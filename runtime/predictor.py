@@ -1,0 +1,242 @@
+"""``RVOSPredictor``: a bundle, a video and expressions -> one mask track per expression.
+
+In the shape of SAM's predictor: ``encode_text(expressions)`` once, ``segment(video, text)``
+as often as needed. Pre- and post-processing are numpy (DESIGN.md "Inference"):
+
+1. frames resized (bilinear) to the bundle's size, fed as uint8 ``[T, H, W, 3]``;
+2. the text graph gives ``text_features [E, L, C]``, the video graph logits and mask logits;
+3. per expression, the class probability of each query is averaged over the frames of a
+   window, the best query wins, its stride-4 mask logits are upsampled x4 (bilinear), cropped
+   to the input size, resized to the video's size and thresholded at probability 0.5.
+
+Videos longer than the profile's maximum frames run in consecutive windows (each window picks
+its own query, as the PyTorch evaluation does); clips shorter than the profile's minimum are
+padded with their last frame; more expressions than the profile allows run in groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .backends import load_backend
+from .manifest import Manifest
+from .video import read_video, resize_frames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TextEmbedding:
+    """What ``encode_text`` returns: reusable across videos of the same expressions."""
+
+    expressions: list[str]
+    features: np.ndarray  # (E, L, C) float32
+    mask: np.ndarray  # (E, L) int64
+    truncated: list[bool]
+
+
+@dataclass
+class Segmentation:
+    masks: np.ndarray  # (E, T, H0, W0) bool
+    scores: np.ndarray  # (E,) mean over windows of the chosen query's mean probability
+    queries: np.ndarray  # (E, n_windows) chosen query per window
+    frame_names: list[str]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def upsample_logits(logits: np.ndarray, input_size: tuple[int, int], output_size: tuple[int, int]):
+    """Stride-4 logits ``(K, h, w)`` -> ``(K, H0, W0)``: x4 bilinear (half-pixel centres, as
+    torch's ``align_corners=False``), crop to the input size, then resize to the output size."""
+    import cv2
+
+    count, height, width = logits.shape
+    out = np.empty((count, *output_size), dtype=np.float32)
+    for k in range(count):
+        full = cv2.resize(logits[k], (width * 4, height * 4), interpolation=cv2.INTER_LINEAR)
+        full = full[: input_size[0], : input_size[1]]
+        if full.shape != tuple(output_size):
+            full = cv2.resize(
+                full, (output_size[1], output_size[0]), interpolation=cv2.INTER_LINEAR
+            )
+        out[k] = full
+    return out
+
+
+class RVOSPredictor:
+    """Segment the objects that expressions refer to in videos, from a bundle.
+
+    Args:
+        bundle: the bundle directory (``python export/to_onnx.py``).
+        backend: "auto", "onnxruntime" or "tensorrt" (see ``runtime.backends.load_backend``).
+        precision: the video graph's variant: "fp32", "fp16", "int8-cpu", "int8-tensorrt".
+        text_precision: the text graph's variant (default: ``precision`` when the bundle has
+            it for the text graph, else fp32 — INT8 variants exist for the video graph only).
+        verify: check the sha256 of every bundle file first.
+        backend_options: passed to the backends (threads, providers, ...).
+    """
+
+    def __init__(
+        self,
+        bundle: str | Path | Manifest,
+        backend: str = "auto",
+        precision: str = "fp32",
+        text_precision: str | None = None,
+        verify: bool = True,
+        **backend_options,
+    ) -> None:
+        from tokenizers import Tokenizer
+
+        self.manifest = bundle if isinstance(bundle, Manifest) else Manifest.load(bundle, verify)
+        pre = self.manifest.preprocessing
+        self.size = tuple(pre["size"])
+        self.frame_format = pre["frame_format"]
+        self.threshold_logit = float(np.log(pre["mask_threshold"] / (1 - pre["mask_threshold"])))
+        self.tokenizer = Tokenizer.from_file(str(self.manifest.root / pre["tokenizer"]))
+        if text_precision is None:
+            text_precision = (
+                precision if precision in self.manifest.precisions("text_encoder") else "fp32"
+            )
+        self.text_backend = load_backend(
+            self.manifest, "text_encoder", backend, text_precision, **backend_options
+        )
+        self.video_backend = load_backend(
+            self.manifest, "video", backend, precision, **backend_options
+        )
+        profiles = self.manifest.profiles
+        self.min_frames = profiles["T"]["min"]
+        self.max_frames = profiles["T"]["max"]
+        self.max_expressions = profiles["E"]["max"]
+        self.max_text_length = profiles["L"]["max"]
+
+    # -- text ----------------------------------------------------------------------------
+
+    def encode_text(self, expressions: list[str] | str) -> TextEmbedding:
+        """Tokenize and encode expressions once; the result is reused for any video."""
+        if isinstance(expressions, str):
+            expressions = [expressions]
+        if not expressions:
+            raise ValueError("no expressions given")
+        for index, text in enumerate(expressions):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"expression {index} is empty: {text!r}")
+        encodings = self.tokenizer.encode_batch(list(expressions))
+        truncated = [bool(e.overflowing) for e in encodings]
+        for text, cut in zip(expressions, truncated):
+            if cut:
+                log.warning(
+                    "expression truncated to %d tokens (the bundle's max text length): %r",
+                    self.max_text_length, text,
+                )  # fmt: skip
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        features = []
+        for start in range(0, len(expressions), self.max_expressions):
+            chunk = slice(start, start + self.max_expressions)
+            out = self.text_backend.infer({"input_ids": ids[chunk], "attention_mask": mask[chunk]})
+            features.append(out["text_features"])
+        return TextEmbedding(list(expressions), np.concatenate(features), mask, truncated)
+
+    # -- video ---------------------------------------------------------------------------
+
+    def prepare_frames(self, video) -> tuple[np.ndarray, list[str], tuple[int, int]]:
+        """Read and resize a video: (frames at the bundle size, frame names, original size)."""
+        frames, names = read_video(video)
+        original = frames.shape[1:3]
+        return resize_frames(frames, self.size), names, original
+
+    def segment(
+        self,
+        video,
+        expressions: list[str] | str | TextEmbedding,
+        window: int | None = None,
+    ) -> Segmentation:
+        """Masks ``[E, T, H0, W0]`` and scores for a video (file, folder or ``[T,H,W,3]`` array).
+
+        ``window`` frames per call (default and maximum: the profile's maximum frames).
+        """
+        started = time.perf_counter()
+        text = (
+            expressions if isinstance(expressions, TextEmbedding) else self.encode_text(expressions)
+        )
+        text_ms = (time.perf_counter() - started) * 1e3
+        frames, names, original = self.prepare_frames(video)
+        window = window or self.max_frames
+        if not self.min_frames <= window <= self.max_frames:
+            raise ValueError(
+                f"window of {window} frames is outside the bundle's frame profile "
+                f"[{self.min_frames}, {self.max_frames}]"
+            )
+        count = len(text.expressions)
+        masks = np.zeros((count, len(frames), *original), dtype=bool)
+        scores, queries = [], []
+        video_ms = post_ms = 0.0
+        for start in range(0, len(frames), window):
+            clip = frames[start : start + window]
+            # A graph whose frame profile starts above 1 (Video-Swin: T >= 9) gets short clips
+            # padded with copies of their last frame; the padded frames' outputs are dropped.
+            real = len(clip)
+            if real < self.min_frames:
+                clip = np.concatenate([clip, np.repeat(clip[-1:], self.min_frames - real, 0)])
+            window_scores = np.zeros(count, dtype=np.float32)
+            window_queries = np.zeros(count, dtype=np.int64)
+            for first in range(0, count, self.max_expressions):
+                group = slice(first, first + self.max_expressions)
+                tick = time.perf_counter()
+                out = self.video_backend.infer(self._video_feeds(clip, text, group))
+                video_ms += (time.perf_counter() - tick) * 1e3
+                tick = time.perf_counter()
+                group_masks, group_scores, group_queries = self.postprocess(
+                    out["pred_logits"][:, :real], out["pred_masks"][:, :real], original
+                )
+                masks[group, start : start + real] = group_masks
+                window_scores[group], window_queries[group] = group_scores, group_queries
+                post_ms += (time.perf_counter() - tick) * 1e3
+            scores.append(window_scores)
+            queries.append(window_queries)
+        return Segmentation(
+            masks=masks,
+            scores=np.stack(scores, axis=1).mean(axis=1),
+            queries=np.stack(queries, axis=1),
+            frame_names=names,
+            timings_ms={
+                "text": text_ms,
+                "video": video_ms,
+                "postprocess": post_ms,
+                "total": (time.perf_counter() - started) * 1e3,
+            },  # fmt: skip
+        )
+
+    def _video_feeds(self, clip: np.ndarray, text: TextEmbedding, group: slice) -> dict:
+        if self.frame_format == "uint8-nhwc":
+            frames = clip
+        else:  # float-nchw: normalised here
+            pre = self.manifest.preprocessing
+            mean = np.asarray(pre["pixel_mean"], np.float32) * pre["pixel_scale"]
+            std = np.asarray(pre["pixel_std"], np.float32) * pre["pixel_scale"]
+            frames = ((clip.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2)
+        return {
+            "frames": np.ascontiguousarray(frames),
+            "text_features": text.features[group],
+            "attention_mask": text.mask[group],
+        }
+
+    def postprocess(self, logits: np.ndarray, mask_logits: np.ndarray, original: tuple[int, int]):
+        """(E, T, N) logits and (E, T, N, h, w) mask logits -> masks (E, T, H0, W0), scores,
+        chosen queries (DESIGN.md's inference rule)."""
+        probabilities = sigmoid(logits.astype(np.float32)).mean(axis=1)  # (E, N)
+        best = probabilities.argmax(axis=1)
+        chosen = mask_logits[np.arange(len(best)), :, best]  # (E, T, h, w)
+        expressions, frames = chosen.shape[:2]
+        full = upsample_logits(chosen.reshape(-1, *chosen.shape[2:]).astype(np.float32),
+                               self.size, original)  # fmt: skip
+        masks = (full > self.threshold_logit).reshape(expressions, frames, *original)
+        return masks, probabilities[np.arange(len(best)), best], best

@@ -64,8 +64,19 @@ def evaluate(
     window: int | None = None,
     submission: Path | None = None,
     limit: int | None = None,
+    segment=None,
 ) -> dict:
-    """J/F per expression and overall on a dataset built with ``num_frames=None``."""
+    """J/F per expression and overall on a dataset built with ``num_frames=None``.
+
+    ``segment(frames, expressions) -> (masks (E, T, H, W) bool, scores (E, windows))`` replaces
+    the PyTorch model (``model`` and ``tokenizer`` are then unused): ``benchmarks/accuracy.py``
+    passes the ONNX runtime's predictor through it, so every backend is scored by the same code.
+    """
+    if segment is None:
+
+        def segment(frames, expressions):
+            return segment_video(model, tokenizer, frames, expressions, window)
+
     by_video: dict[str, list] = defaultdict(list)
     for record in dataset.records:
         by_video[record.video].append(record)
@@ -82,7 +93,7 @@ def evaluate(
             target = scaled_size(height, width, transform.eval_short_side, transform.max_size)
             if target != (height, width):
                 frames, _ = resize_clip(originals, [], target)
-        masks, scores = segment_video(model, tokenizer, frames, [r.expression for r in records], window)
+        masks, scores = segment(frames, [r.expression for r in records])
         if masks.shape[-2:] != (height, width):  # back to the annotation resolution
             masks = (
                 torch.nn.functional.interpolate(

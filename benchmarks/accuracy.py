@@ -1,0 +1,179 @@
+"""J&F of every precision of a bundle, side by side with PyTorch, on a dataset split.
+
+    python benchmarks/accuracy.py --bundle bundles/tiny --data data/synth --split valid
+
+Rows: PyTorch eager (the checkpoint the bundle came from), ONNX Runtime FP32, FP16 and the
+INT8 variants (int8-tensorrt: the Q/DQ graph TensorRT builds from, run in ONNX Runtime's CPU
+kernels; int8-cpu: ONNX Runtime's own x86 form). Every row is scored by the same code
+(``training.evaluate.evaluate``) on the same frames: the bundle's size must be the split's
+native frame size, so no row pays for a resize the others do not. Writes JSON and a markdown
+table to ``benchmarks/results/accuracy/`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("accuracy")
+
+ROWS = ("pytorch", "fp32", "fp16", "int8-tensorrt", "int8-cpu")
+
+
+def bundle_model(manifest):
+    """The PyTorch model the bundle was exported from (checkpoint, or the seeded preset)."""
+    import torch
+
+    from proxyformer.checkpoint import load_checkpoint
+    from proxyformer.config import ProxyFormerConfig
+    from proxyformer.model import build_proxyformer
+
+    model_info = manifest.data["model"]
+    if model_info.get("checkpoint"):
+        return load_checkpoint(model_info["checkpoint"])
+    torch.manual_seed(model_info.get("random_weights_seed", 0))
+    return build_proxyformer(ProxyFormerConfig.from_dict(model_info["config"])).eval()
+
+
+def measure(
+    bundle: str | Path,
+    data: str | Path,
+    split: str = "valid",
+    rows: tuple[str, ...] = ROWS,
+    limit: int | None = None,
+    threads: int | None = None,
+) -> dict:
+    """J, F and J&F of each row; rows whose variant the bundle lacks are reported as skipped."""
+    from tokenizers import Tokenizer
+
+    from runtime.manifest import Manifest
+    from runtime.predictor import RVOSPredictor
+    from training.data import build_dataset
+    from training.data.transforms import ClipTransform
+    from training.evaluate import evaluate
+
+    manifest = Manifest.load(bundle)
+    dataset = build_dataset(
+        "ytvos", str(data), split, None, ClipTransform(train=False, eval_short_side=None)
+    )
+    first = dataset.records[0]
+    native = dataset.read_frame(first.video, first.frames[0]).shape[:2]
+    size = tuple(manifest.preprocessing["size"])
+    if tuple(native) != size:
+        raise ValueError(
+            f"bundle {bundle} takes {size[0]}x{size[1]} frames but {data} {split} has "
+            f"{native[0]}x{native[1]}: export the bundle with --size {native[0]}x{native[1]}"
+        )
+    results = {}
+    for row in rows:
+        started = time.perf_counter()
+        if row == "pytorch":
+            import torch
+
+            if threads:
+                torch.set_num_threads(threads)
+            model = bundle_model(manifest)
+            tokenizer = Tokenizer.from_file(
+                str(manifest.root / manifest.preprocessing["tokenizer"])
+            )
+            result = evaluate(model, tokenizer, dataset, limit=limit)
+        else:
+            if row not in manifest.precisions("video"):
+                results[row] = {"skipped": f"bundle has no {row} variant of video.onnx"}
+                log.warning("%s skipped: %s", row, results[row]["skipped"])
+                continue
+            options = {"threads": threads} if threads else {}
+            predictor = RVOSPredictor(manifest, backend="onnxruntime", precision=row, **options)
+
+            def segment(frames, expressions, predictor=predictor):
+                out = predictor.segment(np.stack(frames), expressions)
+                return out.masks, out.scores[:, None]
+
+            result = evaluate(None, None, dataset, limit=limit, segment=segment)
+        results[row] = result["summary"] | {
+            "seconds": round(time.perf_counter() - started, 1),
+            "per_expression_jf": [round(r["J&F"], 4) for r in result["per_expression"]],
+        }
+        log.info("%s: J&F %.4f", row, result["summary"]["J&F"])
+    reference = results.get("fp32", {}).get("J&F")
+    for result in results.values():
+        if "J&F" in result and reference is not None:
+            result["delta_vs_fp32_points"] = round(100 * (result["J&F"] - reference), 2)
+    return {
+        "bundle": str(bundle),
+        "model": manifest.data["model"].get("checkpoint") or manifest.data["model"]["name"],
+        "data": str(data),
+        "split": split,
+        "limit": limit,
+        "rows": results,
+        "calibration": {
+            p: manifest.variant("video", p).get("calibration")
+            for p in ("int8-tensorrt", "int8-cpu")
+            if p in manifest.precisions("video")
+        },
+        "machine": platform.processor() or platform.machine(),
+        "command": " ".join(sys.argv),
+    }
+
+
+def markdown(report: dict) -> str:
+    lines = [
+        f"J&F on {report['data']} ({report['split']}), bundle {report['bundle']}",
+        "",
+        "| row | J&F | J | F | Δ J&F vs ORT FP32 (points) | seconds |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    names = {
+        "pytorch": "PyTorch eager FP32",
+        "fp32": "ONNX Runtime FP32",
+        "fp16": "ONNX Runtime FP16",
+        "int8-tensorrt": "INT8 Q/DQ, TensorRT form (run in ONNX Runtime CPU)",
+        "int8-cpu": "INT8, ONNX Runtime CPU form (u8s8)",
+    }
+    for row, result in report["rows"].items():
+        if "skipped" in result:
+            lines.append(f"| {names.get(row, row)} | skipped: {result['skipped']} | | | | |")
+            continue
+        lines.append(
+            f"| {names.get(row, row)} | {result['J&F']:.4f} | {result['J']:.4f} "
+            f"| {result['F']:.4f} "
+            f"| {result.get('delta_vs_fp32_points', 0):+.2f} | {result['seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--split", default="valid")
+    parser.add_argument(
+        "--rows", default=",".join(ROWS), help="comma-separated subset of " + ",".join(ROWS)
+    )
+    parser.add_argument("--limit", type=int, default=None, help="first N videos only")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy"))
+    parser.add_argument("--tag", default=None, help="file name stem (default: the bundle's name)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("runtime").setLevel(logging.WARNING)
+    report = measure(args.bundle, args.data, args.split, tuple(args.rows.split(",")), args.limit,
+                     args.threads)  # fmt: skip
+    table = markdown(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.tag or Path(args.bundle).name
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,85 +1,134 @@
-"""`make demo`: the main job on the embedded default.
+"""`make demo`: the main job on the embedded default, end to end on this machine's CPU.
 
-Stages land with their issues; this runs every stage that exists today and says which are
-still to come. Today: build the ``tiny`` preset, tokenize two expressions, segment a clip of
-moving squares, and time PyTorch eager on this machine.
+1. Export the shipped tiny checkpoint (``checkpoints/tiny-synthetic``) to an ONNX bundle with
+   FP32 and FP16 graphs; parity against PyTorch is checked on the way.
+2. Generate a small synthetic referring-video set (held out from the checkpoint's training
+   data: another seed) and calibrate INT8 for both targets (TensorRT Q/DQ, ONNX Runtime CPU).
+3. Segment one synthetic video with the onnxruntime CPU runtime (FP32 and INT8) using the
+   video's own expressions; write per-frame PNG masks and an overlay (GIF and MP4).
+4. Print the latency table of PyTorch eager against every onnxruntime precision.
+
+Everything goes to ``demo_out/`` (``--out``); the steps reuse what a previous run left there
+unless ``--fresh``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
-import statistics
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
-import torch
-
-from proxyformer.config import get_preset
-from proxyformer.model import build_proxyformer
-from proxyformer.summary import format_table, summarize
-from proxyformer.text import encode_texts, load_tokenizer
 
 log = logging.getLogger("demo")
 
-
-def moving_squares(frames: int, height: int, width: int) -> np.ndarray:
-    """A (T, H, W, 3) uint8 clip: a red square moving right, a green one moving down."""
-    video = np.full((frames, height, width, 3), 40, dtype=np.uint8)
-    size = height // 5
-    for t in range(frames):
-        x = int(t / max(frames - 1, 1) * (width - size))
-        y = int(t / max(frames - 1, 1) * (height - size))
-        video[t, height // 4 : height // 4 + size, x : x + size] = (220, 30, 30)
-        video[t, y : y + size, width // 2 : width // 2 + size] = (30, 200, 30)
-    return video
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "checkpoints" / "tiny-synthetic"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--size", default="128x224")
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=ROOT / "demo_out")
+    parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
+    parser.add_argument("--videos", type=int, default=40, help="synthetic videos to generate")
+    parser.add_argument("--calibration-samples", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per backend")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--fresh", action="store_true", help="redo every step")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    height, width = (int(v) for v in args.size.split("x"))
-    torch.manual_seed(0)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "onnxslim", "runtime.backends", "root"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.fresh and args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    steps = {}
 
-    config = get_preset("tiny")
-    model = build_proxyformer(config).eval()
-    tokenizer = load_tokenizer(config)
-    expressions = ["the red square moving right", "the green square moving down"]
-    ids, mask = encode_texts(tokenizer, expressions)
-    clip = torch.from_numpy(moving_squares(args.frames, height, width)).permute(0, 3, 1, 2)
-    frames = model.normalize(clip)[None].expand(len(expressions), -1, -1, -1, -1)
+    # 1. Export.
+    bundle = args.out / "bundle"
+    tick = time.perf_counter()
+    if not (bundle / "manifest.json").is_file():
+        from export.onnx_export import export_bundle
 
-    with torch.inference_mode():
-        out = model(frames, ids, mask)
-        timings = []
-        for _ in range(args.runs + 2):
-            start = time.perf_counter()
-            model(frames, ids, mask)
-            timings.append((time.perf_counter() - start) * 1000)
-    timings = sorted(timings[2:])  # two warm-up runs
-    log.info("tiny ProxyFormer (random weights until the trained checkpoint ships, issue #3)")
-    for name, value in out.items():
-        if torch.is_tensor(value):
-            log.info("  %-16s %s", name, tuple(value.shape))
-    scores = out["pred_logits"].sigmoid().mean(dim=1)  # (E, N): average over frames
-    for expression, row in zip(expressions, scores):
-        log.info("  %-32s best query %d, score %.3f", expression, int(row.argmax()), float(row.max()))
-    log.info(
-        "PyTorch eager, CPU, %d threads, %d expressions x %d frames at %dx%d: "
-        "p50 %.1f ms, p90 %.1f ms (%d runs)",
-        torch.get_num_threads(), len(expressions), args.frames, height, width,
-        statistics.median(timings), timings[int(0.9 * (len(timings) - 1))], len(timings),
+        log.info("1/4 exporting %s to %s (FP32 + FP16, parity-checked)", args.checkpoint, bundle)
+        export_bundle(
+            args.checkpoint, bundle, size=(128, 224), frames="1:12:24", expressions="1:2:8",
+            max_text_len=32, precisions=("fp32", "fp16"),
+        )  # fmt: skip
+    steps["export"] = time.perf_counter() - tick
+
+    # 2. Data and INT8 calibration.
+    data = args.out / "synth"
+    tick = time.perf_counter()
+    if not (data / "meta_expressions").is_dir():
+        from training.data.synthetic import write_dataset
+
+        log.info("2/4 generating %d synthetic videos in %s", args.videos, data)
+        write_dataset(data, videos=args.videos, frames=12, size=(128, 224), seed=2026)
+    from runtime.manifest import Manifest
+
+    if "int8-cpu" not in Manifest.load(bundle).precisions("video"):
+        from calibration.int8 import calibrate_bundle
+
+        log.info("2/4 calibrating INT8 on %d clips (entropy; TensorRT and CPU targets)",
+                 args.calibration_samples)  # fmt: skip
+        calibrate_bundle(bundle, data, ("tensorrt", "cpu"), "entropy",
+                         samples=args.calibration_samples, check_samples=6,
+                         threads=args.threads)  # fmt: skip
+    steps["data + calibration"] = time.perf_counter() - tick
+    manifest = Manifest.load(bundle)
+    print("\n" + manifest.summary())
+
+    # 3. Segment a held-out video with the runtime.
+    tick = time.perf_counter()
+    segment_sample(manifest, data, args.out, args.threads)
+    steps["segment"] = time.perf_counter() - tick
+
+    # 4. Latency against PyTorch.
+    tick = time.perf_counter()
+    from latency import format_markdown, run_benchmark  # benchmarks/latency.py, beside this file
+
+    log.info("4/4 latency: PyTorch eager vs onnxruntime FP32 / FP16 / INT8 (%d runs)", args.runs)
+    results = run_benchmark(
+        bundle, ("torch", "ort", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8"),
+        frames=12, expressions=2, e_sweep=(1, 2, 4), warmup=2, runs=args.runs,
+        threads=args.threads, out_dir=args.out / "latency", tag="demo",
     )  # fmt: skip
-    log.info("\n%s", format_table(summarize("tiny", args.frames, (height, width))))
-    log.info(
-        "\nStill to come (open issues): the trained tiny checkpoint (#3), ONNX export and "
-        "TensorRT engines (#4), INT8 calibration (#5), the onnxruntime executor and latency "
-        "benchmarks (#6)."
-    )
+    steps["latency"] = time.perf_counter() - tick
+    print("\n" + format_markdown(results))
+    print("demo steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in steps.items())
+          + f"; total {time.perf_counter() - started:.0f} s; outputs in {args.out}")  # fmt: skip
+
+
+def segment_sample(manifest, data: Path, out: Path, threads: int | None) -> None:
+    """Segment the first valid video with its own expressions, FP32 and INT8 (CPU form)."""
+    from runtime.predictor import RVOSPredictor
+    from runtime.video import overlay, read_video, write_masks, write_video
+
+    meta = json.loads((data / "meta_expressions" / "valid" / "meta_expressions.json").read_text())
+    name = sorted(meta["videos"])[0]
+    expressions = [e["exp"] for e in meta["videos"][name]["expressions"].values()][:3]
+    frames, names = read_video(data / "valid" / "JPEGImages" / name)
+    options = {"threads": threads} if threads else {}
+    print()
+    for precision in ("fp32", "int8-cpu"):
+        predictor = RVOSPredictor(manifest, backend="onnxruntime", precision=precision, **options)
+        result = predictor.segment(frames, expressions)
+        target = out / "segment" / precision
+        for index, masks in enumerate(result.masks):
+            write_masks(masks, names, target / "Annotations" / name / str(index))
+        painted = overlay(frames, result.masks)
+        write_video(painted, target / f"{name}_overlay.gif", fps=6)
+        write_video(painted, target / f"{name}_overlay.mp4", fps=6)
+        print(f"3/4 {precision}: {name}, {len(frames)} frames, "
+              f"{result.timings_ms['total']:.0f} ms end to end -> {target}")  # fmt: skip
+        for index, (text, score) in enumerate(zip(expressions, result.scores)):
+            share = float(np.mean(result.masks[index]))
+            print(f"    [{index}] {text!r}: score {score:.3f}, mask {100 * share:.1f}% of pixels")
 
 
 if __name__ == "__main__":

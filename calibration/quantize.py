@@ -116,6 +116,10 @@ def quantize_video(
                 "ActivationSymmetric": True,  # zero point 0: TensorRT's only INT8 form
                 "WeightSymmetric": True,
                 "QuantizeBias": False,  # TensorRT fuses float biases itself
+                # Q/DQ on the inputs of Conv/MatMul/Gemm only (TensorRT's explicit-quantization
+                # placement): by default ONNX Runtime also quantizes their outputs, which would
+                # feed Softmax (after q @ k) and LayerNorm a dequantized int8 tensor.
+                "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OPS),
             },
         )
     else:

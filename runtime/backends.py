@@ -324,6 +324,9 @@ class OnnxRuntimeBackend:
         profile: enable onnxruntime's profiler; :meth:`end_profiling` returns its JSON file.
         profile_dir: where the profile JSON goes (default: the working directory).
         device_id: CUDA device for the CUDA and TensorRT providers.
+        allow_spinning: let idle intra-op threads spin-wait after a run (onnxruntime's
+            default). Off here: the runtime alternates two sessions (text, then video) and
+            spinning threads of one slowed the other by up to 2x on a 2-core CPU.
 
     Raises:
         BackendUnavailable: onnxruntime is missing, a requested provider is not available
@@ -344,6 +347,7 @@ class OnnxRuntimeBackend:
         profile: bool = False,
         profile_dir: str | Path | None = None,
         device_id: int = 0,
+        allow_spinning: bool = False,
     ) -> None:
         ort = _import_onnxruntime()
         self.manifest = _as_manifest(manifest)
@@ -369,6 +373,10 @@ class OnnxRuntimeBackend:
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         options.graph_optimization_level = _optimization_level(ort, graph_optimization_level)
+        if not allow_spinning:
+            # Idle intra-op threads otherwise spin for a while after each run, taking cores
+            # from whatever runs next (the other graph, post-processing, another process).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if profile:
             options.enable_profiling = True
             prefix = f"ort_profile_{graph}_{precision}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -44,3 +46,29 @@ def tiny_model(tiny_config):
 
 def random_frames(batch=2, frames=3, height=64, width=96):
     return torch.randn(batch, frames, 3, height, width)
+
+
+SHIPPED_CHECKPOINT = Path(__file__).parents[1] / "checkpoints" / "tiny-synthetic"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """The shipped tiny checkpoint exported once per session (64x96, T 1:3:6, E 1:1:4,
+    L <= 12) with FP32 and FP16 graphs; tests that change a bundle copy it first."""
+    from export.onnx_export import export_bundle
+
+    out = tmp_path_factory.mktemp("tiny-bundle") / "bundle"
+    export_bundle(
+        SHIPPED_CHECKPOINT, out, size=(64, 96), frames="1:3:6", expressions="1:1:4",
+        max_text_len=12, precisions=("fp32", "fp16"),
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """A small synthetic referring-video set at the test bundle's size (64x96)."""
+    from training.data.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    return write_dataset(root, videos=16, frames=5, size=(64, 96), seed=3)

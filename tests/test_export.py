@@ -28,19 +28,12 @@ from export.parity import FP16_TOLERANCE, ParityError, Tolerance
 from runtime.manifest import BundleError, Manifest
 
 SIZE = (64, 96)
-SHIPPED = Path(__file__).parents[1] / "checkpoints" / "tiny-synthetic"
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    """The shipped tiny checkpoint (random-weight tiny when absent), FP32 + FP16."""
-    out = tmp_path_factory.mktemp("export") / "bundle"
-    source = {"checkpoint": SHIPPED} if SHIPPED.is_dir() else {"checkpoint": None, "preset": "tiny"}
-    export_bundle(
-        **source, out_dir=out, size=SIZE, frames="1:3:6", expressions="1:1:4", max_text_len=12,
-        precisions=("fp32", "fp16"),
-    )  # fmt: skip
-    return out
+def bundle(tiny_bundle) -> Path:
+    """The shipped tiny checkpoint's bundle (conftest: 64x96, T 1:3:6, E 1:1:4, L <= 12)."""
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,133 @@
+"""INT8 calibration of the tiny bundle for both targets, on synthetic clips."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from calibration.data import CalibrationDataError, CalibrationSet, build_calibration_set
+from calibration.int8 import agreement, calibrate_bundle
+from runtime.manifest import Manifest
+from runtime.predictor import RVOSPredictor
+
+# Stated agreement of INT8 with FP32: mean IoU of the chosen mask tracks on held-out clips.
+# Measured on this bundle (64x96): see the manifest's agreement_vs_fp32 and README.
+MIN_MASK_IOU = {"tensorrt": 0.6, "cpu": 0.6}
+
+
+@pytest.fixture(scope="module")
+def calibrated(tiny_bundle, synth_data, tmp_path_factory):
+    bundle = tmp_path_factory.mktemp("calibrated") / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    calibrate_bundle(bundle, synth_data, ("tensorrt", "cpu"), "entropy", samples=6,
+                     check_samples=4, threads=2)  # fmt: skip
+    return bundle
+
+
+def test_both_targets_written_with_agreement(calibrated):
+    manifest = Manifest.load(calibrated)  # every sha256, the new graphs included
+    for target in ("tensorrt", "cpu"):
+        entry = manifest.variant("video", f"int8-{target}")
+        assert (calibrated / entry["file"]).is_file()
+        assert entry["calibration"]["samples"] == 6 and entry["calibration"]["method"] == "entropy"
+        assert entry["quantization"]["quantized_ops"] > 20
+        result = entry["agreement_vs_fp32"]
+        assert result["tracks"] > 0
+        assert result["mask_iou"] >= MIN_MASK_IOU[target], result
+
+
+def test_tensorrt_target_is_symmetric_int8_qdq(calibrated):
+    model = onnx.load(str(calibrated / "video.int8-tensorrt.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 40
+    for node in qdq:
+        zero_point = inits.get(node.input[2]) if len(node.input) > 2 else None
+        if zero_point is not None:
+            assert zero_point.dtype == np.int8 and not zero_point.any(), node.name
+    produced_by_dq = {n.output[0] for n in qdq if n.op_type == "DequantizeLinear"}
+    float_ops = [
+        n
+        for n in model.graph.node
+        if n.op_type in ("Softmax", "LayerNormalization", "Resize", "InstanceNormalization")
+    ]
+    assert float_ops
+    for node in float_ops:  # left in float: none reads a dequantized tensor
+        assert not any(i in produced_by_dq for i in node.input), node.name
+    assert any(
+        i in produced_by_dq for n in model.graph.node if n.op_type == "Conv" for i in n.input
+    )
+    report = json.loads((calibrated / "tensorrt_report.json").read_text())
+    assert report["ok"], report["problems"]
+    assert any("int8-tensorrt" in name for name in report["graphs"])
+
+
+def test_cpu_target_uses_uint8_activations(calibrated):
+    model = onnx.load(str(calibrated / "video.int8-cpu.onnx"))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    activation_zero_points = [
+        inits[n.input[2]] for n in model.graph.node
+        if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits
+    ]  # fmt: skip
+    assert activation_zero_points and all(z.dtype == np.uint8 for z in activation_zero_points)
+
+
+def test_int8_runs_in_the_predictor(calibrated, synth_data):
+    video = sorted((synth_data / "valid" / "JPEGImages").iterdir())[1]
+    fp32 = RVOSPredictor(calibrated, backend="onnxruntime", threads=2).segment(
+        video, ["the circle"]
+    )
+    for target in ("tensorrt", "cpu"):
+        int8 = RVOSPredictor(calibrated, backend="onnxruntime", precision=f"int8-{target}",
+                             threads=2).segment(video, ["the circle"])  # fmt: skip
+        assert int8.masks.shape == fp32.masks.shape
+
+
+def test_samples_are_cached_and_checked(calibrated, tiny_bundle, synth_data, caplog):
+    directory = calibrated / "calibration" / "samples"
+    manifest = Manifest.load(calibrated)
+    samples = CalibrationSet.load(directory, manifest)
+    assert len(samples) == 6 and samples.info["split"] == "train"
+    assert samples.samples[0]["frames"].dtype == np.uint8
+    # Data made for another resolution or dtype is refused, naming the tensor.
+    bad = CalibrationSet([dict(samples.samples[0], frames=samples.samples[0]["frames"][:, :32])])
+    with pytest.raises(CalibrationDataError, match="sample 0.*'frames' expects uint8"):
+        bad.check(manifest)
+    bad = CalibrationSet(
+        [
+            dict(
+                samples.samples[0],
+                text_features=samples.samples[0]["text_features"].astype(np.float64),
+            )
+        ]
+    )
+    with pytest.raises(CalibrationDataError, match="'text_features'.*float64"):
+        bad.check(manifest)
+    # Fewer videos than samples asked for: a warning, and what there is.
+    with caplog.at_level(logging.WARNING, logger="calibration.data"):
+        few = build_calibration_set(manifest, synth_data, "valid", samples=1000, seed=0)
+    assert "1000 calibration samples were asked for" in caplog.text
+    assert 0 < len(few) < 1000
+    # Deterministic by seed.
+    again = build_calibration_set(manifest, synth_data, "train", samples=3, seed=5)
+    other = build_calibration_set(manifest, synth_data, "train", samples=3, seed=5)
+    assert again.info["videos"] == other.info["videos"]
+    np.testing.assert_array_equal(again.samples[0]["frames"], other.samples[0]["frames"])
+
+
+def test_agreement_measure():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 3, 5)).astype(np.float32)
+    masks = rng.standard_normal((2, 3, 5, 8, 8)).astype(np.float32)
+    same = agreement([{"pred_logits": logits, "pred_masks": masks}],
+                     [{"pred_logits": logits, "pred_masks": masks}])  # fmt: skip
+    assert same["mask_iou"] == 1.0 and same["same_query"] == 1.0
+    flipped = agreement([{"pred_logits": logits, "pred_masks": masks}],
+                        [{"pred_logits": logits, "pred_masks": -masks}])  # fmt: skip
+    assert flipped["mask_iou"] == 0.0

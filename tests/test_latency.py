@@ -1,0 +1,152 @@
+"""Latency benchmark on a tiny bundle: rows timed or skipped with a reason, E sweep, GEMM peaks,
+files written. Timings are only checked to exist; no wall-clock limit is asserted."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+LATENCY = Path(__file__).parents[1] / "benchmarks" / "latency.py"
+BACKENDS = ["torch", "ort", "ort-fp16", "ort-int8", "trt-fp16"]
+
+
+def _load_latency():
+    # benchmarks/ is a folder of scripts, not a package: load the script as a module.
+    spec = importlib.util.spec_from_file_location("benchmarks_latency", LATENCY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+latency = _load_latency()
+
+
+@pytest.fixture(scope="module")
+def out_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("latency")
+
+
+@pytest.fixture(scope="module")
+def results(tiny_bundle, out_dir) -> dict:
+    return latency.run_benchmark(
+        tiny_bundle, BACKENDS, warmup=1, runs=2, torch_device="cpu", gemm_size=256,
+        profile=True, out_dir=out_dir, tag="test", command="pytest",
+    )  # fmt: skip
+
+
+def _rows(results: dict) -> dict[str, dict]:
+    return {row["backend"]: row for row in results["backends"]}
+
+
+def test_files_written(results, out_dir):
+    data = json.loads((out_dir / "latency-test.json").read_text())
+    assert data["setting"]["frames"] == 3  # the bundle's T profile opt
+    assert data["setting"]["text_length"] == 12  # 20 clipped to the bundle's L max
+    assert data["bundle"]["video_onnx_sha256"]
+    assert data["command"] == "pytest"
+    markdown = (out_dir / "latency-test.md").read_text()
+    assert "| backend |" in markdown and "## Targets" in markdown and "109 ms" in markdown
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out_dir / "latency-test.png").stat().st_size > 0
+
+
+def test_unavailable_rows_skipped_with_reason(results):
+    rows = _rows(results)
+    assert rows["trt-fp16"]["status"] == "skipped"
+    assert rows["trt-fp16"]["reason"]
+    # The bundle has no INT8 variant: skipped, saying how to make one.
+    assert rows["ort-int8"]["status"] == "skipped"
+    assert "calibrat" in rows["ort-int8"]["reason"]
+    assert "ort-int8-trt" not in rows
+
+
+def test_timed_rows_have_stats_and_ratios(results):
+    rows = _rows(results)
+    for name in ("torch", "ort", "ort-fp16"):
+        row = rows[name]
+        assert row["status"] == "timed", row.get("reason")
+        total = row["latency"]["total"]
+        assert total["runs"] == 2
+        assert 0 < total["min"] <= total["p50"] <= total["p90"] <= total["p99"] <= total["max"]
+        assert row["latency"]["text"]["p50"] > 0 and row["latency"]["video"]["p50"] > 0
+        assert row["speedup_vs_torch"] > 0 and row["time_ratio_vs_torch"] > 0
+        assert row["gflops"] > 0 and row["gflops_per_s"] > 0 and row["fraction_of_peak"] > 0
+    assert rows["torch"]["speedup_vs_torch"] == pytest.approx(1.0)
+    assert rows["ort-fp16"]["peak"] == "cpu bf16"
+
+
+def test_e_sweep(results):
+    assert results["setting"]["e_sweep"] == [1, 2, 4]
+    for name in ("torch", "ort", "ort-fp16"):
+        entries = results["e_sweep"][name]
+        assert [entry["expressions"] for entry in entries] == [1, 2, 4]
+        assert all(entry["p50"] > 0 for entry in entries)
+        assert entries[0]["ratio_to_first"] == pytest.approx(1.0)
+    # More expressions, more work: the text-dependent part runs once per expression.
+    gflops = results["gflops"]
+    assert gflops["1"]["total"] < gflops["2"]["total"] < gflops["4"]["total"]
+
+
+def test_gemm_peaks_and_targets(results):
+    cpu = results["peaks"]["cpu"]
+    for key in ("fp32", "fp32_numpy", "bf16", "int8"):
+        assert cpu[key]["gflops"] > 0, cpu[key]
+    names = [target["name"] for target in results["targets"]["targets"]]
+    assert names == ["ort_fp32_vs_torch", "int8_vs_ort_fp32", "e4_vs_e1"]
+    by_name = dict(zip(names, results["targets"]["targets"]))
+    assert isinstance(by_name["ort_fp32_vs_torch"]["passed"], bool)
+    assert by_name["int8_vs_ort_fp32"]["passed"] is None  # no INT8 row timed: says why
+    assert by_name["int8_vs_ort_fp32"]["reason"]
+    assert not results["targets"]["at_paper_setting"]
+
+
+def test_ort_profile_tables(results):
+    table = results["profiles"]["ort"]
+    assert table["op_types"] and table["total_ms"] > 0
+    assert sum(row["percent"] for row in table["op_types"]) <= 100.0 + 1e-6
+    assert {"text_encoder", "video"} == set(table["files"])
+    assert all(Path(path).is_file() for path in table["files"].values())
+
+
+def test_summarize_times():
+    stats = latency.summarize_times([0.001, 0.002, 0.003, 0.004, 0.010])
+    assert stats["p50"] == pytest.approx(3.0)
+    assert stats["min"] == pytest.approx(1.0) and stats["max"] == pytest.approx(10.0)
+    assert stats["spread"] == pytest.approx((stats["p90"] - stats["p50"]) / stats["p50"])
+
+
+def test_machine_slug():
+    slug = latency.machine_slug("Intel(R) Xeon(R) Processor @ 2.50GHz", 2)
+    assert slug == "cpu-xeon-2.50ghz-2c"
+    assert latency.machine_slug("x", 2, gpu="NVIDIA H100 80GB HBM3") == "gpu-h100-80gb-hbm3"
+
+
+def test_frames_outside_profile(tiny_bundle):
+    with pytest.raises(ValueError, match="outside the bundle's T profile"):
+        latency.run_benchmark(tiny_bundle, ["ort"], frames=9, write=False)
+
+
+def test_command_line(tiny_bundle, tmp_path, capsys):
+    latency.main([
+        "--bundle", str(tiny_bundle), "--backends", "ort", "--e-sweep", "1", "--runs", "1",
+        "--warmup", "0", "--gemm-size", "256", "--out", str(tmp_path), "--tag", "cli",
+    ])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| ort |" in printed and "E=4 / E=1" not in printed
+    assert (tmp_path / "latency-cli.json").is_file()
+
+
+def test_tensorrt_row_needs_engines(tiny_bundle):
+    from runtime.manifest import Manifest
+
+    # Even where TensorRT runs, a bundle without engines is skipped, saying how to build them.
+    status = {"onnxruntime-cpu": "available", "tensorrt": "available"}
+    with pytest.raises(latency.SkipBackend, match="build_engine.py"):
+        latency.open_runner("trt-int8", Manifest.load(tiny_bundle), None, "cpu", 1, status)

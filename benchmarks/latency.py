@@ -56,7 +56,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +67,7 @@ from export.graphs import TextGraph, VideoGraph
 from proxyformer.checkpoint import load_checkpoint
 from proxyformer.config import ProxyFormerConfig
 from proxyformer.model import ProxyFormer, build_proxyformer
+from proxyformer.summary import parse_size
 from runtime.backends import (
     AVAILABLE,
     BackendUnavailable,
@@ -75,7 +75,7 @@ from runtime.backends import (
     engine_precision,
     load_backend,
 )
-from runtime.manifest import BundleError, Manifest
+from runtime.manifest import BundleError, Manifest, installed_versions
 
 log = logging.getLogger("benchmarks.latency")
 
@@ -220,14 +220,20 @@ def load_average() -> float | None:
 
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages that decide the timings."""
-    versions = {"python": platform.python_version()}
-    for package in ("proxyformer", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy",
-                    "tokenizers", "tensorrt", "cuda-python", "matplotlib"):  # fmt: skip
-        try:
-            versions[package] = importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    return versions
+    return installed_versions(
+        (
+            "proxyformer",
+            "torch",
+            "onnxruntime",
+            "onnxruntime-gpu",
+            "onnx",
+            "numpy",
+            "tokenizers",
+            "tensorrt",
+            "cuda-python",
+            "matplotlib",
+        )
+    )
 
 
 # -- GEMM peaks ----------------------------------------------------------------------------
@@ -463,7 +469,7 @@ def make_feeds(
     mask = np.zeros((expressions, text_length), dtype=np.int64)
     for row in range(expressions):
         # Rotate the texts so rows differ; repeat them so every row fills text_length tokens.
-        texts = EXPRESSIONS[row % len(EXPRESSIONS):] + EXPRESSIONS[: row % len(EXPRESSIONS)]
+        texts = EXPRESSIONS[row % len(EXPRESSIONS) :] + EXPRESSIONS[: row % len(EXPRESSIONS)]
         tokens = tokenizer.encode(" and ".join(texts * (1 + text_length // 40))).ids[:text_length]
         ids[row, : len(tokens)], mask[row, : len(tokens)] = tokens, 1
     return {"frames": video, "input_ids": ids, "attention_mask": mask}
@@ -1123,7 +1129,8 @@ def run_benchmark(
         "backends": rows,
         "e_sweep": sweep_results,
         "targets": targets,
-        "paper": PAPER | {
+        "paper": PAPER
+        | {
             "measured_device": _device_label(fastest, machine) if fastest else None,
             "measured_best_p50_ms": _p50(fastest),
             "measured_best_backend": fastest["backend"] if fastest else None,
@@ -1342,8 +1349,13 @@ def write_plot(results: dict, path: str | Path) -> Path | None:
             axes[0].annotate(f"{speedup:.2f}×", (xi, row["latency"]["total"]["p90"]),
                              ha="center", va="bottom", fontsize=8)  # fmt: skip
     paper = results["paper"]
-    axes[0].axhline(paper["latency_ms"], color="#c0392b", linestyle="--", linewidth=1,
-                    label=f"paper {paper['latency_ms']:.0f} ms ({paper['device']}, GPU)")
+    axes[0].axhline(
+        paper["latency_ms"],
+        color="#c0392b",
+        linestyle="--",
+        linewidth=1,
+        label=f"paper {paper['latency_ms']:.0f} ms ({paper['device']}, GPU)",
+    )
     axes[0].set_xticks(x, names, rotation=20)
     axes[0].set_ylabel("ms per call (p50)")
     setting = results["setting"]
@@ -1406,40 +1418,52 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like 360x640, got {text!r}") from None
-    return height, width
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", required=True, help="an exported bundle (manifest.json)")
-    parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                        help=f"comma-separated rows from {', '.join(BACKENDS)}")
-    parser.add_argument("--frames", type=int, default=None,
-                        help="T (default: the bundle's profile opt)")
+    parser.add_argument(
+        "--backends",
+        default=",".join(DEFAULT_BACKENDS),
+        help=f"comma-separated rows from {', '.join(BACKENDS)}",
+    )
+    parser.add_argument(
+        "--frames", type=int, default=None, help="T (default: the bundle's profile opt)"
+    )
     parser.add_argument("--expressions", type=int, default=1, help="E of the main table")
-    parser.add_argument("--e-sweep", type=_int_list, default=[1, 2, 4],
-                        help="E values for the sweep (clipped to the bundle's profile)")
+    parser.add_argument(
+        "--e-sweep",
+        type=_int_list,
+        default=[1, 2, 4],
+        help="E values for the sweep (clipped to the bundle's profile)",
+    )
     parser.add_argument("--text-length", type=int, default=20, help="L tokens per expression")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch and onnxruntime intra-op threads (default: all cores)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and onnxruntime intra-op threads (default: all cores)",
+    )
     parser.add_argument("--torch-device", default="auto", help="auto, cpu or cuda[:i]")
     parser.add_argument("--gemm-size", type=int, default=2048, help="n of the CPU GEMM peaks")
-    parser.add_argument("--profile", action="store_true",
-                        help="profile the ORT rows once; per-op-type node time tables")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the ORT rows once; per-op-type node time tables",
+    )
     parser.add_argument("--out", default=None, help="default: benchmarks/results/<machine>")
     parser.add_argument("--tag", default=None, help="file name tag (default from the setting)")
-    parser.add_argument("--preset", default=None,
-                        help="check that the bundle is this preset (the bundle decides)")
-    parser.add_argument("--size", type=_size, default=None,
-                        help="check that the bundle's frame size is HxW (the bundle decides)")
+    parser.add_argument(
+        "--preset", default=None, help="check that the bundle is this preset (the bundle decides)"
+    )
+    parser.add_argument(
+        "--size",
+        type=parse_size,
+        default=None,
+        help="check that the bundle's frame size is HxW (the bundle decides)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:

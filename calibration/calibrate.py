@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--cpu-format", default="qdq", choices=("qdq", "qoperator"))
     parser.add_argument("--seed", type=int, default=0, help="which videos and clips")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames per clip (default: the profile's optimum; fewer frames "
+                        "need less memory to calibrate large models)")  # fmt: skip
     parser.add_argument("--check-split", default="valid", help="held-out clips for the agreement")
     parser.add_argument("--check-samples", type=int, default=8)
     parser.add_argument("--exclude", nargs="*", default=[], help="node names to leave in float")
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = calibrate_bundle(
             args.bundle, args.data, (target,), args.method, args.samples, args.split, args.seed,
             args.check_split, args.check_samples, exclude, args.cpu_format, args.threads,
-            args.recalibrate,
+            args.recalibrate, args.frames,
         )  # fmt: skip
         args.recalibrate = False
         entry = manifest.variant("video", f"int8-{target}")

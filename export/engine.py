@@ -35,15 +35,13 @@ machine without TensorRT.
 from __future__ import annotations
 
 import logging
-import os
 import shlex
-import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from runtime.manifest import AXES, GRAPHS, BundleError, Manifest, TensorSpec
+from runtime.manifest import AXES, GRAPHS, BundleError, Manifest, TensorSpec, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -444,11 +442,11 @@ def _build_engine(trt, logger, manifest: Manifest, plan: BuildPlan, gpu: dict,
         )
     build_seconds = time.perf_counter() - start
     if timing_cache is not None:
-        _atomic_write_bytes(Path(timing_cache), memoryview(config.get_timing_cache().serialize()))
+        atomic_write_bytes(Path(timing_cache), memoryview(config.get_timing_cache().serialize()))
 
     path = manifest.root / plan.engine_file
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(path, memoryview(serialized))
+    atomic_write_bytes(path, memoryview(serialized))
     manifest.add_file(plan.engine_file, "tensorrt engine")
     entry = {
         "file": plan.engine_file,
@@ -467,38 +465,15 @@ def _build_engine(trt, logger, manifest: Manifest, plan: BuildPlan, gpu: dict,
     return entry
 
 
-_LOGGER: dict = {}
-
-
-def tensorrt_logger(trt, verbose: bool = False):
-    """The process's one TensorRT logger (TensorRT warns when builders and runtimes use
-    different ones), writing TensorRT's messages to ``logging`` under this module's name.
-
-    Errors and warnings are logged as such; TensorRT's info and verbose messages only with
-    ``verbose`` (at INFO), else info at DEBUG and verbose dropped.
+def tensorrt_logger(trt=None, verbose: bool = False):
+    """The process's one TensorRT logger, shared with the runtime's TensorRT backend
+    (TensorRT warns when builders and runtimes use different ones). Its messages go to the
+    ``tensorrt`` logger: warnings and errors always, info and verbose ones with ``verbose``.
     """
-    logger = _LOGGER.get("logger")
-    if logger is None:
-        severity = trt.ILogger.Severity
+    from runtime.backends import tensorrt_logger as shared_logger
 
-        class LoggingLogger(trt.ILogger):  # subclassing ILogger: TensorRT Python API, "Logger"
-            def __init__(self) -> None:
-                trt.ILogger.__init__(self)
-                self.verbose = False
-
-            def log(self, level, message) -> None:
-                if level in (severity.INTERNAL_ERROR, severity.ERROR):
-                    log.error("TensorRT: %s", message)
-                elif level == severity.WARNING:
-                    log.warning("TensorRT: %s", message)
-                elif self.verbose:
-                    log.info("TensorRT: %s", message)
-                elif level == severity.INFO:
-                    log.debug("TensorRT: %s", message)
-
-        logger = _LOGGER["logger"] = LoggingLogger()
-    logger.verbose = verbose
-    return logger
+    logging.getLogger("tensorrt").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    return shared_logger()
 
 
 def _network_flags(trt, strongly_typed: bool) -> int:
@@ -608,18 +583,3 @@ def _load_timing_cache(config, path: str | Path | None) -> None:
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     elif blob:
         log.info("timing cache loaded from %s", path)
-
-
-def _atomic_write_bytes(path: Path, data) -> None:
-    """Write through a temporary file in the same directory and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -24,13 +24,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import shutil
 import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +38,7 @@ from proxyformer.checkpoint import TOKENIZER_NAME, WEIGHTS_NAME, load_checkpoint
 from proxyformer.config import get_preset
 from proxyformer.model import ProxyFormer, build_proxyformer
 from proxyformer.text import configure_tokenizer, load_tokenizer
-from runtime.manifest import SCHEMA_VERSION, Manifest, TensorSpec, sha256_file
+from runtime.manifest import SCHEMA_VERSION, Manifest, TensorSpec, installed_versions, sha256_file
 
 from .graphs import FRAME_FORMATS, TextGraph, VideoGraph
 from .parity import FP16_TOLERANCE, FP32_TOLERANCE, ParityError, Tolerance, compare, failures
@@ -464,14 +462,18 @@ def convert_fp16(source: Path, target: Path, metadata: dict[str, str], external_
 
 
 def package_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("proxyformer", "torch", "onnx", "onnxruntime", "onnxslim", "transformers",
-                    "tokenizers", "numpy"):  # fmt: skip
-        try:
-            versions[package] = importlib_metadata.version(package)
-        except importlib_metadata.PackageNotFoundError:
-            pass
-    return versions
+    return installed_versions(
+        (
+            "proxyformer",
+            "torch",
+            "onnx",
+            "onnxruntime",
+            "onnxslim",
+            "transformers",
+            "tokenizers",
+            "numpy",
+        )
+    )
 
 
 def export_bundle(

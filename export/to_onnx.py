@@ -17,14 +17,7 @@ import sys
 from export.onnx_export import DEFAULT_OPSET, export_bundle
 from export.parity import FP16_TOLERANCE, FP32_TOLERANCE, Tolerance
 from proxyformer.config import PRESETS
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be HxW, e.g. 360x640, got {text!r}") from None
-    return height, width
+from proxyformer.summary import parse_size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

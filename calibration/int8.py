@@ -177,8 +177,12 @@ def sensitivity(
     check_samples: int = 4,
     seed: int = 0,
     threads: int | None = None,
+    max_nodes: int | None = None,
 ) -> list[dict]:
     """Per quantized node, the agreement when that node alone stays in float; best first.
+
+    ``max_nodes`` limits the pass to the first nodes in graph order (a quick look; one
+    re-quantization and ``check_samples`` inferences per node).
 
     Uses the cached ranges (run ``calibrate_bundle`` first). Written to
     ``bundle/calibration/sensitivity-<target>.json``; apply the top K with
@@ -193,6 +197,7 @@ def sensitivity(
     reference = run_graph(load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads),
                           held_out.samples)  # fmt: skip
     candidates = quantized_nodes(manifest.variant_path("video", variant_name(target)))
+    candidates = candidates[:max_nodes] if max_nodes else candidates
     scratch = manifest.root / "calibration" / "sensitivity.onnx"
     rows = []
     import onnxruntime as ort

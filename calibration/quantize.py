@@ -129,6 +129,9 @@ def quantize_video(
             weight_type=QuantType.QInt8,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
+    # A Q/DQ pair per consumer: a node left in float then reads the float tensor, not the
+    # dequantized copy its quantized siblings (q/k/v projections of one input) share.
+    options["extra_options"]["DedicatedQDQPair"] = True
     # One sample at a time (ONNX Runtime's "strided" collection): its calibrators otherwise
     # hold every sample's intermediate tensors, attention maps included, before merging them
     # into ranges or histograms -- tens of GB for 64 clips.

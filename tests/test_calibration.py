@@ -12,7 +12,13 @@ import pytest
 from onnx import numpy_helper
 
 from calibration.data import CalibrationDataError, CalibrationSet, build_calibration_set
-from calibration.int8 import agreement, calibrate_bundle
+from calibration.int8 import (
+    agreement,
+    calibrate_bundle,
+    float_nodes_from_sensitivity,
+    sensitivity,
+)
+from calibration.quantize import quantized_nodes
 from runtime.manifest import Manifest
 from runtime.predictor import RVOSPredictor
 
@@ -131,3 +137,20 @@ def test_agreement_measure():
     flipped = agreement([{"pred_logits": logits, "pred_masks": masks}],
                         [{"pred_logits": logits, "pred_masks": -masks}])  # fmt: skip
     assert flipped["mask_iou"] == 0.0
+
+
+def test_sensitivity_pass_and_keep_float(calibrated, synth_data):
+    """Rank nodes by the agreement regained in float, then leave the top ones unquantized."""
+    rows = sensitivity(calibrated, "tensorrt", "entropy", synth_data, check_samples=2,
+                       threads=2, max_nodes=3)  # fmt: skip
+    assert len(rows) == 3
+    assert rows == sorted(rows, key=lambda r: (-r["mask_iou"], r["mask_logit_mse"]))
+    keep = float_nodes_from_sensitivity(calibrated, "tensorrt", 2)
+    assert keep == [rows[0]["node"], rows[1]["node"]]
+    before = quantized_nodes(calibrated / "video.int8-tensorrt.onnx")
+    calibrate_bundle(calibrated, synth_data, ("tensorrt",), "entropy", samples=6,
+                     check_samples=2, exclude=keep, threads=2)  # fmt: skip
+    after = quantized_nodes(calibrated / "video.int8-tensorrt.onnx")
+    assert set(before) - set(after) == set(keep)
+    entry = Manifest.load(calibrated).variant("video", "int8-tensorrt")
+    assert entry["float_nodes"] == keep

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast summary data checkpoint clean
+.PHONY: setup demo test test-fast summary data checkpoint bundle calibrate accuracy latency clean
 
 setup: $(STAMP)
 
@@ -49,6 +49,23 @@ checkpoint: data
 	mkdir -p $(CKPT_OUT)
 	cp $(CKPT_RUN)/final/model.safetensors $(CKPT_RUN)/final/config.json \
 		$(CKPT_RUN)/final/tokenizer.json $(CKPT_RUN)/eval_valid.json $(CKPT_OUT)/
+
+# The tiny checkpoint through the pipeline: bundle, INT8, J&F per precision, latency.
+BUNDLE ?= bundles/tiny
+bundle: setup
+	$(PY) export/to_onnx.py --checkpoint $(CKPT_OUT) --out $(BUNDLE) --size 128x224 \
+		--frames 1:12:24 --expressions 1:2:8 --precision fp32 fp16 --overwrite
+
+calibrate: data
+	$(PY) calibration/calibrate.py --bundle $(BUNDLE) --data $(SYNTH) --samples 64 \
+		--method entropy --target tensorrt cpu
+
+accuracy: data
+	$(PY) benchmarks/accuracy.py --bundle $(BUNDLE) --data $(SYNTH) --split valid --tag tiny-synthetic
+
+latency: setup
+	$(PY) benchmarks/latency.py --bundle $(BUNDLE) --frames 12 \
+		--backends torch,ort,ort-fp16,ort-int8,trt-fp16,trt-int8
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

@@ -73,6 +73,7 @@ def calibrate_bundle(
     cpu_format: str = "qdq",
     threads: int | None = None,
     recalibrate: bool = False,
+    frames: int | None = None,
 ) -> Manifest:
     """Calibrate on ``samples`` clips of ``split`` and write one INT8 variant per target.
 
@@ -80,13 +81,17 @@ def calibrate_bundle(
     match) and so are the tensor ranges of each method; ``recalibrate`` rebuilds both.
     """
     manifest = Manifest.load(bundle)
-    calibration = _calibration_samples(manifest, data, split, samples, seed, recalibrate, method)
+    calibration = _calibration_samples(
+        manifest, data, split, samples, seed, recalibrate, method, frames
+    )
     calibration_info = {
         "method": method, "samples": len(calibration), "split": split, "seed": seed,
         "data": str(data), "videos": calibration.info.get("videos", []),
         "ranges": f"calibration/{range_cache(manifest, method).name}",
     }  # fmt: skip
-    held_out = build_calibration_set(manifest, data, check_split, check_samples, seed + 1000)
+    held_out = build_calibration_set(
+        manifest, data, check_split, check_samples, seed + 1000, frames
+    )
     fp32 = load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads)
     reference = run_graph(fp32, held_out.samples)
     for target in targets:
@@ -124,13 +129,15 @@ def calibrate_bundle(
 
 
 def _calibration_samples(
-    manifest, data, split, samples, seed, recalibrate, method
+    manifest, data, split, samples, seed, recalibrate, method, frames=None
 ) -> CalibrationSet:
     directory = manifest.root / "calibration" / "samples"
     info_path = directory / "calibration.json"
     if info_path.is_file() and not recalibrate:
         info = json.loads(info_path.read_text())
         wanted = {"split": split, "seed": seed, "data": str(data)}
+        if frames is not None:
+            wanted["frames_per_clip"] = frames
         if (
             all(info.get(k) == v for k, v in wanted.items())
             and info["samples"] == min(samples, info["samples"])
@@ -138,7 +145,7 @@ def _calibration_samples(
         ):
             log.info("reusing %d calibration samples in %s", info["samples"], directory)
             return CalibrationSet.load(directory, manifest)
-    calibration = build_calibration_set(manifest, data, split, samples, seed)
+    calibration = build_calibration_set(manifest, data, split, samples, seed, frames)
     calibration.info["requested"] = samples
     calibration.save(directory)
     range_cache(manifest, method).unlink(missing_ok=True)  # new samples, new ranges

@@ -154,3 +154,16 @@ def test_sensitivity_pass_and_keep_float(calibrated, synth_data):
     assert set(before) - set(after) == set(keep)
     entry = Manifest.load(calibrated).variant("video", "int8-tensorrt")
     assert entry["float_nodes"] == keep
+
+
+def test_command_line(calibrated, synth_data, capsys):
+    from calibration.calibrate import main
+
+    args = ["--bundle", str(calibrated), "--data", str(synth_data), "--samples", "3",
+            "--target", "cpu", "--check-samples", "2", "--frames", "2", "--threads", "2"]  # fmt: skip
+    assert main(args) == 0
+    assert "video.int8-cpu.onnx" in capsys.readouterr().out
+    entry = Manifest.load(calibrated).variant("video", "int8-cpu")
+    assert entry["calibration"]["samples"] == 3
+    samples = CalibrationSet.load(calibrated / "calibration" / "samples")
+    assert samples.samples[0]["frames"].shape[0] == 2

@@ -27,21 +27,6 @@ log = logging.getLogger("accuracy")
 ROWS = ("pytorch", "fp32", "fp16", "int8-tensorrt", "int8-cpu")
 
 
-def bundle_model(manifest):
-    """The PyTorch model the bundle was exported from (checkpoint, or the seeded preset)."""
-    import torch
-
-    from proxyformer.checkpoint import load_checkpoint
-    from proxyformer.config import ProxyFormerConfig
-    from proxyformer.model import build_proxyformer
-
-    model_info = manifest.data["model"]
-    if model_info.get("checkpoint"):
-        return load_checkpoint(model_info["checkpoint"])
-    torch.manual_seed(model_info.get("random_weights_seed", 0))
-    return build_proxyformer(ProxyFormerConfig.from_dict(model_info["config"])).eval()
-
-
 def measure(
     bundle: str | Path,
     data: str | Path,
@@ -79,6 +64,8 @@ def measure(
 
             if threads:
                 torch.set_num_threads(threads)
+            from export.onnx_export import bundle_model
+
             model = bundle_model(manifest)
             tokenizer = Tokenizer.from_file(
                 str(manifest.root / manifest.preprocessing["tokenizer"])

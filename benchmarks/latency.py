@@ -64,7 +64,7 @@ import torch
 from tqdm import tqdm
 
 from export.graphs import TextGraph, VideoGraph
-from proxyformer.checkpoint import load_checkpoint
+from export.onnx_export import bundle_model
 from proxyformer.config import ProxyFormerConfig
 from proxyformer.model import ProxyFormer, build_proxyformer
 from proxyformer.summary import parse_size
@@ -483,21 +483,14 @@ def load_baseline_model(manifest: Manifest, device: str | torch.device = "cpu") 
     latency does not depend on the weights.
     """
     entry = manifest.data["model"]
-    checkpoint = entry.get("checkpoint")
-    model = None
-    if checkpoint:
-        for candidate in (Path(checkpoint), manifest.root / checkpoint):
-            if candidate.is_dir():
-                model = load_checkpoint(candidate, device=device)
-                log.info("baseline: checkpoint %s", candidate)
-                break
-        else:
-            log.warning(
-                "checkpoint %s (from the manifest) not found; building the manifest's config with "
-                "random weights instead (latency does not depend on the weights)",
-                checkpoint,
-            )
-    if model is None:
+    try:
+        model = bundle_model(manifest, device)
+    except FileNotFoundError as error:
+        log.warning(
+            "%s; building the manifest's config with random weights instead (latency does not "
+            "depend on the weights)",
+            error,
+        )
         seed = entry.get("random_weights_seed")
         torch.manual_seed(0 if seed is None else int(seed))
         model = build_proxyformer(ProxyFormerConfig.from_dict(entry["config"]))

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from proxyformer.checkpoint import TOKENIZER_NAME, WEIGHTS_NAME, load_checkpoint, read_config
-from proxyformer.config import get_preset
+from proxyformer.config import ProxyFormerConfig, get_preset
 from proxyformer.model import ProxyFormer, build_proxyformer
 from proxyformer.text import configure_tokenizer, load_tokenizer
 from runtime.manifest import SCHEMA_VERSION, Manifest, TensorSpec, installed_versions, sha256_file
@@ -133,6 +133,23 @@ def load_model(
         **source,
     }
     return model.eval(), tokenizer, description
+
+
+def bundle_model(manifest: Manifest, device: str | torch.device = "cpu") -> ProxyFormer:
+    """The PyTorch model a bundle was exported from, in eval mode: its checkpoint (the path
+    recorded in the manifest, then relative to the bundle) or, for a random-weight export, the
+    recorded config with the recorded seed. A recorded checkpoint that is gone raises."""
+    entry = manifest.data["model"]
+    checkpoint = entry.get("checkpoint")
+    if checkpoint:
+        for candidate in (Path(checkpoint), manifest.root / checkpoint):
+            if (candidate / WEIGHTS_NAME).is_file():
+                return load_checkpoint(candidate, device=device)
+        raise FileNotFoundError(
+            f"checkpoint {checkpoint} recorded in {manifest.root / 'manifest.json'} not found"
+        )
+    torch.manual_seed(int(entry.get("random_weights_seed") or 0))
+    return build_proxyformer(ProxyFormerConfig.from_dict(entry["config"])).to(device).eval()
 
 
 # -- 2. torch.onnx.export ------------------------------------------------------------------

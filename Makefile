@@ -37,7 +37,7 @@ CKPT_RUN ?= runs/tiny-synthetic
 CKPT_OUT ?= checkpoints/tiny-synthetic
 TRAIN_RECIPE ?= --preset tiny --epochs 100 --max-steps 2000 --batch-size 4 --num-frames 4 \
 	--lr 5e-4 --lr-backbone 5e-4 --lr-drop 100 --train-scales 128 --save-every 250 \
-	--log-every 25 --workers 0 --seed 42 --pair-expressions
+	--log-every 25 --workers 0 --seed 42 --pair-expressions --cls-target iou --lr-drop-steps 1600
 
 data: setup
 	$(PY) -m training.data.synthetic --out $(SYNTH) --videos 400 --frames 12 --size 128x224 --seed 0

@@ -99,6 +99,21 @@ class DecoderConfig:
     ffn_dim: int = 2048
     dropout: float = 0.0
     mask_dim: int = 256  # channels of F_seg and of each dynamic kernel
+    # Cross-attention values carry the 2-D position of the video tokens (value = F_v + pos), so
+    # a query knows where the object it reads is (boxes, "on the left"); DETR adds pos to keys only.
+    value_pos: bool = False
+    # F_seg gains a learned projection of its pixels' 2-D sine position (CoordConv-like, as
+    # ReferFormer's relative coordinates), so a dynamic kernel can prefer a location.
+    seg_pos: bool = False
+    # Each decoder layer also cross-attends to the text features F_t, so the query that found
+    # an object can check it against the expression before the class head scores it.
+    text_attn: bool = False
+    # The class head also reads F_seg pooled under the query's own (soft) mask, so it scores
+    # the object the query segments rather than the query's slot.
+    mask_pool: bool = False
+    # Mask2Former's masked attention: each decoder layer's query reads only the video tokens
+    # inside the mask predicted from its previous state (everywhere when that mask is empty).
+    masked_attn: bool = False
 
 
 @dataclass(frozen=True)
@@ -253,7 +268,13 @@ def tiny() -> ProxyFormerConfig:
             dropout=0.0,
         ),
         cmie=CMIEConfig(num_layers=2, num_heads=4, ffn_dim=256),
-        decoder=DecoderConfig(num_layers=2, num_heads=4, ffn_dim=256, mask_dim=32),
+        # The decoder options that let a model trained from scratch for minutes on a CPU
+        # ground the expression: position-aware values, coordinates in F_seg, text
+        # cross-attention, mask-pooled class scores and masked attention (see DecoderConfig).
+        decoder=DecoderConfig(
+            num_layers=2, num_heads=4, ffn_dim=256, mask_dim=32, value_pos=True, seg_pos=True,
+            text_attn=True, mask_pool=True, masked_attn=True,
+        ),
     )
 
 

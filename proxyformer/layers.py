@@ -40,6 +40,7 @@ class Attention(nn.Module):
         query_pos: torch.Tensor | None = None,  # broadcastable to query
         key_pos: torch.Tensor | None = None,  # broadcastable to key
         key_padding_mask: torch.Tensor | None = None,  # (B, Lk) bool, True = attend
+        attend: torch.Tensor | None = None,  # (B, Lq, Lk) bool, True = attend
     ) -> torch.Tensor:
         value = key if value is None else value
         q = self.q_proj(query if query_pos is None else query + query_pos)
@@ -49,6 +50,8 @@ class Attention(nn.Module):
         attn_mask = None
         if key_padding_mask is not None:
             attn_mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
+        if attend is not None:
+            attn_mask = attend[:, None] if attn_mask is None else attn_mask & attend[:, None]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
         )

@@ -169,10 +169,31 @@ class ProxyFormer(nn.Module):
             by_level[i] if i in by_level else rearrange(levels[i], "b t c h w -> (b t) c h w")
             for i in range(len(levels) - 1, -1, -1)
         ]
-        seg = rearrange(self.fpn(maps), "(b t) d h w -> b t d h w", b=batch)
+        seg_flat = self.fpn(maps)  # (B*T, D, H/4, W/4)
+        seg = rearrange(seg_flat, "(b t) d h w -> b t d h w", b=batch)
+
+        mask_fn = None
+        if self.config.decoder.masked_attn:
+
+            def mask_fn(queries: torch.Tensor) -> torch.Tensor:
+                """(B*T, N, C) queries -> (B*T, N, S) bool: video tokens inside their mask."""
+                kernels = self.heads.kernel_head(queries)  # (B*T, N, D)
+                logits = (kernels @ seg_flat.flatten(-2)).detach()  # (B*T, N, hw)
+                logits = logits.flatten(0, 1).unflatten(-1, seg_flat.shape[-2:])[:, None]
+                attend = torch.cat(
+                    [
+                        F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+                        .flatten(1)
+                        for size in sizes
+                    ],
+                    dim=1,
+                ).unflatten(0, queries.shape[:2]) > 0  # (B*T, N, S)
+                return attend | ~attend.any(dim=-1, keepdim=True)  # an empty mask reads all
 
         # Without proxy interaction (use_proxy=False) CMIE returns the learned queries unchanged.
-        layer_outputs = self.decoder(proxy, video, space_pos)
+        layer_outputs = self.decoder(
+            proxy, video, space_pos, text_features, text_mask, mask_fn
+        )
         if not aux:
             layer_outputs = layer_outputs[-1:]  # inference: the heads on the last layer only
         out_h, out_w = math.ceil(image_size[0] / 4), math.ceil(image_size[1] / 4)
@@ -269,8 +290,10 @@ def build_proxyformer(
         backbone=build_backbone(config.backbone, backbone_weights),
         text_encoder=TextEncoder(config.text, dim, text_weights),
         cmie=CMIE(dim, config.num_queries, config.cmie),
-        fpn=SegFPN(dim, num_levels=len(STRIDES), mask_dim=config.decoder.mask_dim),
+        fpn=SegFPN(
+            dim, len(STRIDES), config.decoder.mask_dim, position=config.decoder.seg_pos
+        ),
         decoder=QueryDecoder(dim, config.decoder),
-        heads=PredictionHeads(dim, config.decoder.mask_dim),
+        heads=PredictionHeads(dim, config.decoder.mask_dim, config.decoder.mask_pool),
         jsc=JointSemantics(dim),
     )

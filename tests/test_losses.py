@@ -2,7 +2,7 @@
 
 import torch
 
-from training.losses import RVOSCriterion, dice_loss
+from training.losses import LossWeights, RVOSCriterion, dice_loss, quality_focal_loss
 
 
 def make_targets(batch=2, frames=3, size=(32, 48)):
@@ -83,3 +83,41 @@ def test_dice_loss_bounds():
     target[0, 2:6, 2:6] = 1
     assert dice_loss(target * 40 - 20, target) < 0.01
     assert dice_loss(-(target * 40 - 20), target) > 0.9
+
+
+def test_quality_focal_loss_is_smallest_at_the_target():
+    target = torch.tensor([0.0, 0.3, 0.8, 1.0])
+    at_target = quality_focal_loss(torch.logit(target.clamp(1e-4, 1 - 1e-4)), target)
+    off_target = quality_focal_loss(torch.logit(torch.tensor([0.6, 0.9, 0.2, 0.1])), target)
+    assert bool((off_target > at_target + 0.05).all())
+    assert float(at_target[0]) < 1e-4 and float(at_target[3]) < 1e-4
+
+
+def test_iou_class_target_scores_each_query_by_its_own_mask():
+    targets = make_targets()
+    outputs = prediction_for(targets, positive=[3, 1])
+    # Query 0 of video 0 covers the object's left half: its target is IoU ~0.5, not 0.
+    half = targets[0]["masks"].float().clone()
+    half[..., 14:] = 0
+    small = torch.nn.functional.avg_pool2d(half[:, None], 4)[:, 0]
+    outputs["pred_masks"][0, :, 0] = (small * 2 - 1) * 20.0
+    costs = RVOSCriterion().query_costs(outputs, targets[0], 0)
+    assert costs["iou"].shape == (3, 5)
+    # (stride-4 masks upsampled bilinearly: the object's unaligned edges cost a few pixels)
+    assert bool((costs["iou"][:, 3] > 0.9).all())
+    assert bool(((costs["iou"][:, 0] > 0.4) & (costs["iou"][:, 0] < 0.6)).all())
+    assert float(costs["iou"][:, [1, 2, 4]].max()) == 0.0
+    criterion = RVOSCriterion(LossWeights(cls_target="iou"))
+    # Scores equal to the IoU give a lower class loss than the one-hot "matched" scores.
+    outputs["pred_logits"][0, :, 0] = 0.0  # p = 0.5 = its IoU
+    calibrated = criterion(outputs, targets)["cls"]
+    outputs["pred_logits"][0, :, 0] = -8.0
+    one_hot = criterion(outputs, targets)["cls"]
+    assert calibrated < one_hot
+
+
+def test_unknown_class_target_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="cls_target"):
+        LossWeights(cls_target="soft")

@@ -81,6 +81,13 @@ def test_output_is_deterministic_in_eval(tiny_model, text_inputs):
     assert torch.equal(a["pred_masks"], b["pred_masks"])
 
 
+# The DETR-style decoder of the paper presets (the tiny preset switches every option on).
+PLAIN_DECODER = {
+    f"decoder.{name}": False
+    for name in ("value_pos", "seg_pos", "text_attn", "mask_pool", "masked_attn")
+}
+
+
 def all_outputs_sum(out):
     total = out["video_queries"].sum() + out["joint_semantics"].sum()
     for pred in [out, *out["aux_outputs"]]:
@@ -90,8 +97,9 @@ def all_outputs_sum(out):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"cmie.mode": "full"}, {"cmie.use_p2v": False}, {"cmie.use_proxy": False}],
-    ids=["cmie", "cmie-full", "no-p2v", "no-proxy"],
+    [{}, {"cmie.mode": "full"}, {"cmie.use_p2v": False}, {"cmie.use_proxy": False},
+     PLAIN_DECODER],
+    ids=["cmie", "cmie-full", "no-p2v", "no-proxy", "plain-decoder"],
 )
 def test_gradients_reach_every_trainable_parameter(tiny_config, text_inputs, overrides):
     model = make_model(tiny_config.replace(**overrides)).train()
@@ -250,3 +258,61 @@ def test_bad_dtypes_and_empty_masks(tiny_model):
 def test_normalize_accepts_uint8_and_unit_floats(tiny_model):
     clip = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     torch.testing.assert_close(tiny_model.normalize(clip), tiny_model.normalize(clip / 255.0))
+
+
+def test_decoder_options_are_on_for_tiny_and_off_for_the_paper_presets(tiny_config):
+    for name in ("value_pos", "seg_pos", "text_attn", "mask_pool", "masked_attn"):
+        assert getattr(tiny_config.decoder, name) is True, name
+        assert getattr(get_preset("paper-swin-t").decoder, name) is False, name
+    plain = make_model(tiny_config.replace(**PLAIN_DECODER))
+    assert plain.fpn.pos_proj is None and plain.heads.pool_proj is None
+    assert all(layer.text_attn is None for layer in plain.decoder.layers)
+
+
+def test_masked_attention_reads_only_inside_the_mask(tiny_model, text_inputs):
+    """Every decoder layer gets, per query, the video tokens inside its previous mask; a query
+    whose mask is empty reads everything (no all-masked softmax row)."""
+    seen = []
+    decoder = tiny_model.decoder
+    original = type(decoder.layers[0]).forward
+
+    def spy(layer, queries, memory, memory_pos, text=None, text_mask=None, attend=None):
+        seen.append(attend)
+        return original(layer, queries, memory, memory_pos, text, text_mask, attend)
+
+    frames = random_frames(2, 3, 64, 96)
+    try:
+        for layer in decoder.layers:
+            layer.forward = spy.__get__(layer)
+        with torch.no_grad():
+            out = tiny_model(frames, *text_inputs)
+    finally:
+        for layer in decoder.layers:
+            del layer.forward
+    tokens = 2 * 3 + 4 * 6  # the CMIE levels, strides 32 and 16
+    assert len(seen) == len(decoder.layers)
+    for attend in seen:
+        assert attend.dtype == torch.bool and attend.shape == (2 * 3, 5, tokens)
+        assert bool(attend.any(dim=-1).all())  # never an empty row
+    # The second layer's mask is the first layer's prediction at the CMIE token grids
+    # (coarsest first, as the tokens are), thresholded at probability 0.5.
+    first = out["aux_outputs"][0]["pred_masks"].flatten(0, 1)  # (B*T, N, h, w)
+    inside = torch.cat(
+        [
+            torch.nn.functional.interpolate(first, size=size, mode="bilinear").flatten(-2)
+            for size in [(2, 3), (4, 6)]
+        ],
+        dim=-1,
+    ) > 0
+    assert torch.equal(seen[1], inside | ~inside.any(dim=-1, keepdim=True))
+
+
+def test_mask_pooled_class_scores_follow_the_mask(tiny_model):
+    """The class head reads F_seg under the query's own mask: moving the mask changes it."""
+    heads = tiny_model.heads
+    queries = torch.randn(1, 1, 2, 64)
+    seg = torch.randn(1, 1, 32, 8, 8)
+    base = heads(queries, seg)["pred_logits"]
+    seg_moved = seg.clone()
+    seg_moved[..., :4, :] = seg[..., 4:, :]  # only the features change, queries do not
+    assert not torch.allclose(base, heads(queries, seg_moved)["pred_logits"])

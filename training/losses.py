@@ -31,6 +31,14 @@ class LossWeights:
     jsc: float = 5.0
     jsc_temperature: float = 0.07  # q and s are L2-normalised; see RVOSCriterion.jsc_loss
     aux: bool = True
+    # "matched": the matched query is the positive on the frames where the object is visible
+    # (the paper). "iou": every query's target is its own mask IoU on those frames, trained with
+    # the quality focal loss (GFL), so the score ranks queries by the mask they would return.
+    cls_target: str = "matched"
+
+    def __post_init__(self) -> None:
+        if self.cls_target not in ("matched", "iou"):
+            raise ValueError(f"cls_target must be 'matched' or 'iou', got {self.cls_target!r}")
 
 
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -45,6 +53,13 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     numerator = 2 * (probs * targets).sum(-1)
     denominator = probs.sum(-1) + targets.sum(-1)
     return 1 - (numerator + 1) / (denominator + 1)
+
+
+def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float = 2.0):
+    """GFL's quality focal loss: BCE against a soft target in [0, 1], scaled by |t - p|^beta."""
+    prob = logits.sigmoid()
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return bce * (targets - prob).abs().pow(beta)
 
 
 def upsample_masks(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -111,7 +126,12 @@ class RVOSCriterion(torch.nn.Module):
         dice = (dice_loss(full, gt) * annotated[:, None]).sum(0) / n_annotated
         focal = sigmoid_focal_loss(full, gt, reduction="none").flatten(-2).mean(-1)
         focal = (focal * annotated[:, None]).sum(0) / n_annotated
-        return {"cls": cls, "l1": l1, "giou": giou, "dice": dice, "focal": focal}
+        with torch.no_grad():  # (T, N) IoU of each query's binary mask, the "iou" class target
+            pred_fg, gt_fg = full > 0, gt > 0.5
+            inter = (pred_fg & gt_fg).flatten(-2).sum(-1)
+            union = (pred_fg | gt_fg).flatten(-2).sum(-1)
+            iou = inter / union.clamp(min=1)
+        return {"cls": cls, "l1": l1, "giou": giou, "dice": dice, "focal": focal, "iou": iou}
 
     def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         w = self.weights
@@ -145,10 +165,15 @@ class RVOSCriterion(torch.nn.Module):
         for b, target in enumerate(targets):
             logits = pred["pred_logits"][b]
             annotated = _annotated(target, logits)
-            labels = torch.zeros_like(logits)
-            labels[:, matched[b]] = target["valid"].to(logits) * annotated
-            n_pos = labels.sum().clamp(min=1)
-            per_item = sigmoid_focal_loss(logits, labels, reduction="none") * annotated[:, None]
+            visible = target["valid"].to(logits) * annotated
+            n_pos = visible.sum().clamp(min=1)
+            if self.weights.cls_target == "iou":
+                labels = per_video[b]["iou"] * visible[:, None]
+                per_item = quality_focal_loss(logits, labels) * annotated[:, None]
+            else:
+                labels = torch.zeros_like(logits)
+                labels[:, matched[b]] = visible
+                per_item = sigmoid_focal_loss(logits, labels, reduction="none") * annotated[:, None]
             cls.append(per_item.sum() / n_pos)
         losses["cls"] = torch.stack(cls).mean()
         return losses, matched

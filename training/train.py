@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--backbone-weights", default=None)
     parser.add_argument("--text-weights", default=None)
     parser.add_argument("--jsc-weight", type=float, default=defaults.jsc_weight)
+    parser.add_argument("--cls-target", default=defaults.cls_target, choices=("matched", "iou"),
+                        help="class target: the matched query (paper) or each query's mask IoU")
     parser.add_argument("--train-scales", type=int, nargs="+", default=list(defaults.train_scales))
     parser.add_argument("--max-size", type=int, default=defaults.max_size)
     parser.add_argument("--flip-prob", type=float, default=defaults.flip_prob)

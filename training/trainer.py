@@ -85,6 +85,7 @@ class TrainConfig:
     backbone_weights: str | None = None
     text_weights: str | None = None
     jsc_weight: float = 5.0
+    cls_target: str = "matched"  # or "iou": see training.losses.LossWeights
     train_scales: tuple[int, ...] = (288, 320, 352, 392, 416, 448, 480, 512)
     max_size: int | None = 640
     flip_prob: float = 0.5
@@ -221,7 +222,7 @@ class Trainer:
             self.model_config, config.backbone_weights, config.text_weights
         ).to(self.device)
         self.tokenizer = load_tokenizer(self.model_config, text_weights=config.text_weights)
-        self.criterion = RVOSCriterion(LossWeights(jsc=config.jsc_weight))
+        self.criterion = RVOSCriterion(LossWeights(jsc=config.jsc_weight, cls_target=config.cls_target))
         if config.jsc_weight == 0:
             self.model.jsc.requires_grad_(False)  # ψ serves only JSC; DDP needs no unused params
 

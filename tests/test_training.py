@@ -158,6 +158,23 @@ def test_evaluate_writes_scores_and_a_submission(synth, tmp_path, tiny_model, to
     assert len(pngs) == 4  # every frame, windows of 3 + 1
 
 
+def test_query_oracle_scores_every_query(synth, tiny_model, tokenizer):
+    from training.data import build_dataset
+    from training.data.transforms import ClipTransform
+    from training.evaluate import evaluate
+
+    dataset = build_dataset("ytvos", synth, "valid", None, ClipTransform(False, eval_short_side=None))
+    result = evaluate(tiny_model, tokenizer, dataset, window=3, query_oracle=True, limit=2)
+    for row in result["per_expression"]:
+        assert len(row["queries_J"]) == tiny_model.config.num_queries
+        assert row["J_best_query"] == max(row["queries_J"]) >= row["J"] - 1e-9
+        assert len(row["chosen_query"]) == 2  # one choice per window (4 frames, windows of 3)
+        if len(set(row["chosen_query"])) == 1:  # one query for the whole video: its J exactly
+            assert abs(row["queries_J"][row["chosen_query"][0]] - row["J"]) < 1e-9
+    summary = result["summary"]
+    assert 0 <= summary["selection_hit"] <= 1 and summary["J_best_query"] >= summary["J"] - 1e-9
+
+
 def test_gradient_accumulation_counts_optimizer_steps(synth, tmp_path):
     train(small_config(synth, tmp_path / "run", max_steps=2, batch_size=1, accumulate=2))
     rows = read_metrics(tmp_path / "run")

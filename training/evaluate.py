@@ -30,14 +30,25 @@ from proxyformer.postprocess import select_masks, upsample_mask_logits
 from proxyformer.text import encode_texts, load_tokenizer
 from training.data import DATASETS, build_dataset
 from training.data.transforms import ClipTransform, resize_clip, scaled_size, to_tensor_clip
-from training.metrics import frame_metrics, mask_average_precision, summarize_jf, video_jf
+from training.metrics import (
+    frame_metrics,
+    mask_average_precision,
+    region_similarity,
+    summarize_jf,
+    video_jf,
+)
 
 log = logging.getLogger("evaluate")
 
 
 @torch.inference_mode()
-def segment_video(model, tokenizer, frames: list[np.ndarray], expressions: list[str], window: int | None):
-    """Masks (E, T, H, W) bool and scores (E, n_windows) for RGB frames and expressions."""
+def segment_video(
+    model, tokenizer, frames: list[np.ndarray], expressions: list[str], window: int | None,
+    every_query: bool = False,
+):
+    """Masks (E, T, H, W) bool and scores (E, n_windows) for RGB frames and expressions; with
+    ``every_query`` also every query's masks (E, N, T, H, W) bool and the chosen query per
+    window (E, n_windows)."""
     clip = to_tensor_clip(frames)  # (T, 3, H, W)
     device = next(model.parameters()).device
     ids, mask = encode_texts(tokenizer, expressions)
@@ -45,16 +56,24 @@ def segment_video(model, tokenizer, frames: list[np.ndarray], expressions: list[
     text = model.encode_text(ids, mask)
     size = tuple(clip.shape[-2:])
     step = window or clip.shape[0]
-    masks, scores = [], []
+    masks, scores, all_masks, chosen = [], [], [], []
     for start in range(0, clip.shape[0], step):
         chunk = clip[start : start + step].to(device)
         levels = model.encode_frames(chunk[None])  # the backbone once for every expression
         levels = [level.expand(len(expressions), *level.shape[1:]) for level in levels]
         outputs = model.decode(levels, text, mask, size, aux=False)
-        chunk_masks, chunk_scores, _ = select_masks(outputs, size)
+        chunk_masks, chunk_scores, best = select_masks(outputs, size)
         masks.append(chunk_masks.cpu())
         scores.append(chunk_scores.cpu())
-    return torch.cat(masks, dim=1).numpy(), torch.stack(scores, dim=1).numpy()
+        if every_query:
+            logits = outputs["pred_masks"]  # (E, t, N, h, w)
+            full = upsample_mask_logits(logits.flatten(0, 2), size) > 0  # sigmoid > 0.5
+            all_masks.append(full.unflatten(0, logits.shape[:3]).transpose(1, 2).cpu())
+            chosen.append(best.cpu())
+    result = torch.cat(masks, dim=1).numpy(), torch.stack(scores, dim=1).numpy()
+    if every_query:
+        result += (torch.cat(all_masks, dim=2).numpy(), torch.stack(chosen, dim=1).numpy())
+    return result
 
 
 def evaluate(
@@ -65,17 +84,25 @@ def evaluate(
     submission: Path | None = None,
     limit: int | None = None,
     segment=None,
+    query_oracle: bool = False,
 ) -> dict:
     """J/F per expression and overall on a dataset built with ``num_frames=None``.
 
     ``segment(frames, expressions) -> (masks (E, T, H, W) bool, scores (E, windows))`` replaces
     the PyTorch model (``model`` and ``tokenizer`` are then unused): ``benchmarks/accuracy.py``
     passes the ONNX runtime's predictor through it, so every backend is scored by the same code.
+
+    ``query_oracle`` (PyTorch only) also scores every one of the N queries: ``J_best_query``
+    is the J of the query that would have been best, and ``selection_hit`` whether the query
+    the class scores chose is within 0.05 J of it. It separates "the masks are poor" from "the
+    right mask is there but the class head picks another".
     """
+    if query_oracle and segment is not None:
+        raise ValueError("query_oracle needs the PyTorch model, not a custom segment function")
     if segment is None:
 
         def segment(frames, expressions):
-            return segment_video(model, tokenizer, frames, expressions, window)
+            return segment_video(model, tokenizer, frames, expressions, window, query_oracle)
 
     by_video: dict[str, list] = defaultdict(list)
     for record in dataset.records:
@@ -93,26 +120,40 @@ def evaluate(
             target = scaled_size(height, width, transform.eval_short_side, transform.max_size)
             if target != (height, width):
                 frames, _ = resize_clip(originals, [], target)
-        masks, scores = segment(frames, [r.expression for r in records])
-        if masks.shape[-2:] != (height, width):  # back to the annotation resolution
-            masks = (
-                torch.nn.functional.interpolate(
-                    torch.from_numpy(masks).float(), size=(height, width), mode="nearest"
-                ).numpy()
-                > 0.5
-            )
-        for record, pred, score in zip(records, masks, scores):
+        masks, scores, *every = segment(frames, [r.expression for r in records])
+        masks = _to_size(masks, (height, width))
+        for e, (record, pred, score) in enumerate(zip(records, masks, scores)):
             gt = np.stack([dataset.read_mask(video, n, record.obj_id, (height, width)) for n in names])
             annotated = [i for i, n in enumerate(names) if (dataset.label_dir / video / f"{n}.png").is_file()]
             j, f = video_jf(gt[annotated], pred[annotated])
             rows.append({"video": video, "exp_id": record.exp_id, "expression": record.expression,
                          "J": j, "F": f, "J&F": (j + f) / 2, "score": float(score.mean())})  # fmt: skip
+            if every:
+                query_j = [
+                    float(np.mean([region_similarity(g, p) for g, p in zip(gt[annotated], q[annotated])]))
+                    for q in _to_size(every[0][e], (height, width))
+                ]  # fmt: skip
+                rows[-1] |= {"J_best_query": max(query_j), "selection_hit": j >= max(query_j) - 0.05,
+                             "queries_J": query_j, "chosen_query": every[1][e].tolist()}  # fmt: skip
             if submission is not None:
                 out_dir = submission / "Annotations" / video / record.exp_id
                 out_dir.mkdir(parents=True, exist_ok=True)
                 for name, frame_mask in zip(names, pred):
                     Image.fromarray(frame_mask.astype(np.uint8) * 255).save(out_dir / f"{name}.png")
-    return {"summary": summarize_jf(rows), "per_expression": rows}
+    summary = summarize_jf(rows)
+    if query_oracle:
+        summary["J_best_query"] = float(np.mean([row["J_best_query"] for row in rows]))
+        summary["selection_hit"] = float(np.mean([row["selection_hit"] for row in rows]))
+    return {"summary": summary, "per_expression": rows}
+
+
+def _to_size(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Boolean (..., h, w) masks resized (nearest) to ``size``, as the annotations are."""
+    if masks.shape[-2:] == tuple(size):
+        return masks
+    flat = torch.from_numpy(masks.reshape(-1, 1, *masks.shape[-2:])).float()
+    resized = torch.nn.functional.interpolate(flat, size=size, mode="nearest")
+    return resized.numpy().reshape(*masks.shape[:-2], *size) > 0.5
 
 
 @torch.inference_mode()
@@ -164,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=None, help="evaluate the first N videos only")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--query-oracle", action="store_true",
+                        help="also report the J of the best of the N queries and how often the "
+                             "class scores pick it (selection vs mask quality)")
     parser.add_argument("--submission", type=Path, default=None,
                         help="write masks as Annotations/<video>/<exp_id>/<frame>.png here")
     args = parser.parse_args(argv)
@@ -179,10 +223,14 @@ def main(argv: list[str] | None = None) -> None:
         print("  ".join(f"{k} {v:.4f}" for k, v in result["summary"].items() if k != "frames"))
     else:
         dataset = build_dataset(args.dataset, args.data, args.split, None, transform)
-        result = evaluate(model, tokenizer, dataset, args.window, args.submission, args.limit)
+        result = evaluate(model, tokenizer, dataset, args.window, args.submission, args.limit,
+                          query_oracle=args.query_oracle)  # fmt: skip
         summary = result["summary"]
         print(f"J&F {summary['J&F']:.4f}  J {summary['J']:.4f}  F {summary['F']:.4f}  "
               f"({summary['expressions']} expressions, {args.split})")
+        if args.query_oracle:
+            print(f"best-query J {summary['J_best_query']:.4f}  "
+                  f"class scores pick it (within 0.05 J): {summary['selection_hit']:.1%}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result | {"checkpoint": str(args.checkpoint)}, indent=2))

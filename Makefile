@@ -45,7 +45,7 @@ data: setup
 checkpoint: data
 	$(PY) training/train.py --data $(SYNTH) --out $(CKPT_RUN) $(TRAIN_RECIPE)
 	$(PY) training/evaluate.py --checkpoint $(CKPT_RUN)/final --data $(SYNTH) --split valid \
-		--out $(CKPT_RUN)/eval_valid.json
+		--query-oracle --out $(CKPT_RUN)/eval_valid.json
 	mkdir -p $(CKPT_OUT)
 	cp $(CKPT_RUN)/final/model.safetensors $(CKPT_RUN)/final/config.json \
 		$(CKPT_RUN)/final/tokenizer.json $(CKPT_RUN)/eval_valid.json $(CKPT_OUT)/

@@ -250,7 +250,7 @@ def paper_swin_b() -> ProxyFormerConfig:
 
 
 def tiny() -> ProxyFormerConfig:
-    """The same architecture at ~1.56 M parameters: small CNN, 2-layer text encoder, K=2."""
+    """The same architecture at ~1.61 M parameters: small CNN, 2-layer text encoder, K=2."""
     return ProxyFormerConfig(
         name="tiny",
         hidden_dim=64,

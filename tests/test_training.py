@@ -163,7 +163,8 @@ def test_query_oracle_scores_every_query(synth, tiny_model, tokenizer):
     from training.data.transforms import ClipTransform
     from training.evaluate import evaluate
 
-    dataset = build_dataset("ytvos", synth, "valid", None, ClipTransform(False, eval_short_side=None))
+    transform = ClipTransform(False, eval_short_side=None)
+    dataset = build_dataset("ytvos", synth, "valid", None, transform)
     result = evaluate(tiny_model, tokenizer, dataset, window=3, query_oracle=True, limit=2)
     for row in result["per_expression"]:
         assert len(row["queries_J"]) == tiny_model.config.num_queries

@@ -130,11 +130,15 @@ def evaluate(
                          "J": j, "F": f, "J&F": (j + f) / 2, "score": float(score.mean())})  # fmt: skip
             if every:
                 query_j = [
-                    float(np.mean([region_similarity(g, p) for g, p in zip(gt[annotated], q[annotated])]))
-                    for q in _to_size(every[0][e], (height, width))
-                ]  # fmt: skip
-                rows[-1] |= {"J_best_query": max(query_j), "selection_hit": j >= max(query_j) - 0.05,
-                             "queries_J": query_j, "chosen_query": every[1][e].tolist()}  # fmt: skip
+                    float(np.mean([region_similarity(g, p) for g, p in zip(gt[annotated], q)]))
+                    for q in _to_size(every[0][e], (height, width))[:, annotated]
+                ]
+                rows[-1] |= {
+                    "J_best_query": max(query_j),
+                    "selection_hit": j >= max(query_j) - 0.05,
+                    "queries_J": query_j,
+                    "chosen_query": every[1][e].tolist(),
+                }
             if submission is not None:
                 out_dir = submission / "Annotations" / video / record.exp_id
                 out_dir.mkdir(parents=True, exist_ok=True)

@@ -222,7 +222,8 @@ class Trainer:
             self.model_config, config.backbone_weights, config.text_weights
         ).to(self.device)
         self.tokenizer = load_tokenizer(self.model_config, text_weights=config.text_weights)
-        self.criterion = RVOSCriterion(LossWeights(jsc=config.jsc_weight, cls_target=config.cls_target))
+        weights = LossWeights(jsc=config.jsc_weight, cls_target=config.cls_target)
+        self.criterion = RVOSCriterion(weights)
         if config.jsc_weight == 0:
             self.model.jsc.requires_grad_(False)  # ψ serves only JSC; DDP needs no unused params
 

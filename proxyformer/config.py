@@ -114,6 +114,12 @@ class DecoderConfig:
     # Mask2Former's masked attention: each decoder layer's query reads only the video tokens
     # inside the mask predicted from its previous state (everywhere when that mask is empty).
     masked_attn: bool = False
+    # The class head scores each query from the whole video rather than one frame: the centre,
+    # size and motion of its (detached) mask in every frame are embedded into its class input,
+    # then one attention layer over the video's T x N query tokens (so "moving left", "on the
+    # right" and "above the green triangle" can be compared across frames and queries) and a
+    # cross-attention to the text precede the class MLP. Masks and boxes are unchanged.
+    video_select: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,10 +276,11 @@ def tiny() -> ProxyFormerConfig:
         cmie=CMIEConfig(num_layers=2, num_heads=4, ffn_dim=256),
         # The decoder options that let a model trained from scratch for minutes on a CPU
         # ground the expression: position-aware values, coordinates in F_seg, text
-        # cross-attention, mask-pooled class scores and masked attention (see DecoderConfig).
+        # cross-attention, mask-pooled class scores, masked attention and video-level query
+        # selection (see DecoderConfig).
         decoder=DecoderConfig(
             num_layers=2, num_heads=4, ffn_dim=256, mask_dim=32, value_pos=True, seg_pos=True,
-            text_attn=True, mask_pool=True, masked_attn=True,
+            text_attn=True, mask_pool=True, masked_attn=True, video_select=True,
         ),
     )
 

@@ -3,27 +3,124 @@
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import nn
 
-from .layers import MLP
+from .layers import FFN, MLP, Attention, masked_mean, temporal_position
+
+# Per query and frame: mask centre (x, y), sqrt of its area fraction, velocity (x, y), and the
+# video-level centre (x, y) and velocity (x, y), both weighted by the mask's mass in each frame.
+GEOMETRY_FEATURES = 9
+# Velocities (image widths/heights per frame step) are squashed by tanh(v / 0.03): the sign and
+# "moving or not" matter, not the speed, which depends on the frame rate and on how far apart a
+# training clip's sampled frames are (consecutive frames at inference, gaps of 1-11 in training).
+_VELOCITY_SCALE = 0.03
+
+def mask_geometry(weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Soft masks (B, T, N, h*w) in [0, 1] -> (B, T, N, GEOMETRY_FEATURES) geometry.
+
+    Velocities are central differences over the frames given (one-sided at the ends, zero for a
+    single frame); coordinates are normalised to [0, 1] of the (padded) feature map.
+    """
+    device, dtype = weights.device, weights.dtype
+    ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height
+    xs = (torch.arange(width, device=device, dtype=dtype) + 0.5) / width
+    grid = torch.stack(
+        (xs[None, :].expand(height, width), ys[:, None].expand(height, width)), dim=-1
+    ).reshape(height * width, 2)  # (hw, 2) as x, y
+    mass = weights.sum(-1, keepdim=True)  # (B, T, N, 1)
+    centre = (weights @ grid) / (mass + 1e-6)  # (B, T, N, 2)
+    area = (mass / (height * width)).clamp(min=0.0).sqrt()
+    # Neighbouring frames by concatenation (no gather), so T stays dynamic in export.
+    nxt = torch.cat((centre[:, 1:], centre[:, -1:]), dim=1)
+    prev = torch.cat((centre[:, :1], centre[:, :-1]), dim=1)
+    index = torch.arange(centre.shape[1], device=device, dtype=dtype)
+    steps = torch.cat((index[1:], index[-1:])) - torch.cat((index[:1], index[:-1]))
+    velocity = torch.tanh((nxt - prev) / steps.clamp(min=1.0)[:, None, None] / _VELOCITY_SCALE)
+    frame_weight = mass / (mass.sum(dim=1, keepdim=True) + 1e-6)  # (B, T, N, 1)
+    video_centre = (centre * frame_weight).sum(dim=1, keepdim=True).expand_as(centre)
+    video_velocity = (velocity * frame_weight).sum(dim=1, keepdim=True).expand_as(velocity)
+    return torch.cat((centre, area, velocity, video_centre, video_velocity), dim=-1)
+
+
+class VideoSelection(nn.Module):
+    """Class scores from the whole video (``DecoderConfig.video_select``).
+
+    Each query's per-frame input gains an embedding of its mask's geometry (``mask_geometry``);
+    then the video's T x N tokens attend to one another (with frame and query-slot positions,
+    so a slot's track and the other objects can be compared), cross-attend to the expression,
+    and pass an FFN. Motion and relative position are properties of the video, not of a frame.
+    Besides the class MLP on the result, a bilinear term (token . W sentence) scores how well
+    each query fits the expression's mean feature: an explicit text x geometry interaction,
+    which the MLP on a sum of the two learns slowly.
+    """
+
+    def __init__(self, dim: int, num_queries: int, num_heads: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.geometry_proj = MLP(GEOMETRY_FEATURES, dim, dim, num_layers=2)
+        self.slot_embed = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
+        self.self_attn = Attention(dim, num_heads)
+        self.norm_self = nn.LayerNorm(dim)
+        self.text_attn = Attention(dim, num_heads)
+        self.norm_text = nn.LayerNorm(dim)
+        self.ffn = FFN(dim, ffn_dim)
+        self.text_proj = nn.Linear(dim, dim)  # the sentence's side of the bilinear score
+
+    def forward(
+        self,
+        tokens: torch.Tensor,  # (B, T, N, C) class-head inputs
+        geometry: torch.Tensor,  # (B, T, N, GEOMETRY_FEATURES)
+        text: torch.Tensor,  # (B, L, C)
+        text_mask: torch.Tensor,  # (B, L) bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> the refined class-head input (B, T, N, C) and the bilinear score (B, T, N)."""
+        frames, dim = tokens.shape[1], tokens.shape[-1]
+        tokens = tokens + self.geometry_proj(geometry)
+        pos = temporal_position(frames, dim, tokens.device)[:, None, :] + self.slot_embed
+        pos = rearrange(pos, "t n c -> (t n) c")
+        x = rearrange(tokens, "b t n c -> b (t n) c")
+        x = self.norm_self(x + self.self_attn(x, x, query_pos=pos, key_pos=pos))
+        x = self.norm_text(x + self.text_attn(x, text, key_padding_mask=text_mask))
+        x = self.ffn(x).reshape(tokens.shape)
+        sentence = self.text_proj(masked_mean(text, text_mask, dim=1))  # (B, C)
+        bilinear = (x * sentence[:, None, None, :]).sum(-1) / dim**0.5  # (B, T, N)
+        return x, bilinear
 
 
 class PredictionHeads(nn.Module):
     """Per query and frame: a referred-object logit, a box, and a mask from a dynamic kernel."""
 
-    def __init__(self, dim: int, mask_dim: int, mask_pool: bool = False) -> None:
+    def __init__(
+        self,
+        dim: int,
+        mask_dim: int,
+        mask_pool: bool = False,
+        selection: VideoSelection | None = None,
+    ) -> None:
         super().__init__()
+        self.selection = selection
         if mask_pool:  # scores [query ; F_seg pooled under the query's mask]
             self.pool_proj = nn.Linear(mask_dim, dim)
-            self.class_head = MLP(dim, dim, 1, num_layers=2)
         else:
             self.pool_proj = None
+        if mask_pool or selection is not None:
+            self.class_head = MLP(dim, dim, 1, num_layers=2)
+        else:
             self.class_head = nn.Linear(dim, 1)  # N_class = 1: "is this the referred object"
         self.box_head = MLP(dim, dim, 4, num_layers=3)
         self.kernel_head = MLP(dim, dim, mask_dim, num_layers=2)  # G_kernel, a 2-layer MLP
 
-    def forward(self, queries: torch.Tensor, seg_features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Queries (B, T, N, C) and F_seg (B, T, D, h, w) -> logits, boxes, mask logits."""
+    def forward(
+        self,
+        queries: torch.Tensor,
+        seg_features: torch.Tensor,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Queries (B, T, N, C) and F_seg (B, T, D, h, w) -> logits, boxes, mask logits.
+
+        ``text`` (B, L, C) and ``text_mask`` (B, L) are needed with video-level selection.
+        """
         kernels = self.kernel_head(queries)  # (B, T, N, D)
         # Eq. 9 before upsampling: each frame's kernels applied to that frame's F_seg, as one
         # batched MatMul (btnd,btd(hw)->btn(hw)) rather than a grouped conv or an Einsum: shapes
@@ -31,14 +128,22 @@ class PredictionHeads(nn.Module):
         flat = seg_features.flatten(-2)  # (B, T, D, hw)
         masks = kernels @ flat  # (B, T, N, hw)
         class_input = queries
+        # Soft masks, detached so that the class loss does not bend the masks.
+        weights = masks.detach().sigmoid()
         if self.pool_proj is not None:
-            # Soft mask pooling, detached so that the class loss does not bend the masks.
-            weights = masks.detach().sigmoid()
             pooled = (weights @ flat.transpose(-1, -2)) / (weights.sum(-1, keepdim=True) + 1.0)
             class_input = queries + self.pool_proj(pooled)
+        if self.selection is not None:
+            if text is None or text_mask is None:
+                raise ValueError("video-level selection (decoder.video_select) needs the text")
+            geometry = mask_geometry(weights, *seg_features.shape[-2:])
+            class_input, bilinear = self.selection(class_input, geometry, text, text_mask.bool())
         masks = masks.unflatten(-1, seg_features.shape[-2:])
+        logits = self.class_head(class_input).squeeze(-1)
+        if self.selection is not None:
+            logits = logits + bilinear
         return {
-            "pred_logits": self.class_head(class_input).squeeze(-1),  # (B, T, N)
+            "pred_logits": logits,  # (B, T, N)
             "pred_boxes": self.box_head(queries).sigmoid(),  # (B, T, N, 4) cx, cy, w, h
             "pred_masks": masks,  # (B, T, N, h, w)
         }

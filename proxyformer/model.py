@@ -29,7 +29,7 @@ from .backbone import STRIDES, build_backbone
 from .cmie import CMIE
 from .config import ProxyFormerConfig
 from .decoder import QueryDecoder, SegFPN, group_count
-from .heads import JointSemantics, PredictionHeads
+from .heads import JointSemantics, PredictionHeads, VideoSelection
 from .layers import TextFusion, masked_mean, sine_position_2d, temporal_position
 from .text import TextEncoder
 
@@ -199,7 +199,7 @@ class ProxyFormer(nn.Module):
         out_h, out_w = math.ceil(image_size[0] / 4), math.ceil(image_size[1] / 4)
         predictions = []
         for queries in layer_outputs:
-            pred = self.heads(queries, seg)
+            pred = self.heads(queries, seg, text_features, text_mask)
             pred["pred_masks"] = pred["pred_masks"][..., :out_h, :out_w]  # crop the padding
             predictions.append(pred)
 
@@ -294,6 +294,15 @@ def build_proxyformer(
             dim, len(STRIDES), config.decoder.mask_dim, position=config.decoder.seg_pos
         ),
         decoder=QueryDecoder(dim, config.decoder),
-        heads=PredictionHeads(dim, config.decoder.mask_dim, config.decoder.mask_pool),
+        heads=PredictionHeads(
+            dim,
+            config.decoder.mask_dim,
+            config.decoder.mask_pool,
+            selection=VideoSelection(
+                dim, config.num_queries, config.decoder.num_heads, config.decoder.ffn_dim
+            )
+            if config.decoder.video_select
+            else None,
+        ),
         jsc=JointSemantics(dim),
     )

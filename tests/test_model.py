@@ -7,6 +7,7 @@ import torch
 
 from conftest import make_model, random_frames
 from proxyformer.config import get_preset
+from proxyformer.heads import mask_geometry
 from proxyformer.text import encode_texts, load_tokenizer
 
 
@@ -84,7 +85,7 @@ def test_output_is_deterministic_in_eval(tiny_model, text_inputs):
 # The DETR-style decoder of the paper presets (the tiny preset switches every option on).
 PLAIN_DECODER = {
     f"decoder.{name}": False
-    for name in ("value_pos", "seg_pos", "text_attn", "mask_pool", "masked_attn")
+    for name in ("value_pos", "seg_pos", "text_attn", "mask_pool", "masked_attn", "video_select")
 }
 
 
@@ -261,11 +262,13 @@ def test_normalize_accepts_uint8_and_unit_floats(tiny_model):
 
 
 def test_decoder_options_are_on_for_tiny_and_off_for_the_paper_presets(tiny_config):
-    for name in ("value_pos", "seg_pos", "text_attn", "mask_pool", "masked_attn"):
+    for name in PLAIN_DECODER:
+        name = name.removeprefix("decoder.")
         assert getattr(tiny_config.decoder, name) is True, name
         assert getattr(get_preset("paper-swin-t").decoder, name) is False, name
     plain = make_model(tiny_config.replace(**PLAIN_DECODER))
     assert plain.fpn.pos_proj is None and plain.heads.pool_proj is None
+    assert plain.heads.selection is None
     assert all(layer.text_attn is None for layer in plain.decoder.layers)
 
 
@@ -310,9 +313,64 @@ def test_masked_attention_reads_only_inside_the_mask(tiny_model, text_inputs):
 def test_mask_pooled_class_scores_follow_the_mask(tiny_model):
     """The class head reads F_seg under the query's own mask: moving the mask changes it."""
     heads = tiny_model.heads
-    queries = torch.randn(1, 1, 2, 64)
+    text = torch.randn(1, 4, 64)
+    text_mask = torch.ones(1, 4, dtype=torch.bool)
+    queries = torch.randn(1, 1, 5, 64)
     seg = torch.randn(1, 1, 32, 8, 8)
-    base = heads(queries, seg)["pred_logits"]
+    base = heads(queries, seg, text, text_mask)["pred_logits"]
     seg_moved = seg.clone()
     seg_moved[..., :4, :] = seg[..., 4:, :]  # only the features change, queries do not
-    assert not torch.allclose(base, heads(queries, seg_moved)["pred_logits"])
+    assert not torch.allclose(base, heads(queries, seg_moved, text, text_mask)["pred_logits"])
+
+
+def test_mask_geometry_of_a_square_moving_right():
+    """Centre, size and velocity of a 2x2 square stepping 2 cells right per frame on an 8x8
+    grid, computed by hand: centres x = 1/8, 3/8, 5/8 (cell centres), y = 3/8; velocities are
+    tanh(displacement per frame / 0.03)."""
+    weights = torch.zeros(1, 3, 1, 8, 8)
+    for t in range(3):
+        weights[0, t, 0, 2:4, 2 * t : 2 * t + 2] = 1.0
+    geometry = mask_geometry(weights.flatten(-2), 8, 8)[0, :, 0]
+    vx = math.tanh(0.25 / 0.03)
+    row = [3 / 8, 0.25, vx, 0.0, 3 / 8, 3 / 8, vx, 0.0]  # cy, sqrt(area), v, video centre, v
+    expected = torch.tensor([[1 / 8, *row], [3 / 8, *row], [5 / 8, *row]])
+    torch.testing.assert_close(geometry, expected, atol=1e-5, rtol=0)
+    # One frame: no motion; the video-level centre is that frame's.
+    single = mask_geometry(weights[:, 2:].flatten(-2), 8, 8)[0, 0, 0]
+    torch.testing.assert_close(single[[3, 4, 7, 8]], torch.zeros(4))
+    torch.testing.assert_close(single[5:7], torch.tensor([5 / 8, 3 / 8]))
+    # Reversed in time, the square moves left; a slow drift is not saturated.
+    backwards = mask_geometry(weights.flip(1).flatten(-2), 8, 8)[0, :, 0]
+    torch.testing.assert_close(backwards[:, 3], torch.full((3,), -vx))
+    slow = torch.zeros(1, 2, 1, 100, 100)
+    slow[0, 0, 0, 40:60, 40:60] = 1.0
+    slow[0, 1, 0, 40:60, 41:61] = 1.0  # 0.01 of the width in one frame
+    drift = mask_geometry(slow.flatten(-2), 100, 100)[0, 0, 0, 3]
+    assert abs(float(drift) - math.tanh(0.01 / 0.03)) < 1e-4
+
+
+def test_video_selection_scores_read_the_other_frames_and_the_text(tiny_config):
+    """With ``video_select`` a frame's class scores depend on the other frames' masks and on
+    the expression; without it (mask pooling alone) they depend on that frame only."""
+    torch.manual_seed(0)
+    text = torch.randn(1, 4, 64)
+    text_mask = torch.ones(1, 4, dtype=torch.bool)
+    queries = torch.randn(1, 3, 5, 64)
+    seg = torch.randn(1, 3, 32, 8, 8)
+    seg_later = seg.clone()
+    seg_later[:, 1:] = seg[:, 1:].roll(3, dims=-1)  # frames 1 and 2 change, frame 0 does not
+    for video_select in (True, False):
+        heads = make_model(tiny_config.replace(**{"decoder.video_select": video_select})).heads
+        with torch.no_grad():
+            base = heads(queries, seg, text, text_mask)["pred_logits"]
+            later = heads(queries, seg_later, text, text_mask)["pred_logits"]
+            other_text = heads(queries, seg, torch.randn_like(text), text_mask)["pred_logits"]
+        assert torch.allclose(base[:, 0], later[:, 0]) is not video_select
+        assert torch.allclose(base, other_text) is not video_select
+        # masks and boxes never depend on the selection
+        torch.testing.assert_close(
+            heads(queries, seg, text, text_mask)["pred_masks"][:, 0],
+            heads(queries, seg_later, text, text_mask)["pred_masks"][:, 0],
+        )
+    with pytest.raises(ValueError, match="needs the text"):
+        make_model(tiny_config).heads(queries, seg)

@@ -182,3 +182,40 @@ def test_gradient_accumulation_counts_optimizer_steps(synth, tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2]
     state = torch.load(tmp_path / "run/checkpoint/training_state.pt", weights_only=True)
     assert state["micro_in_epoch"] == 4  # two micro-batches per optimizer step
+
+
+def test_fine_tuning_from_a_checkpoint_trains_only_the_named_parameters(synth, tmp_path):
+    """Stage 2 of the tiny recipe: start from a checkpoint without ``video_select`` (its new
+    tensors start fresh) and train only the class path; everything else stays bit-equal."""
+    plain = {"decoder.video_select": False}
+    first = train(small_config(synth, tmp_path / "first", max_steps=2, overrides=plain))
+    second = train(
+        small_config(
+            synth, tmp_path / "second", max_steps=3, init_from=str(first),
+            train_only=("heads.selection", "heads.class_head"),
+        )
+    )  # fmt: skip
+    before, after = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    assert any(k.startswith("heads.selection.") for k in after)
+    assert not any(k.startswith("heads.selection.") for k in before)
+    for name, value in before.items():
+        if name.startswith("heads.class_head."):
+            assert not torch.equal(value, after[name]), name
+        else:
+            assert torch.equal(value, after[name]), name
+
+
+def test_fine_tuning_refuses_a_checkpoint_or_prefix_that_does_not_fit(synth, tmp_path):
+    first = train(small_config(synth, tmp_path / "first", max_steps=1))
+    with pytest.raises(ValueError, match="has no tensors"):  # the model lacks video_select
+        train(small_config(synth, tmp_path / "a", max_steps=1, init_from=str(first),
+                           overrides={"decoder.video_select": False}))  # fmt: skip
+    plain = small_config(synth, tmp_path / "plain", max_steps=1,
+                         overrides={"decoder.video_select": False})  # fmt: skip
+    with pytest.raises(ValueError, match="would freeze at their random initialisation"):
+        train(small_config(synth, tmp_path / "d", max_steps=1, init_from=str(train(plain)),
+                           train_only=("heads.class_head",)))  # fmt: skip
+    with pytest.raises(ValueError, match="'heads.nothing' matches no parameter"):
+        train(small_config(synth, tmp_path / "b", max_steps=1, train_only=("heads.nothing",)))
+    with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
+        train(small_config(synth, tmp_path / "c", max_steps=1, init_from=str(tmp_path / "none")))

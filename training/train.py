@@ -57,12 +57,21 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--jsc-weight", type=float, default=defaults.jsc_weight)
     parser.add_argument("--cls-target", default=defaults.cls_target, choices=("matched", "iou"),
                         help="class target: the matched query (paper) or each query's mask IoU")
+    parser.add_argument("--rank-weight", type=float, default=defaults.rank_weight,
+                        help="weight of the query-ranking loss (softmax over the N queries of a "
+                        "video towards the best mask IoU); 0 = off, as in the paper")
     parser.add_argument("--train-scales", type=int, nargs="+", default=list(defaults.train_scales))
     parser.add_argument("--max-size", type=int, default=defaults.max_size)
     parser.add_argument("--flip-prob", type=float, default=defaults.flip_prob)
     parser.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     parser.add_argument("--pair-expressions", action="store_true",
                         help="batch two expressions of one clip that refer to different objects")
+    parser.add_argument("--init-from", default=None, metavar="CKPT_DIR",
+                        help="start from this checkpoint's weights (fine-tuning); tensors it "
+                        "lacks, e.g. of a module the config adds, keep their initialisation")
+    parser.add_argument("--train-only", nargs="+", default=[], metavar="PREFIX",
+                        help="train only parameters whose names start with these prefixes "
+                        "(e.g. heads.selection heads.class_head); the rest is frozen")
     args = vars(parser.parse_args(argv))
     overrides = {}
     for item in args.pop("overrides"):

@@ -33,12 +33,14 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from proxyformer.checkpoint import load_weights, save_checkpoint
+from proxyformer.checkpoint import WEIGHTS_NAME, load_weights, read_config, save_checkpoint
 from proxyformer.config import get_preset
 from proxyformer.model import build_proxyformer
+from proxyformer.state import load_state_checked
 from proxyformer.text import load_tokenizer
 
 from .data import build_dataset
@@ -86,11 +88,19 @@ class TrainConfig:
     text_weights: str | None = None
     jsc_weight: float = 5.0
     cls_target: str = "matched"  # or "iou": see training.losses.LossWeights
+    rank_weight: float = 0.0  # query-ranking loss (training.losses.LossWeights.rank)
     train_scales: tuple[int, ...] = (288, 320, 352, 392, 416, 448, 480, 512)
     max_size: int | None = 640
     flip_prob: float = 0.5
     tensorboard: bool = False  # also log to OUT/tensorboard (needs the tensorboard package)
     pair_expressions: bool = False  # batches of two expressions per clip, different targets
+    # Fine-tuning: start from this checkpoint directory's weights. Tensors it lacks (modules the
+    # run's config adds, e.g. decoder.video_select) keep their fresh initialisation; a tensor of
+    # another shape or one the model does not have is an error.
+    init_from: str | None = None
+    # Parameter-name prefixes to train (e.g. "heads.selection"); everything else is frozen.
+    # Empty: train everything.
+    train_only: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -103,6 +113,69 @@ class TrainConfig:
             raise ValueError(f"unknown training options {unknown}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
+
+
+# -- fine-tuning ----------------------------------------------------------------------------
+
+
+def init_weights(model: torch.nn.Module, directory: str | Path) -> list[str]:
+    """Load a checkpoint's weights into ``model`` before training (``TrainConfig.init_from``).
+
+    The checkpoint's config may differ from the model's: tensors the checkpoint lacks keep
+    their initialisation (logged), while a tensor of another shape, or one the model does not
+    have, raises ``ValueError`` (``proxyformer.state.load_state_checked``). Returns the names
+    of the tensors that start fresh.
+    """
+    directory = Path(directory)
+    config = read_config(directory)  # raises FileNotFoundError naming a missing config.json
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"--init-from: checkpoint weights not found: {weights}")
+    state = load_file(str(weights))
+    unexpected = sorted(set(state) - set(model.state_dict()))
+    if unexpected:
+        raise ValueError(
+            f"--init-from {directory}: the model has no tensors {unexpected[:10]}"
+            f"{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)}); its config differs: "
+            + "; ".join(getattr(model, "config", config).diff(config, ("model", "checkpoint")))
+        )
+    load_state_checked(model, state, str(weights), strict=False)
+    fresh = sorted(set(model.state_dict()) - set(state))
+    log.info(
+        "initialised from %s (%d tensors); %d tensors start fresh%s", directory, len(state),
+        len(fresh), f": {fresh[:6]}{' ...' if len(fresh) > 6 else ''}" if fresh else "",
+    )  # fmt: skip
+    return fresh
+
+
+def freeze_except(model: torch.nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Freeze every parameter whose name starts with none of ``prefixes``; each prefix must
+    name at least one parameter (``TrainConfig.train_only``)."""
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name in names):
+            top = sorted({name.split(".")[0] for name in names})
+            raise ValueError(
+                f"--train-only {prefix!r} matches no parameter; top-level modules: {top}"
+            )
+    trained = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(tuple(prefixes)))
+        trained += param.numel() if param.requires_grad else 0
+    log.info("training only %s: %d of %d parameters", ", ".join(prefixes), trained,
+             sum(p.numel() for p in model.parameters()))  # fmt: skip
+
+
+def keep_frozen_in_eval(module: torch.nn.Module) -> None:
+    """Put every submodule whose parameters are all frozen into eval mode, so that fine-tuning
+    with ``train_only`` leaves the frozen part exactly as it was: no BatchNorm running-statistic
+    updates, no dropout."""
+    params = list(module.parameters())
+    if params and not any(p.requires_grad for p in params):
+        module.eval()
+        return
+    for child in module.children():
+        keep_frozen_in_eval(child)
 
 
 # -- distributed helpers --------------------------------------------------------------------
@@ -221,8 +294,25 @@ class Trainer:
         self.model = build_proxyformer(
             self.model_config, config.backbone_weights, config.text_weights
         ).to(self.device)
+        fresh: list[str] = []
+        if config.init_from:
+            fresh = init_weights(self.model, config.init_from)
+        if config.train_only:
+            freeze_except(self.model, config.train_only)
+            params = dict(self.model.named_parameters())
+            frozen_fresh = [n for n in fresh if n in params and not params[n].requires_grad]
+            if frozen_fresh:
+                raise ValueError(
+                    f"--init-from {config.init_from} lacks {frozen_fresh[:6]}"
+                    f"{' ...' if len(frozen_fresh) > 6 else ''} ({len(frozen_fresh)} tensors), "
+                    f"which --train-only {' '.join(config.train_only)} would freeze at their "
+                    "random initialisation; does the run's config (--preset/--set) match the "
+                    "checkpoint's?"
+                )
         self.tokenizer = load_tokenizer(self.model_config, text_weights=config.text_weights)
-        weights = LossWeights(jsc=config.jsc_weight, cls_target=config.cls_target)
+        weights = LossWeights(
+            jsc=config.jsc_weight, cls_target=config.cls_target, rank=config.rank_weight
+        )
         self.criterion = RVOSCriterion(weights)
         if config.jsc_weight == 0:
             self.model.jsc.requires_grad_(False)  # ψ serves only JSC; DDP needs no unused params
@@ -422,6 +512,8 @@ class Trainer:
             total=total, initial=self.step, desc="train", unit="step", disable=not self.is_main
         )
         self.model.train()
+        if config.train_only:
+            keep_frozen_in_eval(self.model)
         started = time.perf_counter()
         running: dict[str, float] = {}
         logged_steps = 0

@@ -31,24 +31,35 @@ summary: setup
 	for preset in paper-r50 paper-swin-t paper-swin-b; do \
 		$(PY) -m proxyformer.summary --preset $$preset --frames 19 --size 360x640; done
 
-# The shipped tiny checkpoint: synthetic data, training on the CPU, evaluation, copy.
+# The shipped tiny checkpoint: synthetic data, training on the CPU in two stages, evaluation,
+# copy. Stage 1 trains the whole model without the video-level selection module; stage 2 adds
+# it (decoder.video_select, on in the tiny preset) and trains only the class path on the
+# frozen stage-1 model, which keeps every mask and box of stage 1 and re-learns which query
+# to pick.
 SYNTH ?= data/synth
 CKPT_RUN ?= runs/tiny-synthetic
 CKPT_OUT ?= checkpoints/tiny-synthetic
 TRAIN_RECIPE ?= --preset tiny --epochs 100 --max-steps 2000 --batch-size 4 --num-frames 4 \
 	--lr 5e-4 --lr-backbone 5e-4 --lr-drop 100 --train-scales 128 --save-every 250 \
-	--log-every 25 --workers 0 --seed 42 --pair-expressions --cls-target iou --lr-drop-steps 1600
+	--log-every 25 --workers 0 --seed 42 --pair-expressions --cls-target iou --lr-drop-steps 1600 \
+	--set decoder.video_select=false
+SELECT_RECIPE ?= --preset tiny --epochs 100 --max-steps 800 --batch-size 4 --num-frames 4 \
+	--lr 5e-4 --lr-drop 100 --train-scales 128 --save-every 400 --log-every 25 --workers 0 \
+	--seed 42 --pair-expressions --cls-target iou \
+	--train-only heads.selection heads.class_head heads.pool_proj
 
 data: setup
 	$(PY) -m training.data.synthetic --out $(SYNTH) --videos 400 --frames 12 --size 128x224 --seed 0
 
 checkpoint: data
-	$(PY) training/train.py --data $(SYNTH) --out $(CKPT_RUN) $(TRAIN_RECIPE)
-	$(PY) training/evaluate.py --checkpoint $(CKPT_RUN)/final --data $(SYNTH) --split valid \
-		--query-oracle --out $(CKPT_RUN)/eval_valid.json
+	$(PY) training/train.py --data $(SYNTH) --out $(CKPT_RUN)/stage1 $(TRAIN_RECIPE)
+	$(PY) training/train.py --data $(SYNTH) --out $(CKPT_RUN)/stage2 $(SELECT_RECIPE) \
+		--init-from $(CKPT_RUN)/stage1/final
+	$(PY) training/evaluate.py --checkpoint $(CKPT_RUN)/stage2/final --data $(SYNTH) \
+		--split valid --query-oracle --out $(CKPT_RUN)/eval_valid.json
 	mkdir -p $(CKPT_OUT)
-	cp $(CKPT_RUN)/final/model.safetensors $(CKPT_RUN)/final/config.json \
-		$(CKPT_RUN)/final/tokenizer.json $(CKPT_RUN)/eval_valid.json $(CKPT_OUT)/
+	cp $(CKPT_RUN)/stage2/final/model.safetensors $(CKPT_RUN)/stage2/final/config.json \
+		$(CKPT_RUN)/stage2/final/tokenizer.json $(CKPT_RUN)/eval_valid.json $(CKPT_OUT)/
 
 # The tiny checkpoint through the pipeline: bundle, INT8, J&F per precision, latency.
 BUNDLE ?= bundles/tiny

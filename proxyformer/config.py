@@ -118,7 +118,8 @@ class DecoderConfig:
     # size and motion of its (detached) mask in every frame are embedded into its class input,
     # then one attention layer over the video's T x N query tokens (so "moving left", "on the
     # right" and "above the green triangle" can be compared across frames and queries) and a
-    # cross-attention to the text precede the class MLP. Masks and boxes are unchanged.
+    # cross-attention to the text precede the class MLP, and a bilinear term scores the result
+    # against the sentence's mean feature. Masks and boxes are unchanged.
     video_select: bool = False
 
 
@@ -256,7 +257,7 @@ def paper_swin_b() -> ProxyFormerConfig:
 
 
 def tiny() -> ProxyFormerConfig:
-    """The same architecture at ~1.61 M parameters: small CNN, 2-layer text encoder, K=2."""
+    """The same architecture at ~1.68 M parameters: small CNN, 2-layer text encoder, K=2."""
     return ProxyFormerConfig(
         name="tiny",
         hidden_dim=64,

@@ -16,11 +16,13 @@ GEOMETRY_FEATURES = 9
 # training clip's sampled frames are (consecutive frames at inference, gaps of 1-11 in training).
 _VELOCITY_SCALE = 0.03
 
+
 def mask_geometry(weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Soft masks (B, T, N, h*w) in [0, 1] -> (B, T, N, GEOMETRY_FEATURES) geometry.
 
     Velocities are central differences over the frames given (one-sided at the ends, zero for a
-    single frame); coordinates are normalised to [0, 1] of the (padded) feature map.
+    single frame), squashed by tanh(v / 0.03); coordinates are normalised to [0, 1] of the
+    (padded) feature map.
     """
     device, dtype = weights.device, weights.dtype
     ys = (torch.arange(height, device=device, dtype=dtype) + 0.5) / height

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import make_model, random_frames
+
 from proxyformer.config import get_preset
 from proxyformer.heads import mask_geometry
 from proxyformer.text import encode_texts, load_tokenizer

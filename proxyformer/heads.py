@@ -130,8 +130,10 @@ class PredictionHeads(nn.Module):
         flat = seg_features.flatten(-2)  # (B, T, D, hw)
         masks = kernels @ flat  # (B, T, N, hw)
         class_input = queries
-        # Soft masks, detached so that the class loss does not bend the masks.
-        weights = masks.detach().sigmoid()
+        # Soft masks, detached so that the class loss does not bend the masks (only computed
+        # when a class-path option reads them: the paper presets skip the (B, T, N, hw) sigmoid).
+        if self.pool_proj is not None or self.selection is not None:
+            weights = masks.detach().sigmoid()
         if self.pool_proj is not None:
             pooled = (weights @ flat.transpose(-1, -2)) / (weights.sum(-1, keepdim=True) + 1.0)
             class_input = queries + self.pool_proj(pooled)

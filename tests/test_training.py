@@ -17,7 +17,7 @@ from training.data.collate import RVOSCollate
 from training.data.synthetic import write_dataset
 from training.data.transforms import flip_expression
 from training.data.ytvos import RefYouTubeVOS, sample_clip_indices
-from training.trainer import TrainConfig, train
+from training.trainer import TrainConfig, Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +65,49 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(synth, tmp_path):
     rows = read_metrics(tmp_path / "resumed")
     assert [int(r["step"]) for r in rows] == list(range(1, 10))  # no duplicated rows
     assert int(rows[-1]["epoch"]) >= 1  # the run crossed an epoch (and the lr drop)
+
+
+class _StopAfter(Trainer):
+    """A run that receives a stop request (as from SIGTERM) after the given step."""
+
+    def __init__(self, config, stop_step):
+        super().__init__(config)
+        self.stop_step = stop_step
+
+    def _log_row(self, row):
+        super()._log_row(row)
+        if row["step"] == self.stop_step:
+            self._stop_signal = "SIGTERM"
+
+
+def test_cosine_schedule_follows_the_formula_and_resumes_exactly(synth, tmp_path):
+    import math
+
+    config = dict(max_steps=8, lr=1e-3, lr_backbone=5e-4, lr_schedule="cosine", lr_min_ratio=0.1)
+    straight = train(small_config(synth, tmp_path / "straight", **config))
+    rows = read_metrics(tmp_path / "straight")
+    for row in rows:  # the lr each step used, per parameter group; the epoch drop plays no part
+        factor = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (int(row["step"]) - 1) / 8))
+        assert float(row["lr_rest"]) == pytest.approx(1e-3 * factor)
+        assert float(row["lr_backbone"]) == pytest.approx(5e-4 * factor)
+    assert int(rows[-1]["epoch"]) >= 1  # crossed an epoch: lr_drop=(1,) is not applied
+
+    stopped = _StopAfter(small_config(synth, tmp_path / "resumed", **config), stop_step=3)
+    stopped.train()
+    assert torch.load(tmp_path / "resumed/checkpoint/training_state.pt", weights_only=True)["step"] == 3
+    resumed = train(small_config(synth, tmp_path / "resumed", resume=True, **config))
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed weights differ in {different[:5]}"
+
+
+def test_cosine_schedule_refuses_step_drops_and_bad_ratios(synth, tmp_path):
+    with pytest.raises(ValueError, match="lr_drop_steps"):
+        small_config(synth, tmp_path, lr_schedule="cosine", lr_drop_steps=(5,))
+    with pytest.raises(ValueError, match="lr_min_ratio"):
+        small_config(synth, tmp_path, lr_schedule="cosine", lr_min_ratio=1.5)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        small_config(synth, tmp_path, lr_schedule="linear")
 
 
 def test_resume_refuses_other_options(synth, tmp_path):

@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         help="epochs after which the learning rate is multiplied by 0.1")
     parser.add_argument("--lr-drop-steps", type=int, nargs="*", default=[],
                         help="optimizer steps after which the learning rate is multiplied by 0.1")
+    parser.add_argument("--lr-schedule", default=defaults.lr_schedule, choices=("step", "cosine"),
+                        help="step: x0.1 at --lr-drop epochs / --lr-drop-steps (paper); cosine: "
+                        "half a cosine down to --lr-min-ratio of each lr over the run")
+    parser.add_argument("--lr-min-ratio", type=float, default=defaults.lr_min_ratio)
     parser.add_argument("--clip-max-norm", type=float, default=defaults.clip_max_norm)
     parser.add_argument("--accumulate", type=int, default=defaults.accumulate)
     parser.add_argument("--workers", type=int, default=defaults.workers)

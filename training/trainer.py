@@ -75,6 +75,11 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lr_drop: tuple[int, ...] = (20,)  # epochs after which the learning rate is multiplied by 0.1
     lr_drop_steps: tuple[int, ...] = ()  # optimizer steps after which it is multiplied by 0.1
+    # "step": the paper's step decay (lr_drop, lr_drop_steps). "cosine": half a cosine from
+    # each group's lr down to lr_min_ratio of it over the run's total steps (max_steps or
+    # epochs); lr_drop and lr_drop_steps are then unused.
+    lr_schedule: str = "step"
+    lr_min_ratio: float = 0.0
     clip_max_norm: float = 0.1
     accumulate: int = 1
     workers: int = 1
@@ -101,6 +106,17 @@ class TrainConfig:
     # Parameter-name prefixes to train (e.g. "heads.selection"); everything else is frozen.
     # Empty: train everything.
     train_only: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("step", "cosine"):
+            raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and self.lr_drop_steps:
+            raise ValueError(
+                f"lr_drop_steps {list(self.lr_drop_steps)} and the cosine schedule both set the "
+                "learning rate; use one"
+            )
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            raise ValueError(f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -353,8 +369,10 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             self._param_groups(), lr=config.lr, weight_decay=config.weight_decay
         )
+        # The epoch milestones of the step schedule; the cosine schedule sets the lr per step.
+        milestones = list(config.lr_drop) if config.lr_schedule == "step" else []
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=list(config.lr_drop), gamma=0.1
+            self.optimizer, milestones=milestones, gamma=0.1
         )
         use_amp = config.amp == "on" or (config.amp == "auto" and self.device.type == "cuda")
         if use_amp and self.device.type != "cuda":
@@ -392,7 +410,7 @@ class Trainer:
         lr_text = self.config.lr if self.config.lr_text is None else self.config.lr_text
         lrs = {"backbone": self.config.lr_backbone, "text": lr_text, "rest": self.config.lr}
         return [
-            {"params": params, "lr": lrs[name], "name": name}
+            {"params": params, "lr": lrs[name], "base_lr": lrs[name], "name": name}
             for name, params in groups.items()
             if params
         ]
@@ -593,7 +611,20 @@ class Trainer:
             self.scaler.scale(losses["loss"] / self.config.accumulate).backward()
         return {k: float(v.detach()) for k, v in losses.items() if k != "matched" and v.dim() == 0}
 
+    def lr_factor(self, step: int) -> float:
+        """The cosine schedule's multiplier of each group's base lr for optimizer step ``step``
+        (0-based): 1 for the first, falling to ``lr_min_ratio`` at the run's total steps. It
+        depends on the total, so a resumed run keeps its schedule only with the same
+        ``max_steps``/``epochs``."""
+        progress = min(step / max(self.total_steps(), 1), 1.0)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.config.lr_min_ratio + (1.0 - self.config.lr_min_ratio) * cosine
+
     def _optimizer_step(self) -> float:
+        if self.config.lr_schedule == "cosine":
+            factor = self.lr_factor(self.step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["base_lr"] * factor
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_max_norm or float("inf"))

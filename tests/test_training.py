@@ -94,9 +94,11 @@ def test_cosine_schedule_follows_the_formula_and_resumes_exactly(synth, tmp_path
 
     stopped = _StopAfter(small_config(synth, tmp_path / "resumed", **config), stop_step=3)
     stopped.train()
-    assert torch.load(tmp_path / "resumed/checkpoint/training_state.pt", weights_only=True)["step"] == 3
+    state = torch.load(tmp_path / "resumed/checkpoint/training_state.pt", weights_only=True)
+    assert state["step"] == 3
     resumed = train(small_config(synth, tmp_path / "resumed", resume=True, **config))
-    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    a = load_file(str(straight / "model.safetensors"))
+    b = load_file(str(resumed / "model.safetensors"))
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"resumed weights differ in {different[:5]}"
 

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -81,8 +82,6 @@ class _StopAfter(Trainer):
 
 
 def test_cosine_schedule_follows_the_formula_and_resumes_exactly(synth, tmp_path):
-    import math
-
     config = dict(max_steps=8, lr=1e-3, lr_backbone=5e-4, lr_schedule="cosine", lr_min_ratio=0.1)
     straight = train(small_config(synth, tmp_path / "straight", **config))
     rows = read_metrics(tmp_path / "straight")

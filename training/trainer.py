@@ -410,7 +410,7 @@ class Trainer:
         lr_text = self.config.lr if self.config.lr_text is None else self.config.lr_text
         lrs = {"backbone": self.config.lr_backbone, "text": lr_text, "rest": self.config.lr}
         return [
-            {"params": params, "lr": lrs[name], "base_lr": lrs[name], "name": name}
+            {"params": params, "lr": lrs[name], "name": name}
             for name, params in groups.items()
             if params
         ]
@@ -623,8 +623,8 @@ class Trainer:
     def _optimizer_step(self) -> float:
         if self.config.lr_schedule == "cosine":
             factor = self.lr_factor(self.step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["base_lr"] * factor
+            for group in self.optimizer.param_groups:  # initial_lr: set by the MultiStepLR
+                group["lr"] = group["initial_lr"] * factor
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.config.clip_max_norm or float("inf"))

@@ -147,3 +147,27 @@ def test_bad_rank_weights_are_refused():
         LossWeights(rank=-1.0)
     with pytest.raises(ValueError, match="rank"):
         LossWeights(rank_temperature=0.0)
+
+
+def test_losses_are_the_matched_entries_of_the_costs_and_reach_only_the_matched_query():
+    torch.manual_seed(0)
+    targets = make_targets()
+    outputs = prediction_for(targets, positive=[3, 1])
+    for key in ("pred_logits", "pred_boxes", "pred_masks"):  # a noisy prediction, with grad
+        noisy = outputs[key] + 0.5 * torch.randn_like(outputs[key])
+        outputs[key] = (noisy.clamp(0.01, 0.99) if key == "pred_boxes" else noisy).requires_grad_()
+    criterion = RVOSCriterion(LossWeights(cls_target="iou"))
+    losses = criterion(outputs, targets)
+    assert losses["matched"].tolist() == [3, 1]
+    # The losses computed for the matched query alone equal the entries of the all-query costs.
+    costs = [criterion.query_costs(outputs, t, b) for b, t in enumerate(targets)]
+    for name in ("l1", "giou", "dice", "focal"):
+        expected = (costs[0][name][3] + costs[1][name][1]) / 2
+        torch.testing.assert_close(losses[name], expected, rtol=1e-5, atol=1e-6)
+    losses["loss"].backward()
+    grad = outputs["pred_masks"].grad  # (B, T, N, h, w): nonzero on the matched query only
+    assert float(grad[0, :, 3].abs().sum()) > 0 and float(grad[1, :, 1].abs().sum()) > 0
+    others = [q for q in range(5) if q != 3], [q for q in range(5) if q != 1]
+    assert float(grad[0][:, others[0]].abs().sum()) == 0.0
+    assert float(grad[1][:, others[1]].abs().sum()) == 0.0
+    assert float(outputs["pred_boxes"].grad[0, :, 3].abs().sum()) > 0

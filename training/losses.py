@@ -108,11 +108,16 @@ class RVOSCriterion(torch.nn.Module):
 
     # -- per-query terms over a whole trajectory -------------------------------------------
 
-    def query_costs(self, pred: dict, target: dict, b: int) -> dict[str, torch.Tensor]:
-        """Each loss term for every query of video ``b``: a dict of (N,) tensors."""
+    def query_costs(
+        self, pred: dict, target: dict, b: int, query: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Each loss term for every query of video ``b``: a dict of (N,) tensors; with
+        ``query`` (a (1,) long tensor) for that query alone, a dict of (1,) tensors."""
         logits = pred["pred_logits"][b]  # (T, N)
         boxes = pred["pred_boxes"][b]  # (T, N, 4)
         masks = pred["pred_masks"][b]  # (T, N, h, w)
+        if query is not None:
+            logits, boxes, masks = (x.index_select(1, query) for x in (logits, boxes, masks))
         annotated = _annotated(target, logits)  # (T,) float
         n_annotated = annotated.sum().clamp(min=1)
         validf = target["valid"].to(logits) * annotated
@@ -162,14 +167,18 @@ class RVOSCriterion(torch.nn.Module):
         )
 
     def prediction_losses(self, pred: dict, targets: list[dict]) -> tuple[dict, torch.Tensor]:
-        # The costs of every query are computed once: their argmin (detached) is the match
-        # (Eq. 10) and the matched entries are the loss.
-        per_video = [self.query_costs(pred, t, b) for b, t in enumerate(targets)]
-        matched = torch.stack(
-            [self.weighted({k: v.detach() for k, v in costs.items()}).argmin() for costs in per_video]
-        )
+        # The costs of every query, without gradients, give the match (Eq. 10) and the IoU
+        # class targets; the loss terms are then computed again, with gradients, for the
+        # matched query alone: the same values, without back-propagating through N - 1
+        # full-resolution mask terms that do not enter the loss.
+        with torch.no_grad():
+            per_video = [self.query_costs(pred, t, b) for b, t in enumerate(targets)]
+            matched = torch.stack([self.weighted(costs).argmin() for costs in per_video])
+        chosen = [
+            self.query_costs(pred, t, b, matched[b : b + 1]) for b, t in enumerate(targets)
+        ]
         losses = {
-            name: torch.stack([costs[name][matched[b]] for b, costs in enumerate(per_video)]).mean()
+            name: torch.cat([terms[name] for terms in chosen]).mean()
             for name in ("l1", "giou", "dice", "focal")
         }
         # The class loss covers every query: the unmatched ones are pushed to "not referred".

@@ -113,7 +113,7 @@ def mask_to_box(mask: np.ndarray) -> tuple[np.ndarray, bool]:
 
 def to_tensor_clip(frames: list[np.ndarray]) -> torch.Tensor:
     """(T, H, W, 3) uint8 list -> (T, 3, H, W) float normalised with ImageNet statistics."""
-    clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (clip - mean) / std
+    clip = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous().float()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
+    return clip.sub_(mean).div_(std)  # in place: one float copy of the clip, not four

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from training.data.collate import RVOSCollate
 from training.data.synthetic import write_dataset
-from training.data.transforms import flip_expression
+from training.data.transforms import ClipTransform, flip_expression, reverse_expression
 from training.data.ytvos import RefYouTubeVOS, sample_clip_indices
 from training.trainer import TrainConfig, Trainer, train
 
@@ -185,6 +185,39 @@ def test_clip_sampling_and_flip():
     assert len(sample_clip_indices(0, 2, 5, rng)) == 5  # short videos repeat frames
     assert flip_expression("the circle to the left of the red square") == "the circle to the right of the red square"
     assert flip_expression("Left hand, rightmost cup") == "Right hand, leftmost cup"
+
+
+def test_reverse_expression_swaps_motion_only():
+    assert reverse_expression("the small red circle moving left") == "the small red circle moving right"
+    assert reverse_expression("The square Moving Up on the left") == "The square Moving Down on the left"
+    assert reverse_expression("a car driving towards the left") == "a car driving towards the right"
+    for kept in ("the triangle that stays still", "the circle on the left",
+                 "the dog running to the right of the car", "the cup left of the plate"):
+        assert reverse_expression(kept) == kept
+
+
+def test_reversed_clip_is_the_same_clip_backwards(synth):
+    def item(reverse_prob, index):
+        transform = ClipTransform(train=True, scales=(64,), max_size=None, flip_prob=0.0)
+        return RefYouTubeVOS(synth, "train", 3, transform, 7, reverse_prob)[index]
+
+    motion = next(i for i, r in enumerate(RefYouTubeVOS(synth, "train", 3).records)
+                  if reverse_expression(r.expression) != r.expression)  # fmt: skip
+    plain, backwards = item(0.0, motion), item(1.0, motion)
+    assert torch.equal(backwards["frames"], plain["frames"].flip(0))
+    assert torch.equal(backwards["masks"], plain["masks"].flip(0))
+    assert torch.equal(backwards["boxes"], plain["boxes"].flip(0))
+    assert backwards["frame_names"] == plain["frame_names"][::-1]
+    assert backwards["expression"] == reverse_expression(plain["expression"]) != plain["expression"]
+    with pytest.raises(ValueError, match="reverse_prob"):
+        RefYouTubeVOS(synth, "train", 3, reverse_prob=1.5)
+
+
+def test_reversal_is_refused_for_action_datasets(tmp_path):
+    from training.data import build_dataset
+
+    with pytest.raises(ValueError, match="not supported for 'a2d'"):
+        build_dataset("a2d", tmp_path, "train", 4, reverse_prob=0.5)
 
 
 def test_evaluate_writes_scores_and_a_submission(synth, tmp_path, tiny_model, tokenizer):

@@ -67,6 +67,10 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--train-scales", type=int, nargs="+", default=list(defaults.train_scales))
     parser.add_argument("--max-size", type=int, default=defaults.max_size)
     parser.add_argument("--flip-prob", type=float, default=defaults.flip_prob)
+    parser.add_argument("--reverse-prob", type=float, default=defaults.reverse_prob,
+                        help="play a training clip backwards with this probability, swapping the "
+                             "direction after a motion verb ('moving left' -> 'moving right'); "
+                             "ytvos/davis only")
     parser.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     parser.add_argument("--pair-expressions", action="store_true",
                         help="batch two expressions of one clip that refer to different objects")

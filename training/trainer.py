@@ -97,6 +97,7 @@ class TrainConfig:
     train_scales: tuple[int, ...] = (288, 320, 352, 392, 416, 448, 480, 512)
     max_size: int | None = 640
     flip_prob: float = 0.5
+    reverse_prob: float = 0.0  # clips played backwards, motion directions swapped (ytvos/davis)
     tensorboard: bool = False  # also log to OUT/tensorboard (needs the tensorboard package)
     pair_expressions: bool = False  # batches of two expressions per clip, different targets
     # Fine-tuning: start from this checkpoint directory's weights. Tensors it lacks (modules the
@@ -338,7 +339,8 @@ class Trainer:
             flip_prob=config.flip_prob,
         )  # fmt: skip
         self.dataset = build_dataset(
-            config.dataset, config.data, "train", config.num_frames, transform, config.seed
+            config.dataset, config.data, "train", config.num_frames, transform, config.seed,
+            config.reverse_prob,
         )
         if config.pair_expressions:
             if config.batch_size % 2 or not hasattr(self.dataset, "records"):

@@ -16,13 +16,21 @@ def build_dataset(
     num_frames: int | None,
     transform: ClipTransform | None = None,
     seed: int = 0,
+    reverse_prob: float = 0.0,
 ):
     """A dataset by kind. ``ytvos`` reads Ref-YouTube-VOS and the synthetic set; ``davis`` is
-    Ref-DAVIS17 converted to the same layout (as ReferFormer does)."""
+    Ref-DAVIS17 converted to the same layout (as ReferFormer does). ``reverse_prob`` (temporal
+    reversal of training clips, see ``RefYouTubeVOS``) is for those two kinds only: A2D and
+    JHMDB sentences describe actions ("jumping", "sitting down"), which do not run backwards."""
     if kind in ("ytvos", "davis"):
         from .ytvos import RefYouTubeVOS
 
-        return RefYouTubeVOS(root, split, num_frames, transform, seed)
+        return RefYouTubeVOS(root, split, num_frames, transform, seed, reverse_prob)
+    if reverse_prob and kind in ("a2d", "jhmdb"):
+        raise ValueError(
+            f"reverse_prob={reverse_prob}: temporal reversal is not supported for {kind!r} "
+            "(its sentences describe actions, which do not run backwards); use 0"
+        )
     if kind == "a2d":
         from .a2d import A2DSentences
 

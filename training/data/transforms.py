@@ -32,6 +32,34 @@ def flip_expression(expression: str) -> str:
     return _FLIP_PATTERN.sub(swap, expression)
 
 
+# Temporal reversal turns "moving left" into "moving right": direction words right after a motion
+# verb (optionally "to the" / "towards the") are swapped; positions ("on the left") and relations
+# ("left of", "to the right of") are not, since reversing time does not move anything.
+_REVERSE_WORDS = {"left": "right", "right": "left", "up": "down", "down": "up"}
+_MOTION_VERBS = (
+    "moving", "walking", "running", "going", "heading", "driving", "flying", "swimming",
+    "riding", "rolling", "sliding", "drifting", "travelling", "traveling",
+)  # fmt: skip
+_REVERSE_PATTERN = re.compile(
+    r"\b(" + "|".join(_MOTION_VERBS) + r")(\s+(?:to\s+the\s+|towards\s+the\s+)?)("
+    + "|".join(_REVERSE_WORDS) + r")\b(?!\s+of\b)",  # "running to the right of X": a relation
+    re.IGNORECASE,
+)
+
+
+def reverse_expression(expression: str) -> str:
+    """The expression for the same clip played backwards: the direction after a motion verb
+    is swapped ("moving left" -> "moving right", "going up" -> "going down"), keeping
+    capitalisation; everything else is kept."""
+
+    def swap(match: re.Match) -> str:
+        word = match.group(3)
+        new = _REVERSE_WORDS[word.lower()]
+        return match.group(1) + match.group(2) + (new.capitalize() if word[0].isupper() else new)
+
+    return _REVERSE_PATTERN.sub(swap, expression)
+
+
 def resize_clip(
     frames: list[np.ndarray], masks: list[np.ndarray], size: tuple[int, int]
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:

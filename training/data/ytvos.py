@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .transforms import ClipTransform, mask_to_box, to_tensor_clip
+from .transforms import ClipTransform, mask_to_box, reverse_expression, to_tensor_clip
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,10 @@ class RefYouTubeVOS(Dataset):
         transform: a ``ClipTransform``; by default training-style for "train" when clips are
             drawn, evaluation-style otherwise.
         seed: seeds clip sampling and augmentation together with the epoch and the index.
+        reverse_prob: probability of playing a training clip backwards, with the direction
+            after a motion verb swapped in its expression ("moving left" -> "moving right",
+            ``reverse_expression``): the same frames then carry both directions, so only the
+            frame order tells them apart. 0 (the default) draws nothing from the sample's RNG.
     Each item is a dict: ``frames`` (T, 3, H, W) normalised, ``masks`` (T, H, W) bool,
     ``boxes`` (T, 4) normalised cx, cy, w, h, ``valid`` (T,) bool, ``expression``, ``video``,
     ``exp_id``, ``frame_names``, ``orig_size`` (H0, W0).
@@ -90,8 +94,12 @@ class RefYouTubeVOS(Dataset):
         num_frames: int | None = 8,
         transform: ClipTransform | None = None,
         seed: int = 0,
+        reverse_prob: float = 0.0,
     ) -> None:
+        if not 0.0 <= reverse_prob <= 1.0:
+            raise ValueError(f"reverse_prob must be in [0, 1], got {reverse_prob}")
         self.root = Path(root)
+        self.reverse_prob = reverse_prob
         self.split = split
         self.num_frames = num_frames
         self.seed = seed
@@ -153,6 +161,9 @@ class RefYouTubeVOS(Dataset):
             masks = [self.read_mask(record.video, n, record.obj_id, f.shape[:2]) for n, f in zip(names, frames)]
             orig_size = frames[0].shape[:2]
             frames, masks, expression = self.transform(frames, masks, record.expression, rng)
+            if self.reverse_prob and rng.random() < self.reverse_prob:
+                frames, masks, names = frames[::-1], masks[::-1], names[::-1]
+                expression = reverse_expression(expression)
             boxes, valid = zip(*(mask_to_box(m) for m in masks))
             if any(valid) or self.num_frames is None:
                 break

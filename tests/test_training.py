@@ -188,7 +188,7 @@ def test_clip_sampling_and_flip():
 
 
 def test_reverse_expression_swaps_motion_only():
-    assert reverse_expression("the small red circle moving left") == "the small red circle moving right"
+    assert reverse_expression("the red circle moving left") == "the red circle moving right"
     assert reverse_expression("The square Moving Up on the left") == "The square Moving Down on the left"
     assert reverse_expression("a car driving towards the left") == "a car driving towards the right"
     for kept in ("the triangle that stays still", "the circle on the left",

@@ -296,3 +296,26 @@ def test_fine_tuning_refuses_a_checkpoint_or_prefix_that_does_not_fit(synth, tmp
         train(small_config(synth, tmp_path / "b", max_steps=1, train_only=("heads.nothing",)))
     with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
         train(small_config(synth, tmp_path / "c", max_steps=1, init_from=str(tmp_path / "none")))
+
+
+def test_train_step_benchmark_times_every_phase(synth, tmp_path):
+    import importlib.util
+
+    path = ROOT / "benchmarks" / "train_step.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_train_step", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--steps", "3", "--warmup", "1", "--tag", "t", "--out-dir", str(tmp_path),
+                        "--", "--preset", "tiny", "--data", str(synth), "--batch-size", "2",
+                        "--num-frames", "2", "--train-scales", "64", "--workers", "0"]) == 0  # fmt: skip
+    (report_path,) = tmp_path.glob("*/train-step-t.json")
+    report = json.loads(report_path.read_text())
+    assert set(report["seconds"]) == {"data", "forward", "loss", "backward", "optimizer"}
+    assert all(len(v) == 3 and min(v) > 0 for v in report["seconds"].values())
+    shares = sum(row["share"] for row in report["summary"]["phases"].values())
+    assert shares == pytest.approx(1.0)
+    assert report["train_config"]["batch_size"] == 2
+    assert (report_path.parent / "train-step-t.md").read_text().startswith("Training step, t:")
+    with pytest.raises(ValueError, match="accumulate"):
+        module.main(["--steps", "1", "--out-dir", str(tmp_path), "--", "--data", str(synth),
+                     "--preset", "tiny", "--accumulate", "2", "--train-scales", "64"])  # fmt: skip

@@ -136,6 +136,18 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def code_version() -> dict:
+    """The commit of the code being timed and whether tracked files differ from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD") or None
+    return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--" in argv:
@@ -176,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
+        "code": code_version(),
         "machine": machine | {"load_average_end": load_average()},
         "train_config": json.loads(json.dumps(config.__dict__, default=str)),
         "summary": summarize(times),

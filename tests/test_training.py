@@ -315,6 +315,8 @@ def test_train_step_benchmark_times_every_phase(synth, tmp_path):
     shares = sum(row["share"] for row in report["summary"]["phases"].values())
     assert shares == pytest.approx(1.0)
     assert report["train_config"]["batch_size"] == 2
+    if (ROOT / ".git").exists():
+        assert len(report["code"]["commit"]) == 40  # the repository's HEAD
     assert (report_path.parent / "train-step-t.md").read_text().startswith("Training step, t:")
     with pytest.raises(ValueError, match="accumulate"):
         module.main(["--steps", "1", "--out-dir", str(tmp_path), "--", "--data", str(synth),

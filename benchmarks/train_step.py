@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "code": code_version(),
         "machine": machine | {"load_average_end": load_average()},
-        "train_config": json.loads(json.dumps(config.__dict__, default=str)),
+        "train_config": json.loads(json.dumps(config.to_dict(), default=str)),
         "summary": summarize(times),
         "seconds": times,
     }

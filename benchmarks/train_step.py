@@ -23,7 +23,6 @@ import statistics
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +50,6 @@ def time_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=trainer.amp_dtype))
-        if trainer.amp_dtype
-        else nullcontext
-    )
     trainer.model.train()  # as Trainer.train: frozen parts (--train-only) stay in eval mode
     if trainer.config.train_only:
         keep_frozen_in_eval(trainer.model)
@@ -70,12 +64,10 @@ def time_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
             trainer.dataset.set_epoch(trainer.sampler.epoch)
             batches = iter(trainer.loader)
             batch = next(batches)
-        frames = batch["frames"].to(device)
-        ids, mask = batch["text_ids"].to(device), batch["text_mask"].to(device)
-        targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
+        frames, ids, mask, targets = trainer._to_device(batch)  # as Trainer._micro_step
         sync()
         marks.append(time.perf_counter())
-        with autocast():
+        with trainer._autocast():
             outputs = trainer.ddp_model(frames, ids, mask)
         outputs = _to_float(outputs)
         sync()

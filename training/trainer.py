@@ -599,17 +599,25 @@ class Trainer:
         log.info("finished %d steps in %.0f s: %s", self.step, time.perf_counter() - started, final)
         return final
 
-    def _micro_step(self, batch: dict, sync: bool) -> dict[str, float]:
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
+        """A collated batch -> frames, text ids, text mask and targets on the run's device."""
         frames = batch["frames"].to(self.device, non_blocking=True)
         ids = batch["text_ids"].to(self.device)
         mask = batch["text_mask"].to(self.device)
         targets = [{k: v.to(self.device) for k, v in t.items()} for t in batch["targets"]]
+        return frames, ids, mask, targets
+
+    def _autocast(self):
+        """The forward pass's autocast context (AMP on CUDA), or a no-op."""
+        if self.amp_dtype:
+            return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return nullcontext()
+
+    def _micro_step(self, batch: dict, sync: bool) -> dict[str, float]:
+        frames, ids, mask, targets = self._to_device(batch)
         no_sync = self.ddp_model.no_sync if (self.world > 1 and not sync) else nullcontext
-        autocast = (
-            torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        )
         with no_sync():
-            with autocast:
+            with self._autocast():
                 outputs = self.ddp_model(frames, ids, mask)
             outputs = _to_float(outputs)  # losses in FP32
             losses = self.criterion(outputs, targets)

@@ -112,45 +112,86 @@ class PredictionHeads(nn.Module):
         self.box_head = MLP(dim, dim, 4, num_layers=3)
         self.kernel_head = MLP(dim, dim, mask_dim, num_layers=2)  # G_kernel, a 2-layer MLP
 
+    @property
+    def reads_masks(self) -> bool:
+        """Whether the class path reads the (detached) soft masks: mask pooling or selection."""
+        return self.pool_proj is not None or self.selection is not None
+
+    def class_inputs(
+        self, mask_logits: torch.Tensor, seg_features: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """What the class path reads besides the queries, from the stride-4 mask logits
+        (B, T, N, h*w) and F_seg (B, T, D, h, w): ``pooled`` (B, T, N, D), F_seg averaged under
+        each query's soft mask, and ``geometry`` (B, T, N, GEOMETRY_FEATURES) of that mask.
+
+        The masks are detached so that the class loss does not bend them. Both depend only on
+        the modules before the class path, so a frozen model's values can be cached once and
+        the class path trained on them (``training/train_selection.py``).
+        """
+        if not self.reads_masks:
+            return {}
+        weights = mask_logits.detach().sigmoid()
+        inputs = {}
+        if self.pool_proj is not None:
+            flat = seg_features.flatten(-2)  # (B, T, D, hw)
+            inputs["pooled"] = (weights @ flat.transpose(-1, -2)) / (
+                weights.sum(-1, keepdim=True) + 1.0
+            )
+        if self.selection is not None:
+            inputs["geometry"] = mask_geometry(weights, *seg_features.shape[-2:])
+        return inputs
+
+    def class_logits(
+        self,
+        queries: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+        geometry: torch.Tensor | None = None,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The class path: queries (B, T, N, C) and ``class_inputs`` -> logits (B, T, N)."""
+        class_input = queries
+        if self.pool_proj is not None:
+            class_input = queries + self.pool_proj(pooled)
+        bilinear = None
+        if self.selection is not None:
+            if text is None or text_mask is None:
+                raise ValueError("video-level selection (decoder.video_select) needs the text")
+            class_input, bilinear = self.selection(class_input, geometry, text, text_mask.bool())
+        logits = self.class_head(class_input).squeeze(-1)
+        return logits if bilinear is None else logits + bilinear
+
     def forward(
         self,
         queries: torch.Tensor,
         seg_features: torch.Tensor,
         text: torch.Tensor | None = None,
         text_mask: torch.Tensor | None = None,
+        keep_class_inputs: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Queries (B, T, N, C) and F_seg (B, T, D, h, w) -> logits, boxes, mask logits.
 
         ``text`` (B, L, C) and ``text_mask`` (B, L) are needed with video-level selection.
+        ``keep_class_inputs`` also returns the class path's inputs, ``class_queries`` and
+        those of ``class_inputs`` as ``class_pooled`` / ``class_geometry``.
         """
         kernels = self.kernel_head(queries)  # (B, T, N, D)
         # Eq. 9 before upsampling: each frame's kernels applied to that frame's F_seg, as one
         # batched MatMul (btnd,btd(hw)->btn(hw)) rather than a grouped conv or an Einsum: shapes
         # stay dynamic in export, TensorRT runs it as a GEMM and INT8 calibration can quantise it.
-        flat = seg_features.flatten(-2)  # (B, T, D, hw)
-        masks = kernels @ flat  # (B, T, N, hw)
-        class_input = queries
-        # Soft masks, detached so that the class loss does not bend the masks (only computed
-        # when a class-path option reads them: the paper presets skip the (B, T, N, hw) sigmoid).
-        if self.pool_proj is not None or self.selection is not None:
-            weights = masks.detach().sigmoid()
-        if self.pool_proj is not None:
-            pooled = (weights @ flat.transpose(-1, -2)) / (weights.sum(-1, keepdim=True) + 1.0)
-            class_input = queries + self.pool_proj(pooled)
-        if self.selection is not None:
-            if text is None or text_mask is None:
-                raise ValueError("video-level selection (decoder.video_select) needs the text")
-            geometry = mask_geometry(weights, *seg_features.shape[-2:])
-            class_input, bilinear = self.selection(class_input, geometry, text, text_mask.bool())
-        masks = masks.unflatten(-1, seg_features.shape[-2:])
-        logits = self.class_head(class_input).squeeze(-1)
-        if self.selection is not None:
-            logits = logits + bilinear
-        return {
+        masks = kernels @ seg_features.flatten(-2)  # (B, T, N, hw)
+        # The paper presets read no mask in the class path and skip the (B, T, N, hw) sigmoid.
+        inputs = self.class_inputs(masks, seg_features)
+        logits = self.class_logits(queries, **inputs, text=text, text_mask=text_mask)
+        out = {
             "pred_logits": logits,  # (B, T, N)
             "pred_boxes": self.box_head(queries).sigmoid(),  # (B, T, N, 4) cx, cy, w, h
-            "pred_masks": masks,  # (B, T, N, h, w)
+            "pred_masks": masks.unflatten(-1, seg_features.shape[-2:]),  # (B, T, N, h, w)
         }
+        if keep_class_inputs:
+            out["class_queries"] = queries
+            out |= {f"class_{name}": value for name, value in inputs.items()}
+        return out
 
 
 class JointSemantics(nn.Module):

@@ -129,11 +129,13 @@ class ProxyFormer(nn.Module):
         text_mask: torch.Tensor,
         image_size: tuple[int, int],
         aux: bool = True,
+        keep_class_inputs: bool = False,
     ) -> dict[str, torch.Tensor | list]:
         """Backbone levels (B, T, C, h, w) and F_t (B, L, C) -> predictions (see ``forward``).
 
         ``aux=False`` skips the heads of the earlier decoder layers (``aux_outputs`` is empty),
-        which inference and export do not need.
+        which inference and export do not need. ``keep_class_inputs`` adds what each layer's
+        class path reads (``PredictionHeads.forward``), for training it on cached features.
         """
         text_mask = text_mask.bool()
         batch, frames = levels[0].shape[:2]
@@ -199,7 +201,7 @@ class ProxyFormer(nn.Module):
         out_h, out_w = math.ceil(image_size[0] / 4), math.ceil(image_size[1] / 4)
         predictions = []
         for queries in layer_outputs:
-            pred = self.heads(queries, seg, text_features, text_mask)
+            pred = self.heads(queries, seg, text_features, text_mask, keep_class_inputs)
             pred["pred_masks"] = pred["pred_masks"][..., :out_h, :out_w]  # crop the padding
             predictions.append(pred)
 

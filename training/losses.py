@@ -73,6 +73,28 @@ def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float 
     return bce * (targets - prob).abs().pow(beta)
 
 
+def mask_iou(mask_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """IoU of the binary masks (logit > 0) against boolean targets over the last two dims;
+    a frame where both are empty counts 1, as the J of the DAVIS protocol does."""
+    pred, gt = mask_logits > 0, targets > 0.5
+    inter = (pred & gt).flatten(-2).sum(-1)
+    union = (pred | gt).flatten(-2).sum(-1)
+    both_empty = torch.ones_like(inter, dtype=torch.float)
+    return torch.where(union > 0, inter / union.clamp(min=1), both_empty)
+
+
+def iou_class_loss(
+    logits: torch.Tensor, ious: torch.Tensor, visible: torch.Tensor, annotated: torch.Tensor
+) -> torch.Tensor:
+    """The "iou" class target (``LossWeights.cls_target``): the quality focal loss of each
+    query's logits (..., T, N) against its mask IoU (..., T, N) on the frames where the object
+    is ``visible`` (..., T) and 0 elsewhere, over the ``annotated`` frames (..., T), summed and
+    divided by the number of visible frames -> (...)."""
+    labels = ious * visible[..., None]
+    per_item = quality_focal_loss(logits, labels) * annotated[..., None]
+    return per_item.sum((-1, -2)) / visible.sum(-1).clamp(min=1)
+
+
 def upsample_masks(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Eq. 9's bilinear upsampling of (..., h, w) mask logits to the target size (H, W)."""
     lead = mask_logits.shape[:-2]
@@ -143,10 +165,7 @@ class RVOSCriterion(torch.nn.Module):
         focal = sigmoid_focal_loss(full, gt, reduction="none").flatten(-2).mean(-1)
         focal = (focal * annotated[:, None]).sum(0) / n_annotated
         with torch.no_grad():  # (T, N) IoU of each query's binary mask, the "iou" class target
-            pred_fg, gt_fg = full > 0, gt > 0.5
-            inter = (pred_fg & gt_fg).flatten(-2).sum(-1)
-            union = (pred_fg | gt_fg).flatten(-2).sum(-1)
-            iou = inter / union.clamp(min=1)
+            iou = mask_iou(full, gt)
         return {"cls": cls, "l1": l1, "giou": giou, "dice": dice, "focal": focal, "iou": iou}
 
     def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -189,12 +208,11 @@ class RVOSCriterion(torch.nn.Module):
             visible = target["valid"].to(logits) * annotated
             n_pos = visible.sum().clamp(min=1)
             if self.weights.cls_target == "iou":
-                labels = per_video[b]["iou"] * visible[:, None]
-                per_item = quality_focal_loss(logits, labels) * annotated[:, None]
-            else:
-                labels = torch.zeros_like(logits)
-                labels[:, matched[b]] = visible
-                per_item = sigmoid_focal_loss(logits, labels, reduction="none") * annotated[:, None]
+                cls.append(iou_class_loss(logits, per_video[b]["iou"], visible, annotated))
+                continue
+            labels = torch.zeros_like(logits)
+            labels[:, matched[b]] = visible
+            per_item = sigmoid_focal_loss(logits, labels, reduction="none") * annotated[:, None]
             cls.append(per_item.sum() / n_pos)
         losses["cls"] = torch.stack(cls).mean()
         if self.weights.rank > 0:

@@ -1,0 +1,75 @@
+"""Stage 2: train the class path of a frozen stage-1 model on cached features.
+
+    python training/train_selection.py --init-from runs/tiny/stage1/final --data data/synth \\
+        --out runs/tiny/stage2 --set decoder.video_select=true --epochs 12
+    python training/train_selection.py ... --resume      # continue after the last whole epoch
+
+Adds the modules the ``--set`` changes bring (the video-level selection module with
+``decoder.video_select=true``), freezes everything but ``heads.selection``,
+``heads.class_head`` and ``heads.pool_proj``, caches what they read on whole videos once
+(``OUT/cache-<split>.pt``, reused while the checkpoint and data options are the same) and
+trains them; the model is written to ``OUT/final``. See ``training.selection``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from training.selection import SelectionConfig, SelectionTrainer
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[SelectionConfig, bool]:
+    defaults = SelectionConfig(init_from="-")
+    parser = argparse.ArgumentParser(description="Train the class path of a frozen checkpoint.")
+    parser.add_argument("--init-from", required=True, metavar="CKPT_DIR",
+                        help="the stage-1 checkpoint whose weights are frozen")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a model config field, e.g. decoder.video_select=true")
+    parser.add_argument("--data", default=defaults.data)
+    parser.add_argument("--dataset", default=defaults.dataset, choices=("ytvos", "davis"))
+    parser.add_argument("--split", default=defaults.split)
+    parser.add_argument("--valid-split", default=None,
+                        help="also cache this split and log its selection scores every epoch")
+    parser.add_argument("--out", default=defaults.out)
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--lr-min-ratio", type=float, default=defaults.lr_min_ratio,
+                        help="the cosine schedule ends at lr * this")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--clip-max-norm", type=float, default=defaults.clip_max_norm)
+    parser.add_argument("--no-flip", dest="flip", action="store_false",
+                        help="do not also cache each video mirrored (left/right swapped in the "
+                        "text)")
+    parser.add_argument("--short-side", type=int, default=None,
+                        help="resize frames to this short side, as evaluate.py (default: native)")
+    parser.add_argument("--max-size", type=int, default=defaults.max_size)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--resume", action="store_true")
+    args = vars(parser.parse_args(argv))
+    overrides = {}
+    for item in args.pop("overrides"):
+        if "=" not in item:
+            parser.error(f"--set needs KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    resume = args.pop("resume")
+    return SelectionConfig(**args, overrides=overrides), resume
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config, resume = parse_args(argv)
+    final = SelectionTrainer(config).train(resume=resume)
+    print(final)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -81,8 +81,15 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
                         help="train only parameters whose names start with these prefixes "
                         "(e.g. heads.selection heads.class_head); the rest is frozen")
     args = vars(parser.parse_args(argv))
+    overrides = parse_overrides(parser, args.pop("overrides"))
+    return TrainConfig.from_dict(args | {"overrides": overrides})
+
+
+def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items -> {key: value}, values read as JSON where they parse
+    (``false``, ``2``, ``[32,64]``) and as strings otherwise."""
     overrides = {}
-    for item in args.pop("overrides"):
+    for item in items:
         if "=" not in item:
             parser.error(f"--set needs KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
@@ -90,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
             overrides[key] = value
-    return TrainConfig.from_dict(args | {"overrides": overrides})
+    return overrides
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,11 +14,11 @@ trains them; the model is written to ``OUT/final``. See ``training.selection``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
 from training.selection import SelectionConfig, SelectionTrainer
+from training.train import parse_overrides
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SelectionConfig, bool]:
@@ -51,15 +51,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SelectionConfig, bool]:
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--resume", action="store_true")
     args = vars(parser.parse_args(argv))
-    overrides = {}
-    for item in args.pop("overrides"):
-        if "=" not in item:
-            parser.error(f"--set needs KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_overrides(parser, args.pop("overrides"))
     resume = args.pop("resume")
     return SelectionConfig(**args, overrides=overrides), resume
 

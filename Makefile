@@ -32,10 +32,10 @@ summary: setup
 		$(PY) -m proxyformer.summary --preset $$preset --frames 19 --size 360x640; done
 
 # The shipped tiny checkpoint: synthetic data, training on the CPU in two stages, evaluation,
-# copy. Stage 1 trains the whole model without the video-level selection module; stage 2 adds
-# it (decoder.video_select, on in the tiny preset) and trains only the class path on the
-# frozen stage-1 model, which keeps every mask and box of stage 1 and re-learns which query
-# to pick.
+# copy. Stage 1 trains the whole model without the video-level selection module; stage 2
+# (training/train_selection.py) adds it (decoder.video_select) and trains only the class path
+# on the frozen stage-1 model: what that path reads is cached once per expression on whole
+# videos (and mirrored), then trained for many epochs. Masks and boxes stay those of stage 1.
 SYNTH ?= data/synth
 CKPT_RUN ?= runs/tiny-synthetic
 CKPT_OUT ?= checkpoints/tiny-synthetic
@@ -43,17 +43,14 @@ TRAIN_RECIPE ?= --preset tiny --epochs 100 --max-steps 2000 --batch-size 4 --num
 	--lr 5e-4 --lr-backbone 5e-4 --lr-drop 100 --train-scales 128 --save-every 250 \
 	--log-every 25 --workers 0 --seed 42 --pair-expressions --cls-target iou --lr-drop-steps 1600 \
 	--set decoder.video_select=false
-SELECT_RECIPE ?= --preset tiny --epochs 100 --max-steps 800 --batch-size 4 --num-frames 4 \
-	--lr 5e-4 --lr-drop 100 --train-scales 128 --save-every 400 --log-every 25 --workers 0 \
-	--seed 42 --pair-expressions --cls-target iou \
-	--train-only heads.selection heads.class_head heads.pool_proj
+SELECT_RECIPE ?= --set decoder.video_select=true --epochs 12 --batch-size 8 --lr 5e-4 --seed 42
 
 data: setup
 	$(PY) -m training.data.synthetic --out $(SYNTH) --videos 400 --frames 12 --size 128x224 --seed 0
 
 checkpoint: data
 	$(PY) training/train.py --data $(SYNTH) --out $(CKPT_RUN)/stage1 $(TRAIN_RECIPE)
-	$(PY) training/train.py --data $(SYNTH) --out $(CKPT_RUN)/stage2 $(SELECT_RECIPE) \
+	$(PY) training/train_selection.py --data $(SYNTH) --out $(CKPT_RUN)/stage2 $(SELECT_RECIPE) \
 		--init-from $(CKPT_RUN)/stage1/final
 	$(PY) training/evaluate.py --checkpoint $(CKPT_RUN)/stage2/final --data $(SYNTH) \
 		--split valid --query-oracle --out $(CKPT_RUN)/eval_valid.json

@@ -21,6 +21,7 @@ from training.selection import (
     build_cache,
     class_logits,
     collate,
+    length_batches,
     selection_scores,
 )
 from training.train_selection import parse_args
@@ -154,6 +155,17 @@ def test_the_loss_is_the_class_term_of_stage_one():
     perfect = iou_class_loss(torch.logit(target), ious, visible, annotated)
     assert float(perfect.max()) < 1e-6
     assert bool((iou_class_loss(-torch.logit(target), ious, visible, annotated) > 0.1).all())
+
+
+def test_batches_hold_videos_of_one_length_in_the_shuffled_order():
+    order = [5, 0, 3, 1, 4, 2, 6]
+    lengths = [12, 12, 36, 12, 36, 12, 36]  # Ref-YouTube-VOS videos differ in length
+    batches = length_batches(order, lengths, 2)
+    assert batches == [[5, 0], [3, 1], [4, 2], [6]]  # 12, 12 | 12, 12 | 36, 36 | 36
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert all(len({lengths[i] for i in b}) == 1 for b in batches)
+    # One length: consecutive runs of the order, as a plain batching would give.
+    assert length_batches(order, [8] * 7, 3) == [[5, 0, 3], [1, 4, 2], [6]]
 
 
 def test_bad_options_are_refused(synth, stage1, tmp_path):

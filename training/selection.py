@@ -252,6 +252,19 @@ def collate(items: list[dict], layer: int, device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def length_batches(order: list[int], lengths: list[int], size: int) -> list[list[int]]:
+    """Batches of up to ``size`` indices taken in ``order`` among items with the same number
+    of frames (a batch stacks whole videos, and Ref-YouTube-VOS videos differ in length),
+    ordered by where their first index comes in ``order``: with one length, simply
+    consecutive runs of ``order``."""
+    groups: dict[int, list[int]] = defaultdict(list)
+    for index in order:
+        groups[lengths[index]].append(index)
+    batches = [g[s : s + size] for g in groups.values() for s in range(0, len(g), size)]
+    position = {index: p for p, index in enumerate(order)}
+    return sorted(batches, key=lambda batch: position[batch[0]])
+
+
 def class_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model.heads.class_logits(
         batch["queries"], batch.get("pooled"), batch.get("geometry"), batch["text"],
@@ -268,9 +281,11 @@ def selection_scores(model, items: list[dict], batch_size: int = 64) -> dict[str
     was_training = model.training
     model.eval()
     last = len(items[0]["layers"]) - 1
+    lengths = [len(item["visible"]) for item in items]
     picked, best = [], []
-    for start in range(0, len(items), batch_size):
-        batch = collate(items[start : start + batch_size], last, next(model.parameters()).device)
+    for indices in length_batches(list(range(len(items))), lengths, batch_size):
+        chunk = [items[i] for i in indices]
+        batch = collate(chunk, last, next(model.parameters()).device)
         choice = class_logits(model, batch).sigmoid().mean(1).argmax(-1)  # (B,)
         weights = batch["annotated"] / batch["annotated"].sum(-1, keepdim=True).clamp(min=1)
         query_j = (batch["iou"] * weights[..., None]).sum(1)  # (B, N)
@@ -402,29 +417,29 @@ class SelectionTrainer:
             self.restore(self.out / "checkpoint")
         items = self.cache(config.split, config.flip)
         valid = self.cache(config.valid_split, False) if config.valid_split else None
-        size = config.batch_size
-        steps_per_epoch = math.ceil(len(items) / size)
+        lengths = [len(item["visible"]) for item in items]
+        steps_per_epoch = len(length_batches(list(range(len(items))), lengths, config.batch_size))
         total = config.epochs * steps_per_epoch
         self.model.train()
         for epoch in range(self.epoch, config.epochs):
             order = list(range(len(items)))
             random.Random(hash((config.seed, epoch))).shuffle(order)
+            batches = length_batches(order, lengths, config.batch_size)
             losses = []
             started = time.perf_counter()
-            bar = tqdm(range(steps_per_epoch), desc=f"selection epoch {epoch + 1}/{config.epochs}")
-            for step in bar:
+            bar = tqdm(batches, desc=f"selection epoch {epoch + 1}/{config.epochs}")
+            for step, indices in enumerate(bar):
                 lr = self.lr_at(epoch * steps_per_epoch + step, total)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                chunk = [items[i] for i in order[step * size : (step + 1) * size]]
-                loss = self.loss(chunk)
+                loss = self.loss([items[i] for i in indices])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if config.clip_max_norm > 0:
                     torch.nn.utils.clip_grad_norm_(self.params, config.clip_max_norm)
                 self.optimizer.step()
                 losses.append(loss.item())
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
             self.epoch = epoch + 1
             row = {"epoch": self.epoch, "loss": float(np.mean(losses)), "lr": lr,
                    "seconds": time.perf_counter() - started}  # fmt: skip

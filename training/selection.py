@@ -19,7 +19,6 @@ the checkpoint's weight digest and the data options, and reused when they match.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -38,6 +37,7 @@ from tqdm import tqdm
 from proxyformer.checkpoint import WEIGHTS_NAME, load_weights, read_config, save_checkpoint
 from proxyformer.model import build_proxyformer
 from proxyformer.text import encode_texts, load_tokenizer
+from runtime.manifest import sha256_file
 from training.data import build_dataset
 from training.data.transforms import (
     ClipTransform,
@@ -102,14 +102,6 @@ class SelectionConfig:
             "data": str(Path(self.data).resolve()), "dataset": self.dataset, "split": split,
             "flip": flip, "short_side": self.short_side, "max_size": self.max_size,
         }  # fmt: skip
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_stage2_model(config: SelectionConfig):
@@ -321,7 +313,7 @@ class SelectionTrainer:
         self.tokenizer = load_tokenizer(
             self.model.config, path=tokenizer_file if tokenizer_file.is_file() else None
         )
-        self.weights_digest = file_digest(weights)
+        self.weights_digest = sha256_file(weights)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             self.params, lr=config.lr, weight_decay=config.weight_decay

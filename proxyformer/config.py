@@ -121,6 +121,10 @@ class DecoderConfig:
     # cross-attention to the text precede the class MLP, and a bilinear term scores the result
     # against the sentence's mean feature. Masks and boxes are unchanged.
     video_select: bool = False
+    # With video_select: the embedded geometry also holds the shape of each query's mask
+    # (skewness and kurtosis along x, y and the diagonals, heads.mask_shape), so "the diamond"
+    # can be told from the square or triangle beside it of the same colour, size and motion.
+    shape_moments: bool = False
 
 
 @dataclass(frozen=True)

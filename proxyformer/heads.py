@@ -15,6 +15,9 @@ GEOMETRY_FEATURES = 9
 # "moving or not" matter, not the speed, which depends on the frame rate and on how far apart a
 # training clip's sampled frames are (consecutive frames at inference, gaps of 1-11 in training).
 _VELOCITY_SCALE = 0.03
+# With ``decoder.shape_moments``: skewness and kurtosis - 2 of the binary mask along x, y and the
+# two diagonals (``mask_shape``), appended to the geometry.
+SHAPE_FEATURES = 8
 
 
 def mask_geometry(weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -45,10 +48,41 @@ def mask_geometry(weights: torch.Tensor, height: int, width: int) -> torch.Tenso
     return torch.cat((centre, area, velocity, video_centre, video_velocity), dim=-1)
 
 
+def mask_shape(weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Soft masks (B, T, N, h*w) in [0, 1] -> (B, T, N, SHAPE_FEATURES) shape of each mask.
+
+    The standardised third and fourth moments (skewness, kurtosis - 2) of the mask's cells
+    (sigmoid > 0.5) projected on x, y, (x + y) / sqrt(2) and (x - y) / sqrt(2), in cell units.
+    They tell shapes apart whatever their size and place: a square's x and y projections are
+    flat (kurtosis 1.8) and its diagonal ones peaked (2.4), a diamond's the reverse, a circle's
+    all about 2.0, and a triangle's are skewed. Centre, area and motion (``mask_geometry``) say
+    nothing of shape, nor does F_seg averaged under the mask. An empty mask gives zeros and -2.
+    Coordinates are standardised by the mask's own spread before the powers, so the values stay
+    small in FP16.
+    """
+    device, dtype = weights.device, weights.dtype
+    ys = torch.arange(height, device=device, dtype=dtype) + 0.5
+    xs = torch.arange(width, device=device, dtype=dtype) + 0.5
+    x = xs[None, :].expand(height, width).reshape(-1)
+    y = ys[:, None].expand(height, width).reshape(-1)
+    axes = torch.stack((x, y, (x + y) * 0.5**0.5, (x - y) * 0.5**0.5), dim=-1)  # (hw, 4)
+    solid = (weights > 0.5).to(dtype)  # (B, T, N, hw)
+    mass = solid.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T, N, 1)
+    mean = (solid @ axes) / mass  # (B, T, N, 4)
+    offset = (axes - mean[..., None, :]) * solid[..., None]  # (B, T, N, hw, 4), 0 off the mask
+    spread = ((offset * offset).sum(-2) / mass + 1e-4).sqrt()  # (B, T, N, 4)
+    z = offset / spread[..., None, :]
+    z2 = z * z
+    skew = (z2 * z).sum(-2) / mass
+    kurtosis = (z2 * z2).sum(-2) / mass
+    return torch.cat((skew, kurtosis - 2.0), dim=-1)
+
+
 class VideoSelection(nn.Module):
     """Class scores from the whole video (``DecoderConfig.video_select``).
 
-    Each query's per-frame input gains an embedding of its mask's geometry (``mask_geometry``);
+    Each query's per-frame input gains an embedding of its mask's geometry (``mask_geometry``,
+    with ``shape`` also ``mask_shape``);
     then the video's T x N tokens attend to one another (with frame and query-slot positions,
     so a slot's track and the other objects can be compared), cross-attend to the expression,
     and pass an FFN. Motion and relative position are properties of the video, not of a frame.
@@ -57,9 +91,13 @@ class VideoSelection(nn.Module):
     which the MLP on a sum of the two learns slowly.
     """
 
-    def __init__(self, dim: int, num_queries: int, num_heads: int, ffn_dim: int) -> None:
+    def __init__(
+        self, dim: int, num_queries: int, num_heads: int, ffn_dim: int, shape: bool = False
+    ) -> None:
         super().__init__()
-        self.geometry_proj = MLP(GEOMETRY_FEATURES, dim, dim, num_layers=2)
+        self.shape = shape
+        features = GEOMETRY_FEATURES + (SHAPE_FEATURES if shape else 0)
+        self.geometry_proj = MLP(features, dim, dim, num_layers=2)
         self.slot_embed = nn.Parameter(torch.randn(num_queries, dim) * 0.02)
         self.self_attn = Attention(dim, num_heads)
         self.norm_self = nn.LayerNorm(dim)
@@ -71,7 +109,7 @@ class VideoSelection(nn.Module):
     def forward(
         self,
         tokens: torch.Tensor,  # (B, T, N, C) class-head inputs
-        geometry: torch.Tensor,  # (B, T, N, GEOMETRY_FEATURES)
+        geometry: torch.Tensor,  # (B, T, N, GEOMETRY_FEATURES [+ SHAPE_FEATURES])
         text: torch.Tensor,  # (B, L, C)
         text_mask: torch.Tensor,  # (B, L) bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +160,8 @@ class PredictionHeads(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """What the class path reads besides the queries, from the stride-4 mask logits
         (B, T, N, h*w) and F_seg (B, T, D, h, w): ``pooled`` (B, T, N, D), F_seg averaged under
-        each query's soft mask, and ``geometry`` (B, T, N, GEOMETRY_FEATURES) of that mask.
+        each query's soft mask, and ``geometry`` (B, T, N, GEOMETRY_FEATURES) of that mask
+        (followed by its ``mask_shape`` when the selection module reads shape).
 
         The masks are detached so that the class loss does not bend them. Both depend only on
         the modules before the class path, so a frozen model's values can be cached once and
@@ -138,7 +177,11 @@ class PredictionHeads(nn.Module):
                 weights.sum(-1, keepdim=True) + 1.0
             )
         if self.selection is not None:
-            inputs["geometry"] = mask_geometry(weights, *seg_features.shape[-2:])
+            geometry = mask_geometry(weights, *seg_features.shape[-2:])
+            if self.selection.shape:
+                shape = mask_shape(weights, *seg_features.shape[-2:])
+                geometry = torch.cat((geometry, shape), dim=-1)
+            inputs["geometry"] = geometry
         return inputs
 
     def class_logits(

@@ -301,7 +301,8 @@ def build_proxyformer(
             config.decoder.mask_dim,
             config.decoder.mask_pool,
             selection=VideoSelection(
-                dim, config.num_queries, config.decoder.num_heads, config.decoder.ffn_dim
+                dim, config.num_queries, config.decoder.num_heads, config.decoder.ffn_dim,
+                shape=config.decoder.shape_moments,
             )
             if config.decoder.video_select
             else None,

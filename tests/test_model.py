@@ -7,7 +7,7 @@ import torch
 from conftest import make_model, random_frames
 
 from proxyformer.config import get_preset
-from proxyformer.heads import mask_geometry
+from proxyformer.heads import GEOMETRY_FEATURES, SHAPE_FEATURES, mask_geometry, mask_shape
 from proxyformer.text import encode_texts, load_tokenizer
 
 
@@ -347,6 +347,59 @@ def test_mask_geometry_of_a_square_moving_right():
     slow[0, 1, 0, 40:60, 41:61] = 1.0  # 0.01 of the width in one frame
     drift = mask_geometry(slow.flatten(-2), 100, 100)[0, 0, 0, 3]
     assert abs(float(drift) - math.tanh(0.01 / 0.03)) < 1e-4
+
+
+
+def _shapes(height: int, width: int, cx: float, cy: float, r: float) -> torch.Tensor:
+    """A square, a diamond, a disc and an upward triangle of radius ``r`` around (cx, cy), and
+    an empty mask, as (1, 1, 5, h*w) binary weights."""
+    ys, xs = torch.meshgrid(
+        torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij"
+    )  # fmt: skip
+    dx, dy = xs - cx, ys - cy
+    square = (dx.abs() < r) & (dy.abs() < r)
+    diamond = (dx.abs() + dy.abs()) < r * 2**0.5
+    disc = dx**2 + dy**2 < r**2
+    triangle = (dy > -r) & (dy < r) & (dx.abs() < (dy + r) * 0.6)  # apex up, base down
+    masks = torch.stack((square, diamond, disc, triangle, torch.zeros_like(square)))
+    return masks.float().reshape(1, 1, 5, -1)
+
+
+def test_mask_shape_tells_squares_diamonds_discs_and_triangles_apart():
+    """Kurtosis - 2 of a uniform square's x/y projections is -0.2 (uniform) and of its
+    diagonal ones +0.4 (triangular); a diamond is the same square turned by 45 degrees; a disc
+    is near 0 on every axis; a triangle with its apex up is skewed to the top (negative y)."""
+    shape = mask_shape(_shapes(40, 40, 20, 20, 8), 40, 40)[0, 0]  # (5, SHAPE_FEATURES)
+    assert shape.shape == (5, SHAPE_FEATURES)
+    skew, kurtosis = shape[:, :4], shape[:, 4:]
+    expected = torch.tensor([[-0.2, -0.2, 0.4, 0.4], [0.4, 0.4, -0.2, -0.2], [0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(kurtosis[:3], expected, atol=0.05, rtol=0)
+    torch.testing.assert_close(skew[:3], torch.zeros(3, 4), atol=0.02, rtol=0)
+    assert skew[3, 1] < -0.3 and abs(float(skew[3, 0])) < 0.02
+    torch.testing.assert_close(shape[4], torch.tensor([0.0] * 4 + [-2.0] * 4))  # empty
+    # Neither the place nor the size matters (up to the grid), nor the width of the map.
+    moved = mask_shape(_shapes(48, 80, 55, 30, 12), 48, 80)[0, 0]
+    torch.testing.assert_close(moved[:4], shape[:4], atol=0.06, rtol=0)
+    # FP16 (as in an FP16 engine) gives the same values.
+    half = mask_shape(_shapes(40, 40, 20, 20, 8).half(), 40, 40)[0, 0].float()
+    torch.testing.assert_close(half, shape, atol=0.02, rtol=0)
+
+
+def test_shape_moments_widen_the_selection_geometry(tiny_config):
+    """``decoder.shape_moments`` appends ``mask_shape`` to the geometry the selection embeds,
+    and the class scores then change when a mask's shape changes."""
+    config = tiny_config.replace(**{"decoder.video_select": True, "decoder.shape_moments": True})
+    heads = make_model(config).heads
+    assert heads.selection.geometry_proj.layers[0].in_features == GEOMETRY_FEATURES + SHAPE_FEATURES
+    logits = torch.full((1, 1, 5, 40 * 40), -10.0)
+    logits[_shapes(40, 40, 20, 20, 8) > 0] = 10.0
+    inputs = heads.class_inputs(logits, torch.randn(1, 1, 32, 40, 40))
+    assert inputs["geometry"].shape == (1, 1, 5, GEOMETRY_FEATURES + SHAPE_FEATURES)
+    torch.testing.assert_close(
+        inputs["geometry"][..., GEOMETRY_FEATURES:], mask_shape(logits.sigmoid(), 40, 40)
+    )
+    plain = make_model(tiny_config.replace(**{"decoder.video_select": True})).heads
+    assert plain.selection.geometry_proj.layers[0].in_features == GEOMETRY_FEATURES
 
 
 def test_video_selection_scores_read_the_other_frames_and_the_text(tiny_config):

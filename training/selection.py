@@ -52,7 +52,7 @@ from training.trainer import freeze_except, init_weights
 log = logging.getLogger(__name__)
 
 CLASS_PATH = ("heads.selection", "heads.class_head", "heads.pool_proj")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 STATE_NAME = "selection_state.pt"
 _LAYER_KEYS = ("queries", "pooled", "geometry", "iou")
 
@@ -326,7 +326,10 @@ class SelectionTrainer:
         transform = ClipTransform(
             train=False, eval_short_side=config.short_side, max_size=config.max_size
         )
-        key = config.cache_key(split, flip, self.weights_digest)
+        # The model's config too: it decides what the class path reads (e.g. mask shape).
+        key = config.cache_key(split, flip, self.weights_digest) | {
+            "model": self.model.config.to_dict()
+        }
         path = self.out / f"cache-{split}.pt"
 
         def build():

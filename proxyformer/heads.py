@@ -15,8 +15,8 @@ GEOMETRY_FEATURES = 9
 # "moving or not" matter, not the speed, which depends on the frame rate and on how far apart a
 # training clip's sampled frames are (consecutive frames at inference, gaps of 1-11 in training).
 _VELOCITY_SCALE = 0.03
-# With ``decoder.shape_moments``: skewness and kurtosis - 2 of the binary mask along x, y and the
-# two diagonals (``mask_shape``), appended to the geometry.
+# With ``decoder.shape_moments``: skewness and kurtosis - 2 of the mask along x, y and the two
+# diagonals (``mask_shape``), appended to the geometry.
 SHAPE_FEATURES = 8
 
 
@@ -52,13 +52,17 @@ def mask_shape(weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Soft masks (B, T, N, h*w) in [0, 1] -> (B, T, N, SHAPE_FEATURES) shape of each mask.
 
     The standardised third and fourth moments (skewness, kurtosis - 2) of the mask's cells
-    (sigmoid > 0.5) projected on x, y, (x + y) / sqrt(2) and (x - y) / sqrt(2), in cell units.
-    They tell shapes apart whatever their size and place: a square's x and y projections are
-    flat (kurtosis 1.8) and its diagonal ones peaked (2.4), a diamond's the reverse, a circle's
-    all about 2.0, and a triangle's are skewed. Centre, area and motion (``mask_geometry``) say
-    nothing of shape, nor does F_seg averaged under the mask. An empty mask gives zeros and -2.
-    Coordinates are standardised by the mask's own spread before the powers, so the values stay
-    small in FP16.
+    projected on x, y, (x + y) / sqrt(2) and (x - y) / sqrt(2), in cell units. They tell shapes
+    apart whatever their size and place: a square's x and y projections are flat (kurtosis 1.8)
+    and its diagonal ones peaked (2.4), a diamond's the reverse, a circle's all about 2.0, and a
+    triangle's are skewed. Centre, area and motion (``mask_geometry``) say nothing of shape, nor
+    does F_seg averaged under the mask.
+
+    A cell weighs max(2 w - 1, 0): the cells the thresholded mask (w > 0.5) holds, without the
+    faint background that would swamp the moments, and without a hard threshold, so the values
+    move continuously with the mask logits (FP16 and INT8 engines flip no cell). An empty mask
+    gives zeros and -2. Coordinates are standardised by the mask's own spread before the
+    powers, so the values stay small in FP16.
     """
     device, dtype = weights.device, weights.dtype
     ys = torch.arange(height, device=device, dtype=dtype) + 0.5
@@ -66,15 +70,18 @@ def mask_shape(weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
     x = xs[None, :].expand(height, width).reshape(-1)
     y = ys[:, None].expand(height, width).reshape(-1)
     axes = torch.stack((x, y, (x + y) * 0.5**0.5, (x - y) * 0.5**0.5), dim=-1)  # (hw, 4)
-    solid = (weights > 0.5).to(dtype)  # (B, T, N, hw)
-    mass = solid.sum(-1, keepdim=True).clamp(min=1.0)  # (B, T, N, 1)
-    mean = (solid @ axes) / mass  # (B, T, N, 4)
-    offset = (axes - mean[..., None, :]) * solid[..., None]  # (B, T, N, hw, 4), 0 off the mask
-    spread = ((offset * offset).sum(-2) / mass + 1e-4).sqrt()  # (B, T, N, 4)
-    z = offset / spread[..., None, :]
+    solid = torch.relu(2.0 * weights - 1.0)  # (B, T, N, hw)
+    share = solid / (solid.sum(-1, keepdim=True) + 1e-4)  # sums to 1 (0 for an empty mask)
+    mean = share @ axes  # (B, T, N, 4)
+    offset = axes - mean[..., None, :]  # (B, T, N, hw, 4)
+    share = share[..., None]
+    spread = ((share * offset * offset).sum(-2) + 1e-4).sqrt()  # (B, T, N, 4)
+    # Off-mask cells (share 0) can lie far out in units of a small mask's spread: clamped, so
+    # that 0 * z^4 stays 0 in FP16; on the mask |z| rarely passes 4.
+    z = (offset / spread[..., None, :]).clamp(-8.0, 8.0)
     z2 = z * z
-    skew = (z2 * z).sum(-2) / mass
-    kurtosis = (z2 * z2).sum(-2) / mass
+    skew = (share * z2 * z).sum(-2)
+    kurtosis = (share * z2 * z2).sum(-2)
     return torch.cat((skew, kurtosis - 2.0), dim=-1)
 
 

@@ -383,6 +383,13 @@ def test_mask_shape_tells_squares_diamonds_discs_and_triangles_apart():
     # FP16 (as in an FP16 engine) gives the same values.
     half = mask_shape(_shapes(40, 40, 20, 20, 8).half(), 40, 40)[0, 0].float()
     torch.testing.assert_close(half, shape, atol=0.02, rtol=0)
+    # No threshold: cells near w = 0.5 (a mask's rim, where precisions disagree) move the values
+    # a little, and a faint background (w < 0.5) not at all.
+    soft = _shapes(40, 40, 20, 20, 8) * 0.5 + 0.25 + 0.01 * torch.rand(1, 1, 5, 1600)
+    nudged = soft + 0.005 * torch.randn_like(soft)
+    values = mask_shape(soft, 40, 40)[0, 0, :4]
+    torch.testing.assert_close(mask_shape(nudged, 40, 40)[0, 0, :4], values, atol=0.05, rtol=0)
+    torch.testing.assert_close(values, shape[:4], atol=0.05, rtol=0)
 
 
 def test_shape_moments_widen_the_selection_geometry(tiny_config):

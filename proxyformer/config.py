@@ -286,7 +286,6 @@ def tiny() -> ProxyFormerConfig:
         decoder=DecoderConfig(
             num_layers=2, num_heads=4, ffn_dim=256, mask_dim=32, value_pos=True, seg_pos=True,
             text_attn=True, mask_pool=True, masked_attn=True, video_select=True,
-            shape_moments=True,
         ),
     )
 

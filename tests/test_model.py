@@ -82,10 +82,14 @@ def test_output_is_deterministic_in_eval(tiny_model, text_inputs):
     assert torch.equal(a["pred_masks"], b["pred_masks"])
 
 
-# The DETR-style decoder of the paper presets (the tiny preset switches every option on).
+# The DETR-style decoder of the paper presets (the tiny preset switches them on, but for
+# shape_moments).
 PLAIN_DECODER = {
     f"decoder.{name}": False
-    for name in ("value_pos", "seg_pos", "text_attn", "mask_pool", "masked_attn", "video_select")
+    for name in (
+        "value_pos", "seg_pos", "text_attn", "mask_pool", "masked_attn", "video_select",
+        "shape_moments",
+    )
 }
 
 
@@ -390,6 +394,11 @@ def test_mask_shape_tells_squares_diamonds_discs_and_triangles_apart():
     values = mask_shape(soft, 40, 40)[0, 0, :4]
     torch.testing.assert_close(mask_shape(nudged, 40, 40)[0, 0, :4], values, atol=0.05, rtol=0)
     torch.testing.assert_close(values, shape[:4], atol=0.05, rtol=0)
+    # A faint speck of mask far from the object (w just above 0.5) barely moves a fourth power.
+    speck = _shapes(40, 40, 20, 20, 8).reshape(5, 40, 40)
+    speck[:, 37, 2] = 0.55
+    moved = mask_shape(speck.reshape(1, 1, 5, -1), 40, 40)[0, 0, :4]
+    torch.testing.assert_close(moved, shape[:4], atol=0.1, rtol=0)
 
 
 def test_shape_moments_widen_the_selection_geometry(tiny_config):

@@ -60,7 +60,8 @@ def mask_shape(weights: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
     A cell weighs max(2 w - 1, 0): the cells the thresholded mask (w > 0.5) holds, without the
     faint background that would swamp the moments, and without a hard threshold, so the values
-    move continuously with the mask logits (FP16 and INT8 engines flip no cell). An empty mask
+    move continuously with the mask logits (a cell that FP16 or INT8 logits push just past 0.5
+    enters with a small weight, not a whole one). An empty mask
     gives zeros and -2. Coordinates are standardised by the mask's own spread before the
     powers, so the values stay small in FP16.
     """

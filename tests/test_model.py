@@ -350,7 +350,6 @@ def test_mask_geometry_of_a_square_moving_right():
     assert abs(float(drift) - math.tanh(0.01 / 0.03)) < 1e-4
 
 
-
 def _shapes(height: int, width: int, cx: float, cy: float, r: float) -> torch.Tensor:
     """A square, a diamond, a disc and an upward triangle of radius ``r`` around (cx, cy), and
     an empty mask, as (1, 1, 5, h*w) binary weights."""
@@ -399,8 +398,8 @@ def test_mask_shape_tells_squares_diamonds_discs_and_triangles_apart():
 
 
 def test_shape_moments_widen_the_selection_geometry(tiny_config):
-    """``decoder.shape_moments`` appends ``mask_shape`` to the geometry the selection embeds,
-    and the class scores then change when a mask's shape changes."""
+    """``decoder.shape_moments`` appends ``mask_shape`` to the geometry the selection embeds
+    (its MLP is wider); without it the geometry is ``mask_geometry`` alone."""
     config = tiny_config.replace(**{"decoder.video_select": True, "decoder.shape_moments": True})
     heads = make_model(config).heads
     assert heads.selection.geometry_proj.layers[0].in_features == GEOMETRY_FEATURES + SHAPE_FEATURES

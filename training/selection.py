@@ -12,8 +12,9 @@ time of a few hundred end-to-end steps, and clips of the same length as at infer
 The cache holds, per expression (and per horizontal flip of it, which swaps left and right in
 the expression), in float16: ``text`` (L, C), ``text_mask`` (L,), ``visible`` and
 ``annotated`` (T,), and per decoder layer ``queries`` (T, N, C), ``pooled`` (T, N, D),
-``geometry`` (T, N, 9) and ``iou`` (T, N). It is written next to the run (``cache.pt``) with
-the checkpoint's weight digest and the data options, and reused when they match.
+``geometry`` (T, N, 9; 17 with shape moments) and ``iou`` (T, N). It is written next to the run
+(``cache-<split>.pt``) with the checkpoint's weight digest, the model config and the data
+options, and reused when they match.
 """
 
 from __future__ import annotations
@@ -95,10 +96,12 @@ class SelectionConfig:
         if not 0.0 <= self.lr_min_ratio <= 1.0:
             raise ValueError(f"lr_min_ratio must be in [0, 1], got {self.lr_min_ratio}")
 
-    def cache_key(self, split: str, flip: bool, weights_digest: str) -> dict:
-        """What a cache depends on; a cache on disk is reused only when all of it matches."""
+    def cache_key(self, split: str, flip: bool, weights_digest: str, model_config: dict) -> dict:
+        """What a cache depends on; a cache on disk is reused only when all of it matches. The
+        model config decides what the class path reads (e.g. ``decoder.shape_moments``)."""
         return {
-            "version": CACHE_VERSION, "weights": weights_digest, "overrides": self.overrides,
+            "version": CACHE_VERSION, "weights": weights_digest, "model": model_config,
+            "overrides": self.overrides,
             "data": str(Path(self.data).resolve()), "dataset": self.dataset, "split": split,
             "flip": flip, "short_side": self.short_side, "max_size": self.max_size,
         }  # fmt: skip
@@ -326,10 +329,7 @@ class SelectionTrainer:
         transform = ClipTransform(
             train=False, eval_short_side=config.short_side, max_size=config.max_size
         )
-        # The model's config too: it decides what the class path reads (e.g. mask shape).
-        key = config.cache_key(split, flip, self.weights_digest) | {
-            "model": self.model.config.to_dict()
-        }
+        key = config.cache_key(split, flip, self.weights_digest, self.model.config.to_dict())
         path = self.out / f"cache-{split}.pt"
 
         def build():

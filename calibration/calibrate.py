@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--check-samples", type=int, default=8)
     parser.add_argument("--exclude", nargs="*", default=[], help="node names to leave in float")
     parser.add_argument(
+        "--quantize-class-path",
+        action="store_true",
+        help="also quantize the class path (the nodes only pred_logits depends on: mask "
+        "pooling, geometry, selection, class MLP), left in float by default",
+    )
+    parser.add_argument(
         "--keep-float",
         type=int,
         default=0,
@@ -80,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = calibrate_bundle(
             args.bundle, args.data, (target,), args.method, args.samples, args.split, args.seed,
             args.check_split, args.check_samples, exclude, args.cpu_format, args.threads,
-            args.recalibrate, args.frames,
+            args.recalibrate, args.frames, args.quantize_class_path,
         )  # fmt: skip
         args.recalibrate = False
         entry = manifest.variant("video", f"int8-{target}")

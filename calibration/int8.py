@@ -21,7 +21,14 @@ from runtime.backends import load_backend
 from runtime.manifest import Manifest, atomic_write_text
 
 from .data import CalibrationSet, build_calibration_set
-from .quantize import qdq_summary, quantize_video, quantized_nodes, range_cache, variant_name
+from .quantize import (
+    class_path_nodes,
+    qdq_summary,
+    quantize_video,
+    quantized_nodes,
+    range_cache,
+    variant_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +81,12 @@ def calibrate_bundle(
     threads: int | None = None,
     recalibrate: bool = False,
     frames: int | None = None,
+    quantize_class_path: bool = False,
 ) -> Manifest:
     """Calibrate on ``samples`` clips of ``split`` and write one INT8 variant per target.
+
+    ``exclude`` names nodes left in float besides the class path, which stays float unless
+    ``quantize_class_path`` (``calibration.quantize.class_path_nodes``).
 
     The samples are cached in ``bundle/calibration/`` (reused when the split, seed and count
     match) and so are the tensor ranges of each method; ``recalibrate`` rebuilds both.
@@ -94,9 +105,11 @@ def calibrate_bundle(
     )
     fp32 = load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads)
     reference = run_graph(fp32, held_out.samples)
+    fp32_path = manifest.variant_path("video", "fp32")
     for target in targets:
         started = time.perf_counter()
-        path = quantize_video(manifest, calibration, target, method, exclude, cpu_format=cpu_format)
+        path = quantize_video(manifest, calibration, target, method, exclude,
+                              cpu_format=cpu_format, class_path=quantize_class_path)  # fmt: skip
         calibration = None  # the ranges are cached now; the next target reuses them
         manifest.add_variant(
             "video", variant_name(target), {"file": path.name, "external_data": []}
@@ -114,6 +127,7 @@ def calibrate_bundle(
             "format": "qdq" if target == "tensorrt" or cpu_format == "qdq" else "qoperator",
             "calibration": calibration_info,
             "float_nodes": list(exclude or []),
+            "class_path_float": [] if quantize_class_path else class_path_nodes(fp32_path),
             "quantization": qdq_summary(path),
             "agreement_vs_fp32": result | {"split": check_split, "clips": len(held_out)},
             "seconds": round(time.perf_counter() - started, 1),
@@ -204,13 +218,16 @@ def sensitivity(
     reference = run_graph(load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads),
                           held_out.samples)  # fmt: skip
     candidates = quantized_nodes(manifest.variant_path("video", variant_name(target)))
+    # as the variant was made: class path in float unless it was quantized too
+    class_path = not manifest.variant("video", variant_name(target)).get("class_path_float")
     candidates = candidates[:max_nodes] if max_nodes else candidates
     scratch = manifest.root / "calibration" / "sensitivity.onnx"
     rows = []
     import onnxruntime as ort
 
     for node in tqdm(candidates, desc="sensitivity", unit="node"):
-        quantize_video(manifest, None, target, method, [node], output=scratch)
+        quantize_video(manifest, None, target, method, [node], output=scratch,
+                       class_path=class_path)  # fmt: skip
         session = ort.InferenceSession(str(scratch), providers=["CPUExecutionProvider"])
         names = [o.name for o in session.get_outputs()]
         outputs = [dict(zip(names, session.run(names, s))) for s in held_out.samples]

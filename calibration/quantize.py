@@ -9,6 +9,12 @@
   QLinearConv / MatMulIntegerToFloat) or as QOperator nodes (``cpu_format``). Which one is
   faster is measured by ``benchmarks/latency.py``, not assumed.
 
+Both leave the class path in float by default (``class_path_nodes``): the Conv/MatMul/Gemm
+nodes that only ``pred_logits`` depends on -- mask pooling, the mask geometry and shape, the
+video-level selection block, the class MLP. They work on T x N tokens rather than pixels (a
+negligible share of the compute), yet their output picks the query, i.e. the whole track, and
+INT8 noise there flips picks that the masks themselves would survive.
+
 Calibration (ONNX Runtime's calibrators: entropy, percentile, minmax) runs once per method;
 its tensor ranges are cached as JSON in the bundle, so re-quantising with other nodes left in
 float (the sensitivity pass) costs no new calibration.
@@ -79,6 +85,7 @@ def quantize_video(
     output: Path | None = None,
     cpu_format: str = "qdq",
     percentile: float = 99.999,
+    class_path: bool = False,
 ) -> Path:
     """Write an INT8 copy of the bundle's FP32 ``video.onnx`` and return its path.
 
@@ -90,6 +97,7 @@ def quantize_video(
         exclude: node names left in float (from the sensitivity pass).
         output: where to write (default: ``video.int8-<target>.onnx`` in the bundle).
         cpu_format: for the cpu target, "qdq" or "qoperator".
+        class_path: also quantize the class path (``class_path_nodes``), float by default.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -100,6 +108,9 @@ def quantize_video(
     source = manifest.variant_path("video", "fp32")
     output = output or manifest.root / f"video.{variant_name(target)}.onnx"
     cache = range_cache(manifest, method)
+    exclude = list(exclude or [])
+    if not class_path:
+        exclude += [node for node in class_path_nodes(source) if node not in exclude]
     if calibration is None and not cache.is_file():
         raise FileNotFoundError(f"no calibration samples and no cached ranges at {cache}")
     calibrate_method = {
@@ -154,7 +165,7 @@ def quantize_video(
             op_types_to_quantize=list(QUANTIZED_OPS),
             per_channel=True,
             reduce_range=False,
-            nodes_to_exclude=list(exclude or []),
+            nodes_to_exclude=exclude,
             calibrate_method=calibrate_method,
             calibration_cache_path=str(cache),
             **options,
@@ -170,6 +181,34 @@ def quantize_video(
 
 def range_cache(manifest: Manifest, method: str) -> Path:
     return manifest.root / "calibration" / f"ranges-{method}.json"
+
+
+def class_path_nodes(path: Path, output: str = "pred_logits") -> list[str]:
+    """Names of the Conv/MatMul/Gemm nodes of the graph at ``path`` that only ``output``
+    depends on (no other graph output does), in graph order: the video graph's class path.
+    Nodes shared with the boxes or masks (backbone, decoder, mask kernels) are never in it."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    outputs = [o.name for o in model.graph.output]
+    if output not in outputs:
+        raise ValueError(f"{path} has no output {output!r} (outputs: {outputs})")
+    producer = {name: node for node in model.graph.node for name in node.output}
+
+    def ancestors(names: list[str]) -> set[int]:
+        seen: set[int] = set()
+        stack = list(names)
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(node.input)
+        return seen
+
+    only = ancestors([output]) - ancestors([o for o in outputs if o != output])
+    return [
+        n.name for n in model.graph.node if id(n) in only and n.op_type in QUANTIZED_OPS and n.name
+    ]
 
 
 def quantized_nodes(path: Path) -> list[str]:

@@ -18,7 +18,7 @@ from calibration.int8 import (
     float_nodes_from_sensitivity,
     sensitivity,
 )
-from calibration.quantize import quantized_nodes
+from calibration.quantize import class_path_nodes, quantize_video, quantized_nodes
 from runtime.manifest import Manifest
 from runtime.predictor import RVOSPredictor
 
@@ -82,6 +82,46 @@ def test_cpu_target_uses_uint8_activations(calibrated):
         if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits
     ]  # fmt: skip
     assert activation_zero_points and all(z.dtype == np.uint8 for z in activation_zero_points)
+
+
+def test_class_path_nodes_of_a_hand_made_graph(tmp_path):
+    """A MatMul both outputs read is shared; the ones only pred_logits reads are the class path."""
+    from onnx import TensorProto, helper
+
+    weight = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"], name="shared"),
+        helper.make_node("Relu", ["h"], ["pred_masks"], name="mask_act"),
+        helper.make_node("MatMul", ["h", "w"], ["c1"], name="cls1"),
+        helper.make_node("Gemm", ["c1", "w"], ["c2"], name="cls2"),
+        helper.make_node("Sigmoid", ["c2"], ["pred_logits"], name="cls_act"),
+    ]
+    info = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, [4, 4])
+    graph = helper.make_graph(nodes, "g", [info("x")], [info("pred_logits"), info("pred_masks")],
+                              [weight])  # fmt: skip
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert class_path_nodes(path) == ["cls1", "cls2"]
+    assert class_path_nodes(path, "pred_masks") == []
+    with pytest.raises(ValueError, match="no output 'scores'"):
+        class_path_nodes(path, "scores")
+
+
+def test_class_path_stays_float_unless_asked(calibrated):
+    """The default variants leave the selection/class nodes in float and list them; asked to,
+    the quantizer covers them too (from the cached ranges)."""
+    manifest = Manifest.load(calibrated)
+    class_path = class_path_nodes(manifest.variant_path("video", "fp32"))
+    assert len(class_path) >= 4  # tiny: mask pooling, geometry, selection block, class MLP
+    for target in ("tensorrt", "cpu"):
+        entry = manifest.variant("video", f"int8-{target}")
+        assert entry["class_path_float"] == class_path
+    quantized = quantized_nodes(calibrated / "video.int8-tensorrt.onnx")
+    assert quantized and not set(class_path) & set(quantized)
+    everything = calibrated / "calibration" / "all.onnx"
+    quantize_video(manifest, None, "tensorrt", "entropy", output=everything, class_path=True)
+    assert set(quantized_nodes(everything)) == set(quantized) | set(class_path)
+    everything.unlink()
 
 
 def test_int8_runs_in_the_predictor(calibrated, synth_data):

@@ -282,10 +282,11 @@ def tiny() -> ProxyFormerConfig:
         # The decoder options that let a model trained from scratch for minutes on a CPU
         # ground the expression: position-aware values, coordinates in F_seg, text
         # cross-attention, mask-pooled class scores, masked attention and video-level query
-        # selection (see DecoderConfig).
+        # selection with the masks' shape moments (see DecoderConfig).
         decoder=DecoderConfig(
             num_layers=2, num_heads=4, ffn_dim=256, mask_dim=32, value_pos=True, seg_pos=True,
             text_attn=True, mask_pool=True, masked_attn=True, video_select=True,
+            shape_moments=True,
         ),
     )
 

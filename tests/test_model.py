@@ -82,12 +82,14 @@ def test_output_is_deterministic_in_eval(tiny_model, text_inputs):
     assert torch.equal(a["pred_masks"], b["pred_masks"])
 
 
-# The DETR-style decoder of the paper presets (the tiny preset switches every option on; the
-# selection's shape_moments stays off everywhere, see test_shape_moments_widen_...).
+# The DETR-style decoder of the paper presets (the tiny preset switches every option on).
 PLAIN_DECODER = {
     f"decoder.{name}": False
-    for name in ("value_pos", "seg_pos", "text_attn", "mask_pool", "masked_attn", "video_select")
-}
+    for name in (
+        "value_pos", "seg_pos", "text_attn", "mask_pool", "masked_attn", "video_select",
+        "shape_moments",
+    )
+}  # fmt: skip
 
 
 def all_outputs_sum(out):
@@ -410,7 +412,7 @@ def test_shape_moments_widen_the_selection_geometry(tiny_config):
     torch.testing.assert_close(
         inputs["geometry"][..., GEOMETRY_FEATURES:], mask_shape(logits.sigmoid(), 40, 40)
     )
-    plain = make_model(tiny_config.replace(**{"decoder.video_select": True})).heads
+    plain = make_model(tiny_config.replace(**{"decoder.shape_moments": False})).heads
     assert plain.selection.geometry_proj.layers[0].in_features == GEOMETRY_FEATURES
 
 

@@ -69,7 +69,7 @@ class SelectionConfig:
     split: str = "train"
     valid_split: str | None = None
     overrides: dict = field(default_factory=dict)
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 8
     lr: float = 5e-4
     lr_min_ratio: float = 0.01

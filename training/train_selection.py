@@ -1,7 +1,7 @@
 """Stage 2: train the class path of a frozen stage-1 model on cached features.
 
     python training/train_selection.py --init-from runs/tiny/stage1/final --data data/synth \\
-        --out runs/tiny/stage2 --set decoder.video_select=true --epochs 12
+        --out runs/tiny/stage2 --set decoder.video_select=true --epochs 20
     python training/train_selection.py ... --resume      # continue after the last whole epoch
 
 Adds the modules the ``--set`` changes bring (the video-level selection module with

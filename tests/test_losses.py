@@ -2,7 +2,13 @@
 
 import torch
 
-from training.losses import LossWeights, RVOSCriterion, dice_loss, quality_focal_loss
+from training.losses import (
+    LossWeights,
+    RVOSCriterion,
+    dice_loss,
+    mask_iou,
+    quality_focal_loss,
+)
 
 
 def make_targets(batch=2, frames=3, size=(32, 48)):
@@ -83,6 +89,29 @@ def test_dice_loss_bounds():
     target[0, 2:6, 2:6] = 1
     assert dice_loss(target * 40 - 20, target) < 0.01
     assert dice_loss(-(target * 40 - 20), target) > 0.9
+
+
+def test_mask_iou_against_counted_pixels():
+    """Both paths (one target per frame against N masks, and same-shaped masks) against IoUs
+    counted pixel by pixel; a frame where both masks are empty counts 1, an empty prediction of
+    a present object 0."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 4, 9, 11)
+    logits[0, 0] = -1.0  # every mask of this frame empty ...
+    targets = torch.rand(2, 3, 1, 9, 11) > 0.6
+    targets[0, 0] = False  # ... and its target too
+    targets[1, 2] = True
+    logits[1, 2, 0] = -1.0  # nothing predicted for a full target
+    expected = torch.empty(2, 3, 4)
+    for index in torch.cartesian_prod(*(torch.arange(n) for n in expected.shape)).tolist():
+        e, t, n = index
+        pred, gt = logits[e, t, n] > 0, targets[e, t, 0]
+        union = int((pred | gt).sum())
+        expected[e, t, n] = 1.0 if union == 0 else int((pred & gt).sum()) / union
+    assert expected[0, 0].eq(1).all() and expected[1, 2, 0] == 0
+    assert torch.allclose(mask_iou(logits, targets), expected, atol=1e-6)
+    assert torch.allclose(mask_iou(logits, targets.expand_as(logits)), expected, atol=1e-6)
+    assert torch.allclose(mask_iou(logits[:, :, :1], targets), expected[:, :, :1], atol=1e-6)
 
 
 def test_quality_focal_loss_is_smallest_at_the_target():

@@ -75,12 +75,16 @@ def quality_focal_loss(logits: torch.Tensor, targets: torch.Tensor, beta: float 
 
 def mask_iou(mask_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """IoU of the binary masks (logit > 0) against boolean targets over the last two dims;
-    a frame where both are empty counts 1, as the J of the DAVIS protocol does."""
-    pred, gt = mask_logits > 0, targets > 0.5
-    inter = (pred & gt).flatten(-2).sum(-1)
-    union = (pred | gt).flatten(-2).sum(-1)
-    both_empty = torch.ones_like(inter, dtype=torch.float)
-    return torch.where(union > 0, inter / union.clamp(min=1), both_empty)
+    a frame where both are empty counts 1, as the J of the DAVIS protocol does. Targets of
+    shape (..., 1, H, W) against (..., N, H, W) masks take one matrix product per frame."""
+    pred = (mask_logits > 0).flatten(-2).float()  # counts below 2**24 are exact in float32
+    gt = (targets > 0.5).flatten(-2).float()
+    if gt.shape[-2] == 1 and pred.shape[-2] != 1:
+        inter = (pred @ gt.transpose(-1, -2)).squeeze(-1)
+    else:
+        inter = (pred * gt).sum(-1)
+    union = pred.sum(-1) + gt.sum(-1) - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
 
 
 def iou_class_loss(

@@ -80,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rtol", type=float, default=FP32_TOLERANCE.rtol)
     parser.add_argument("--fp16-atol", type=float, default=FP16_TOLERANCE.atol)
     parser.add_argument("--fp16-rtol", type=float, default=FP16_TOLERANCE.rtol)
+    parser.add_argument(
+        "--fp16-quantile", type=float, default=FP16_TOLERANCE.quantile,
+        help="quantile of |fp16 - fp32| held to the FP16 tolerance (1: the maximum; see "
+        "export/parity.py for why not the maximum by default)",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     parser.add_argument("--seed", type=int, default=0, help="random weights and parity inputs")
     return parser.parse_args(argv)
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         slim=not args.no_slim,
         parity=not args.no_parity,
         fp32_tolerance=Tolerance(args.atol, args.rtol),
-        fp16_tolerance=Tolerance(args.fp16_atol, args.fp16_rtol),
+        fp16_tolerance=Tolerance(args.fp16_atol, args.fp16_rtol, args.fp16_quantile),
         overwrite=args.overwrite,
         seed=args.seed,
     )

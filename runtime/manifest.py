@@ -329,7 +329,14 @@ class Manifest:
                 note = ""
                 if error:
                     worst = ", ".join(f"{k} {v:.2e}" for k, v in error.items())
-                    note = f" (max abs error vs {parity.get('reference')}: {worst})"
+                    note = f" (max abs error vs {parity.get('reference')}: {worst}"
+                    if "quantile_abs_error" in parity:
+                        q = parity["tolerance"]["quantile"]
+                        held = ", ".join(
+                            f"{k} {v:.2e}" for k, v in parity["quantile_abs_error"].items()
+                        )
+                        note += f"; its {q} quantile, the one checked: {held}"
+                    note += ")"
                 elif agreement:
                     note = (
                         f" (mask IoU vs fp32 {agreement['mask_iou']:.4f}, same query "

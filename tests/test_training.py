@@ -68,6 +68,26 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(synth, tmp_path):
     assert int(rows[-1]["epoch"]) >= 1  # the run crossed an epoch (and the lr drop)
 
 
+def test_expression_pairs_are_the_same_in_every_process(synth):
+    """The pairing of ``--pair-expressions`` is drawn per epoch from the seed alone: two
+    interpreters with different string-hash salts (as two runs, or a run and its resumption,
+    have) give the same pairs, so ``make checkpoint`` repeats its run."""
+    code = (
+        "import json, sys; from training.data.transforms import ClipTransform; "
+        "from training.data.ytvos import RefYouTubeVOS; from training.trainer import expression_pairs; "
+        "ds = RefYouTubeVOS(sys.argv[1], 'train', 4, ClipTransform(train=True, scales=(64,))); "
+        "pairs = expression_pairs(ds, 5); print(json.dumps([pairs(0), pairs(1)]))"
+    )
+    runs = []
+    for salt in ("1", "2"):
+        env = os.environ | {"PYTHONHASHSEED": salt}
+        result = subprocess.run([sys.executable, "-c", code, str(synth)], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=300, check=True)
+        runs.append(json.loads(result.stdout))
+    assert runs[0] == runs[1]
+    assert runs[0][0] and runs[0][0] != runs[0][1]  # pairs exist and change with the epoch
+
+
 class _StopAfter(Trainer):
     """A run that receives a stop request (as from SIGTERM) after the given step."""
 

@@ -268,7 +268,9 @@ def expression_pairs(dataset, seed: int):
         by_clip[(record.video, record.frame_id)].append(index)
 
     def pairs(epoch: int) -> list[list[int]]:
-        rng = random.Random(hash((seed, epoch, "pairs")))
+        # A str seed is hashed with SHA-512, the same in every process; hash() of a str is
+        # salted per process (PYTHONHASHSEED), which made runs and resumed runs differ.
+        rng = random.Random(f"{seed}:{epoch}:pairs")
         result = []
         for key in sorted(by_clip):
             indices = list(by_clip[key])

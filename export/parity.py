@@ -8,8 +8,8 @@ FP32 graphs are held to the maximum. FP16 graphs are held to the 0.99 quantile (
 ``--check-error-stat quantile --error-quantile``): the decoder's masked attention thresholds the
 previous layer's mask logits at 0, so a logit that half precision moves across 0 changes which
 pixels one query attends to, and that one query's outputs in that frame, by far more than
-rounding (measured on the tiny checkpoint: one of 195 query-frame slots, 0.5 % of the
-elements). A conversion fault (an overflow, a wrong cast) moves far more than 1 % of an output
+rounding (measured on a checkpoint of the tiny recipe: one of 195 query-frame slots, 0.5 % of
+the elements). A conversion fault (an overflow, a wrong cast) moves far more than 1 % of an output
 and still fails; the maximum is reported beside it. For mask and class logits the fraction on
 the same side of 0 (the same thresholded mask) is reported too, since that is what a user sees.
 """

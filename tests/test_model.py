@@ -156,23 +156,34 @@ def test_no_p2v_equals_cmie_with_silent_p2v(tiny_config, text_inputs):
     torch.testing.assert_close(silenced, reference, rtol=1e-3, atol=1e-3)
 
 
-def test_full_cmie_star_attends_jointly_and_costs_more(tiny_config):
-    from torch.utils.flop_counter import FlopCounterMode
-
+def test_full_cmie_star_attends_jointly_and_costs_more(tiny_config, monkeypatch):
+    """The attention FLOPs of the CMIE (QK^T and AV of every F.scaled_dot_product_attention call
+    inside it, counted from the operands' shapes: torch's FlopCounterMode misses the fused CPU
+    kernel in some releases)."""
     decoupled = make_model(tiny_config).eval().requires_grad_(False)
     full = make_model(tiny_config.replace(**{"cmie.mode": "full"})).eval().requires_grad_(False)
     assert {"sa_t", "p2v_t", "v2p_t"} <= module_names(decoupled)
     assert not {"sa_t", "p2v_t", "v2p_t"} & module_names(full)
     tokenizer = load_tokenizer(tiny_config)
     ids, mask = encode_texts(tokenizer, ["a red circle"])
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    inside, flops = [False], [0]
+
+    def counted(q, k, v, *args, **kwargs):
+        if inside[0]:
+            flops[0] += 2 * q.shape[:-1].numel() * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+        return sdpa(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
     cost = {}
     for name, model in (("decoupled", decoupled), ("full", full)):
-        with FlopCounterMode(display=False) as counter:
-            model(random_frames(1, 8, 128, 128), ids, mask)
-        ops = counter.get_flop_counts()["ProxyFormer.cmie"]
-        cost[name] = sum(v for op, v in ops.items() if "scaled_dot_product" in str(op))
+        model.cmie.register_forward_pre_hook(lambda *_: inside.__setitem__(0, True))
+        model.cmie.register_forward_hook(lambda *_: inside.__setitem__(0, False))
+        flops[0] = 0
+        model(random_frames(1, 8, 128, 128), ids, mask)
+        cost[name] = flops[0]
     # Attention cost: (T*S)^2 jointly against T*S^2 + S*T^2 decoupled; T=8, S=16+4 tokens.
-    assert cost["full"] > 3 * cost["decoupled"]
+    assert cost["decoupled"] > 0 and cost["full"] > 3 * cost["decoupled"], cost
 
 
 def test_no_proxy_keeps_queries_fixed_and_lets_text_reach_the_video(tiny_config, tokenizer):

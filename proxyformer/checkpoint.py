@@ -12,12 +12,13 @@ import logging
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from runtime.files import replace_directory
 
 from .config import ProxyFormerConfig, get_preset
 from .model import ProxyFormer, build_proxyformer
@@ -81,17 +82,7 @@ def _fsync(path: Path) -> None:
 
 def _replace_directory(staging: Path, target: Path) -> None:
     """Move ``staging`` to ``target``; an existing target is kept aside until the move is done."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-    os.replace(target, aside)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        os.replace(aside, target)  # put the previous checkpoint back
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
+    replace_directory(staging, target)
 
 
 def read_config(directory: str | Path) -> ProxyFormerConfig:

@@ -1,28 +1,29 @@
 """Which ONNX operators the TensorRT ONNX parser reads, and a report of a bundle's graphs.
 
-Source of the table: ``docs/operators.md`` of the ONNX-TensorRT parser (github.com/onnx/
-onnx-tensorrt), the revision that opens "TensorRT 10.15 supports operators in the inclusive
-range of opset 9 to opset 24". Its types column and the restrictions that can matter for an
-exported PyTorch model are kept below (shortened); ops the table marks "N" are unsupported.
+The operator table is data: ``export/tensorrt_ops.json`` (shipped as package data), taken from
+``docs/operators.md`` of the ONNX-TensorRT parser (github.com/onnx/onnx-tensorrt), the revision
+that opens "TensorRT 10.15 supports operators in the inclusive range of opset 9 to opset 24";
+its ``source`` and ``notes`` fields say where each fact comes from. This module loads and
+checks that file and walks graphs against it.
 
-Version notes (from the same repository's docs/operators.md history and docs/Changelog.md):
-- TensorRT 10.0's table covers opsets 9 to 20; 10.15's covers 9 to 24. The range check below
-  uses 9..24 and adds a warning above 20, since an older 10.x parser stops there.
-- ``RotaryEmbedding``, ``RMSNormalization`` and ``TensorScatter`` arrived in TensorRT 10.15.
-- The 8.x tables restricted ``Einsum`` (no ellipsis, no diagonal, no broadcasting between
-  inputs); 10.15 lists no restriction, so an ellipsis in an equation is only a warning.
-- INT8/INT4/FP8/FP4 exist only through Q/DQ quantization from a wider float type; UINT8 is
-  accepted only as a network input or output (our uint8 frames are a network input).
-
-A node outside the standard domain ("" or "ai.onnx") is a custom op: the parser needs a
-plugin for it, so it counts as unsupported. Calls of the model's local functions are expanded
-(the parser inlines local functions); subgraphs of If/Loop/Scan are walked.
+What the checker does beyond looking ops up:
+- The opset range check uses the table's 9..24 and warns above 20 (TensorRT 10.0's parser
+  stops there).
+- An ellipsis in an ``Einsum`` equation is only a warning (the 8.x parsers refused it; 10.15
+  lists no restriction).
+- A node outside the standard domain ("" or "ai.onnx") is a custom op: the parser needs a
+  plugin for it, so it counts as unsupported. Calls of the model's local functions are expanded
+  (the parser inlines local functions); subgraphs of If/Loop/Scan are walked.
+- Attribute-level restrictions (Resize modes, TopK ``sorted``, Q/DQ zero points, constant
+  reduction axes, ...) are checked per node.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,231 +32,55 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SOURCE = "onnx/onnx-tensorrt docs/operators.md, TensorRT 10.15 revision"
-TABLE_TENSORRT_VERSION = "10.15"
-OPSET_RANGE = (9, 24)  # inclusive, TensorRT 10.15's parser
-OPSET_RANGE_TENSORRT_10_0 = (9, 20)
-STANDARD_DOMAINS = ("", "ai.onnx")
+TABLE_NAME = "tensorrt_ops.json"
+_TABLE_KEYS = (
+    "source", "tensorrt_version", "opset_range", "opset_range_tensorrt_10_0", "standard_domains",
+    "supported", "unsupported", "resize_coordinate_transformation_modes", "resize_modes",
+    "resize_nearest_modes", "axes_initializer_ops",
+)  # fmt: skip
 
-_F = "FP32, FP16, BF16"
-_FI = "FP32, FP16, BF16, INT32, INT64"
-_FIB = "FP32, FP16, BF16, INT32, INT64, BOOL"
-_AXES_INIT = "`axes` must be an initializer"
-_AXES_CONST = "`axes` must resolve to a constant"
 
-# op type -> (supported Types column, restriction note). Supported by TensorRT 10.15's parser.
+def load_table(path: str | Path | None = None) -> dict:
+    """The operator table (``export/tensorrt_ops.json`` by default), checked for shape.
+
+    Raises ``ValueError`` naming the file and the field that is missing or malformed.
+    """
+    if path is None:
+        text = resources.files("export").joinpath(TABLE_NAME).read_text(encoding="utf-8")
+        where = f"export/{TABLE_NAME}"
+    else:
+        text, where = Path(path).read_text(encoding="utf-8"), str(path)
+    table = json.loads(text)
+    missing = [key for key in _TABLE_KEYS if key not in table]
+    if missing:
+        raise ValueError(f"{where}: missing fields {missing}")
+    for op, entry in table["supported"].items():
+        if not isinstance(entry, dict) or set(entry) != {"types", "note"}:
+            raise ValueError(f"{where}: supported[{op!r}] must be {{types, note}}, got {entry!r}")
+    both = sorted(set(table["supported"]) & set(table["unsupported"]))
+    if both:
+        raise ValueError(f"{where}: ops listed as supported and unsupported: {both}")
+    unknown = sorted(set(table["axes_initializer_ops"]) - set(table["supported"]))
+    if unknown:
+        raise ValueError(f"{where}: axes_initializer_ops not in supported: {unknown}")
+    return table
+
+
+_TABLE = load_table()
+SOURCE: str = _TABLE["source"]
+TABLE_TENSORRT_VERSION: str = _TABLE["tensorrt_version"]
+OPSET_RANGE: tuple[int, int] = tuple(_TABLE["opset_range"])  # inclusive
+OPSET_RANGE_TENSORRT_10_0: tuple[int, int] = tuple(_TABLE["opset_range_tensorrt_10_0"])
+STANDARD_DOMAINS: tuple[str, ...] = tuple(_TABLE["standard_domains"])
+# op type -> (supported Types column, restriction note)
 SUPPORTED: dict[str, tuple[str, str]] = {
-    "Abs": (_FI, ""),
-    "Acos": (_F, ""),
-    "Acosh": (_F, ""),
-    "Add": (_FI, ""),
-    "And": ("BOOL", ""),
-    "ArgMax": (_FI, ""),
-    "ArgMin": (_FI, ""),
-    "Asin": (_F, ""),
-    "Asinh": (_F, ""),
-    "Atan": (_F, ""),
-    "Atanh": (_F, ""),
-    "Attention": (
-        "FP32, FP16, BF16, INT8, FP8",
-        (
-            "Q, K, V and attn_mask 4D; no past_key/past_value/nonpad_kv_seqlen inputs, no "
-            "present_*/qk_matmul_output outputs, no qk_matmul_output_mode or softcap"
-        ),
-    ),
-    "AveragePool": (_F, "2D or 3D only; dilations empty or all ones"),
-    "BatchNormalization": (_F, ""),
-    "BlackmanWindow": ("FP32, FP16", ""),
-    "Cast": ("FP32, FP16, BF16, INT32, INT64, UINT8, BOOL", ""),
-    "CastLike": ("FP32, FP16, BF16, INT32, INT64, UINT8, BOOL", ""),
-    "Ceil": (_F, ""),
-    "Celu": (_F, ""),
-    "Clip": (_F, ""),
-    "Concat": (_FIB, ""),
-    "Constant": (
-        "FP32, FP16, BF16, FP8, FP4, INT4, INT32, INT64, BOOL",
-        "no sparse_value / value_string / value_strings",
-    ),
-    "ConstantOfShape": ("FP32, FP16, BF16, FP8, FP4, INT4, INT32, INT64, BOOL", ""),
-    "Conv": (_F, ""),
-    "ConvTranspose": (_F, ""),
-    "Cos": (_F, ""),
-    "Cosh": (_F, ""),
-    "CumSum": (_F, "`axis` must be a build-time constant"),
-    "DeformConv": ("FP32, FP16", "1D or 2D spatial input; symmetric pads per spatial axis"),
-    "DepthToSpace": (_FI, ""),
-    "DequantizeLinear": ("INT8, FP8, FP4, INT4", "`x_zero_point` must be zero"),
-    "Div": (_FI, ""),
-    "Dropout": (_F, "`is_training` must be an initializer equal to False"),
-    "Einsum": (
-        _F,
-        (
-            "no restriction listed for 10.15; TensorRT 8.x refused ellipsis, diagonal and "
-            "broadcasting between inputs"
-        ),
-    ),
-    "Elu": (_F, ""),
-    "Equal": (_FI, ""),
-    "Erf": (_F, ""),
-    "Exp": (_F, ""),
-    "Expand": (_FIB, ""),
-    "EyeLike": (_FIB, "input must have static dimensions"),
-    "Flatten": (_FIB, ""),
-    "Floor": (_F, ""),
-    "Gather": (_FIB, ""),
-    "GatherElements": (_FIB, ""),
-    "GatherND": (_FIB, ""),
-    "Gelu": ("FP32, FP16, BF16, INT8, INT32, INT64", ""),
-    "Gemm": (_F, ""),
-    "GlobalAveragePool": (_F, ""),
-    "GlobalLpPool": (_F, ""),
-    "GlobalMaxPool": (_F, ""),
-    "Greater": (_FI, ""),
-    "GreaterOrEqual": (_FI, ""),
-    "GridSample": ("FP32, FP16", "4D input only"),
-    "GroupNormalization": (_F, ""),
-    "GRU": (_F, "bidirectional: same activations both directions"),
-    "HammingWindow": ("FP32, FP16", ""),
-    "HannWindow": ("FP32, FP16", ""),
-    "HardSigmoid": (_F, ""),
-    "HardSwish": (_F, ""),
-    "Hardmax": (_F, "the `axis` dimension must be a build-time constant"),
-    "Identity": (_FIB, ""),
-    "If": (_FIB, "both branches' outputs: same rank, different names"),
-    "ImageScaler": (_F, ""),
-    "InstanceNormalization": (_F, ""),
-    "IsInf": (_F, ""),
-    "IsNaN": (_FI, ""),
-    "LayerNormalization": (_F, "only the first output Y"),
-    "LeakyRelu": (_F, ""),
-    "Less": (_FI, ""),
-    "LessOrEqual": (_FI, ""),
-    "Log": (_F, ""),
-    "LogSoftmax": (_F, ""),
-    "Loop": (_FIB, "scan outputs of static length; carried shapes constant across iterations"),
-    "LRN": (_F, ""),
-    "LSTM": (_F, "bidirectional: same activations both directions; input_forget=0; layout=0"),
-    "LpNormalization": (_F, ""),
-    "LpPool": (_F, "dilations empty or all ones"),
-    "MatMul": (_F, ""),
-    "Max": (_FI, ""),
-    "MaxPool": (_F, "2D or 3D only; no `Indices` output; dilations empty or all ones"),
-    "Mean": ("FP32, FP16, BF16, FP8, INT32, INT64", ""),
-    "MeanVarianceNormalization": (_F, ""),
-    "Min": (_FI, ""),
-    "Mish": ("FP32, FP16", ""),
-    "Mod": (_FI, ""),
-    "Mul": (_FI, ""),
-    "Neg": (_FI, ""),
-    "NonMaxSuppression": ("FP32, FP16", ""),
-    "NonZero": ("FP32, FP16", ""),
-    "Not": ("BOOL", ""),
-    "OneHot": (_FIB, "`depth` must be a build-time constant"),
-    "Or": ("BOOL", ""),
-    "Pad": (_FI, ""),
-    "ParametricSoftplus": (_F, ""),
-    "Pow": (_FI, ""),
-    "PRelu": (_F, ""),
-    "QuantizeLinear": (_F, "`y_zero_point` must be zero"),
-    "RandomNormal": (_F, "`seed` is ignored"),
-    "RandomNormalLike": (_F, "`seed` is ignored"),
-    "RandomUniform": (_F, "`seed` is ignored"),
-    "RandomUniformLike": (_F, "`seed` is ignored"),
-    "Range": (_FI, ""),
-    "Reciprocal": (_F, ""),
-    "ReduceL1": (_FI, _AXES_INIT),
-    "ReduceL2": (_FI, _AXES_INIT),
-    "ReduceLogSum": (_FI, _AXES_INIT),
-    "ReduceLogSumExp": (_FI, _AXES_INIT),
-    "ReduceMax": (_FI, _AXES_INIT),
-    "ReduceMean": (_FI, _AXES_INIT),
-    "ReduceMin": (_FI, _AXES_INIT),
-    "ReduceProd": (_FI, _AXES_INIT),
-    "ReduceSum": (_FI, _AXES_INIT),
-    "ReduceSumSquare": (_FI, _AXES_INIT),
-    "Relu": (_FI, ""),
-    "Reshape": (_FIB, ""),
-    "Resize": (
-        _F,
-        (
-            "coordinate modes half_pixel, pytorch_half_pixel, tf_half_pixel_for_nn, "
-            "asymmetric, align_corners; modes nearest, linear (no cubic); nearest modes floor, "
-            "ceil, round_prefer_floor, round_prefer_ceil; aspect policy stretch; no antialias; "
-            "tensor `scales` need `axes` = 0..rank-1"
-        ),
-    ),
-    "ReverseSequence": (_FIB, ""),
-    "RMSNormalization": (_F, "new in TensorRT 10.15"),
-    "RNN": (_F, "bidirectional: same activations both directions"),
-    "RoiAlign": ("FP32, FP16", ""),
-    "RotaryEmbedding": (_F, "`position_ids` INT64; new in TensorRT 10.15"),
-    "Round": (_F, ""),
-    "STFT": ("FP32", "`frame_step` and `window` initializers; real input"),
-    "ScaledTanh": (_F, ""),
-    "Scan": (_F, ""),
-    "Scatter": (_FI, ""),
-    "ScatterElements": (_FI, ""),
-    "ScatterND": (_FI, "`reduction` must be none"),
-    "Selu": (_F, ""),
-    "Shape": (_FIB, ""),
-    "Shrink": (_FI, ""),
-    "Sigmoid": (_F, ""),
-    "Sign": (_FI, ""),
-    "Sin": (_F, ""),
-    "Sinh": (_F, ""),
-    "Size": (_FIB, ""),
-    "Slice": (_FIB, ""),
-    "Softmax": (_F, ""),
-    "Softplus": (_F, ""),
-    "Softsign": (_F, ""),
-    "SpaceToDepth": (_FI, ""),
-    "Split": (_FIB, ""),
-    "Sqrt": (_F, ""),
-    "Squeeze": (_FIB, _AXES_CONST),
-    "Sub": (_FI, ""),
-    "Sum": (_FI, ""),
-    "Tan": (_F, ""),
-    "Tanh": (_F, ""),
-    "TensorScatter": (
-        "FP32, FP16, BF16, INT32",
-        "`past_cache` and `update` 4D, axis -2; new in TensorRT 10.15",
-    ),
-    "ThresholdedRelu": (_F, ""),
-    "Tile": (_FIB, ""),
-    "TopK": (_FI, "`sorted` must be 1; K < 3840"),
-    "Transpose": (_FIB, ""),
-    "Trilu": (_FIB, ""),
-    "Unsqueeze": (_FIB, _AXES_CONST),
-    "Upsample": (_F, ""),
-    "Where": (_FIB, ""),
-    "Xor": ("BOOL", ""),
+    op: (entry["types"], entry["note"]) for op, entry in _TABLE["supported"].items()
 }
-
-# Marked "N" in the table.
-UNSUPPORTED: dict[str, str] = {
-    op: "not supported by the TensorRT ONNX parser"
-    for op in (
-        "AffineGrid", "Bernoulli", "BitShift", "BitwiseAnd", "BitwiseNot", "BitwiseOr",
-        "BitwiseXor", "CenterCropPad", "Col2Im", "Compress", "ConcatFromSequence", "ConvInteger",
-        "DFT", "Det", "ImageDecoder", "MatMulInteger", "MaxRoiPool", "MaxUnpool",
-        "MelWeightMatrix", "Multinomial", "NegativeLogLikelihoodLoss", "Optional",
-        "OptionalGetElement", "OptionalHasElement", "QLinearConv", "QLinearMatMul",
-        "RegexFullMatch", "SequenceAt", "SequenceConstruct", "SequenceEmpty", "SequenceErase",
-        "SequenceInsert", "SequenceLength", "SequenceMap", "SoftmaxCrossEntropyLoss",
-        "SplitToSequence", "StringConcat", "StringNormalizer", "StringSplit", "TfIdfVectorizer",
-        "Unique",
-    )
-}  # fmt: skip
-UNSUPPORTED["DynamicQuantizeLinear"] = (
-    "not supported; export static Q/DQ (calibration) instead of dynamic quantization"
-)
-
-_RESIZE_COORDINATE_MODES = {
-    "half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners",
-}  # fmt: skip
-_RESIZE_MODES = {"nearest", "linear"}
-_RESIZE_NEAREST_MODES = {"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"}
-_REDUCE_OPS = {op for op, (_, note) in SUPPORTED.items() if note == _AXES_INIT}
+UNSUPPORTED: dict[str, str] = dict(_TABLE["unsupported"])
+_RESIZE_COORDINATE_MODES = frozenset(_TABLE["resize_coordinate_transformation_modes"])
+_RESIZE_MODES = frozenset(_TABLE["resize_modes"])
+_RESIZE_NEAREST_MODES = frozenset(_TABLE["resize_nearest_modes"])
+_REDUCE_OPS = frozenset(_TABLE["axes_initializer_ops"])
 
 
 def op_support(op_type: str, domain: str = "") -> tuple[bool, str, str]:

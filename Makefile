@@ -33,19 +33,19 @@ summary: setup
 
 # The shipped tiny checkpoint: synthetic data, training on the CPU in two stages, evaluation,
 # copy. Stage 1 trains the whole model without the video-level selection module; stage 2
-# (training/train_selection.py) adds it (decoder.video_select) and trains only the class path
+# (training/train_selection.py) adds it (extensions.video_select) and trains only the class path
 # on the frozen stage-1 model: what that path reads is cached once per expression on whole
 # videos (and mirrored), then trained for many epochs. Masks and boxes stay those of stage 1.
-# JSC is off in stage 1 (--jsc-weight 0): on this data it costs mask quality that the shape-
-# aware selection of stage 2 no longer needs it to make up for (README: the ablation table).
+# JSC is off in stage 1 (--jsc-weight 0): on this data it lowers the mask quality of the best
+# query more than it helps the class scores pick it (docs/experiments/tiny-synthetic.md).
 SYNTH ?= data/synth
 CKPT_RUN ?= runs/tiny-synthetic
 CKPT_OUT ?= checkpoints/tiny-synthetic
-TRAIN_RECIPE ?= --preset tiny --epochs 100 --max-steps 2000 --batch-size 4 --num-frames 4 \
+TRAIN_RECIPE ?= --preset tiny-synthetic --epochs 100 --max-steps 2000 --batch-size 4 --num-frames 4 \
 	--lr 5e-4 --lr-backbone 5e-4 --lr-drop 100 --train-scales 128 --save-every 250 \
 	--log-every 25 --workers 0 --seed 42 --pair-expressions --cls-target iou --lr-drop-steps 1600 \
-	--jsc-weight 0 --set decoder.video_select=false
-SELECT_RECIPE ?= --set decoder.video_select=true --epochs 20 --batch-size 8 --lr 5e-4 --seed 42
+	--jsc-weight 0 --set extensions.video_select=false
+SELECT_RECIPE ?= --set extensions.video_select=true --epochs 20 --batch-size 8 --lr 5e-4 --seed 42
 
 data: setup
 	$(PY) -m training.data.synthetic --out $(SYNTH) --videos 400 --frames 12 --size 128x224 --seed 0

@@ -7,7 +7,8 @@ from the config alone.
 Presets follow the paper (Sec. IV-B): C=256, K=4 CMIE modules, N=5 proxy queries per frame,
 8 attention heads, 3 decoder layers, RoBERTa-base text encoder, Video-Swin with temporal patch
 size 1 (as in ReferFormer). ``tiny`` is the same architecture shrunk to ~1.5 M parameters so
-it trains on two CPU cores.
+it trains on two CPU cores. ``tiny-synthetic`` adds the options of ``proxyformer/extensions``
+(not in the paper) and is the preset of the shipped demo checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .extensions.config import (
+    OPTION_NAMES,
+    REMOVED_OPTIONS,
+    ExtensionsConfig,
+    migrate_decoder_options,
+    tiny_synthetic_options,
+)
 
 BACKBONES = ("resnet50", "video-swin-t", "video-swin-b", "tiny-cnn")
 TEXT_ENCODERS = ("roberta", "tiny-roberta")
@@ -99,32 +108,6 @@ class DecoderConfig:
     ffn_dim: int = 2048
     dropout: float = 0.0
     mask_dim: int = 256  # channels of F_seg and of each dynamic kernel
-    # Cross-attention values carry the 2-D position of the video tokens (value = F_v + pos), so
-    # a query knows where the object it reads is (boxes, "on the left"); DETR adds pos to keys only.
-    value_pos: bool = False
-    # F_seg gains a learned projection of its pixels' 2-D sine position (CoordConv-like, as
-    # ReferFormer's relative coordinates), so a dynamic kernel can prefer a location.
-    seg_pos: bool = False
-    # Each decoder layer also cross-attends to the text features F_t, so the query that found
-    # an object can check it against the expression before the class head scores it.
-    text_attn: bool = False
-    # The class head also reads F_seg pooled under the query's own (soft) mask, so it scores
-    # the object the query segments rather than the query's slot.
-    mask_pool: bool = False
-    # Mask2Former's masked attention: each decoder layer's query reads only the video tokens
-    # inside the mask predicted from its previous state (everywhere when that mask is empty).
-    masked_attn: bool = False
-    # The class head scores each query from the whole video rather than one frame: the centre,
-    # size and motion of its (detached) mask in every frame are embedded into its class input,
-    # then one attention layer over the video's T x N query tokens (so "moving left", "on the
-    # right" and "above the green triangle" can be compared across frames and queries) and a
-    # cross-attention to the text precede the class MLP, and a bilinear term scores the result
-    # against the sentence's mean feature. Masks and boxes are unchanged.
-    video_select: bool = False
-    # With video_select: the embedded geometry also holds the shape of each query's mask
-    # (skewness and kurtosis along x, y and the diagonals, heads.mask_shape), so "the diamond"
-    # can be told from the square or triangle beside it of the same colour, size and motion.
-    shape_moments: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,6 +129,8 @@ class ProxyFormerConfig:
     # ReferFormer's early vision-language fusion, kept by ProxyFormer's baseline: every
     # backbone level is gated by its attention to the text (x * MHA(x, F_t)) before CMIE/FPN.
     text_fusion: bool = True
+    # Options beyond the paper (``proxyformer/extensions``); all off in the paper presets.
+    extensions: ExtensionsConfig = field(default_factory=ExtensionsConfig)
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.cmie.num_heads or self.hidden_dim % self.decoder.num_heads:
@@ -161,6 +146,8 @@ class ProxyFormerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProxyFormerConfig:
+        if isinstance(data, dict):
+            data = migrate_decoder_options(data, "config")
         return _from_dict(cls, data, "config")
 
     def to_json(self) -> str:
@@ -190,12 +177,27 @@ class ProxyFormerConfig:
         for section, fields in nested.items():
             if not hasattr(self, section) or not dataclasses.is_dataclass(getattr(self, section)):
                 raise ValueError(f"unknown config section {section!r}")
+            _check_moved(section, fields)
             top[section] = dataclasses.replace(getattr(self, section), **fields)
         return dataclasses.replace(self, **top)
 
     def diff(self, other: ProxyFormerConfig, names: tuple[str, str] = ("a", "b")) -> list[str]:
         """Human-readable differences, e.g. ``["hidden_dim: a=64, b=256"]``."""
         return _diff(self.to_dict(), other.to_dict(), "", names)
+
+
+def _check_moved(section: str, fields: dict[str, Any]) -> None:
+    """Name the new key of an option that left the ``decoder`` section (``--set`` users)."""
+    if section != "decoder":
+        return
+    for name in fields:
+        if name in OPTION_NAMES:
+            raise ValueError(
+                f"decoder.{name} moved to extensions.{name} (options beyond the paper live in "
+                "the 'extensions' section)"
+            )
+        if name in REMOVED_OPTIONS:
+            raise ValueError(f"decoder.{name} was removed (it encoded the synthetic shapes)")
 
 
 def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
@@ -233,6 +235,7 @@ _NESTED = {
     (ProxyFormerConfig, "text"): TextConfig,
     (ProxyFormerConfig, "cmie"): CMIEConfig,
     (ProxyFormerConfig, "decoder"): DecoderConfig,
+    (ProxyFormerConfig, "extensions"): ExtensionsConfig,
 }
 
 
@@ -261,7 +264,9 @@ def paper_swin_b() -> ProxyFormerConfig:
 
 
 def tiny() -> ProxyFormerConfig:
-    """The same architecture at ~1.68 M parameters: small CNN, 2-layer text encoder, K=2."""
+    """The paper's architecture shrunk to ~1.5 M parameters so that it trains and exports on
+    two CPU cores: a small CNN backbone, a 2-layer text encoder, K=2 CMIE modules, 2 decoder
+    layers, C=64. The decoder and heads are the paper's (no ``extensions``)."""
     return ProxyFormerConfig(
         name="tiny",
         hidden_dim=64,
@@ -279,16 +284,14 @@ def tiny() -> ProxyFormerConfig:
             dropout=0.0,
         ),
         cmie=CMIEConfig(num_layers=2, num_heads=4, ffn_dim=256),
-        # The decoder options that let a model trained from scratch for minutes on a CPU
-        # ground the expression: position-aware values, coordinates in F_seg, text
-        # cross-attention, mask-pooled class scores, masked attention and video-level query
-        # selection with the masks' shape moments (see DecoderConfig).
-        decoder=DecoderConfig(
-            num_layers=2, num_heads=4, ffn_dim=256, mask_dim=32, value_pos=True, seg_pos=True,
-            text_attn=True, mask_pool=True, masked_attn=True, video_select=True,
-            shape_moments=True,
-        ),
+        decoder=DecoderConfig(num_layers=2, num_heads=4, ffn_dim=256, mask_dim=32),
     )
+
+
+def tiny_synthetic() -> ProxyFormerConfig:
+    """``tiny`` with every option of ``proxyformer/extensions`` on: the preset of the shipped
+    demo checkpoint, trained from scratch on the synthetic set in minutes on a CPU."""
+    return dataclasses.replace(tiny(), name="tiny-synthetic", extensions=tiny_synthetic_options())
 
 
 PRESETS = {
@@ -296,6 +299,7 @@ PRESETS = {
     "paper-swin-t": paper_swin_t,
     "paper-swin-b": paper_swin_b,
     "tiny": tiny,
+    "tiny-synthetic": tiny_synthetic,
 }
 
 

@@ -28,8 +28,8 @@ from torch import nn
 from .backbone import STRIDES, build_backbone
 from .cmie import CMIE
 from .config import ProxyFormerConfig
-from .decoder import QueryDecoder, SegFPN, group_count
-from .heads import JointSemantics, PredictionHeads, VideoSelection
+from .decoder import DecoderLayer, QueryDecoder, SegFPN, group_count
+from .heads import JointSemantics, PredictionHeads
 from .layers import TextFusion, masked_mean, sine_position_2d, temporal_position
 from .text import TextEncoder
 
@@ -174,27 +174,9 @@ class ProxyFormer(nn.Module):
         seg_flat = self.fpn(maps)  # (B*T, D, H/4, W/4)
         seg = rearrange(seg_flat, "(b t) d h w -> b t d h w", b=batch)
 
-        mask_fn = None
-        if self.config.decoder.masked_attn:
-
-            def mask_fn(queries: torch.Tensor) -> torch.Tensor:
-                """(B*T, N, C) queries -> (B*T, N, S) bool: video tokens inside their mask."""
-                kernels = self.heads.kernel_head(queries)  # (B*T, N, D)
-                logits = (kernels @ seg_flat.flatten(-2)).detach()  # (B*T, N, hw)
-                logits = logits.flatten(0, 1).unflatten(-1, seg_flat.shape[-2:])[:, None]
-                attend = torch.cat(
-                    [
-                        F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-                        .flatten(1)
-                        for size in sizes
-                    ],
-                    dim=1,
-                ).unflatten(0, queries.shape[:2]) > 0  # (B*T, N, S)
-                return attend | ~attend.any(dim=-1, keepdim=True)  # an empty mask reads all
-
         # Without proxy interaction (use_proxy=False) CMIE returns the learned queries unchanged.
-        layer_outputs = self.decoder(
-            proxy, video, space_pos, text_features, text_mask, mask_fn
+        layer_outputs = self.decode_queries(
+            proxy, video, space_pos, text_features, text_mask, seg_flat, sizes
         )
         if not aux:
             layer_outputs = layer_outputs[-1:]  # inference: the heads on the last layer only
@@ -213,6 +195,12 @@ class ProxyFormer(nn.Module):
         text_gap = masked_mean(text_features, text_mask, dim=1)  # (B, C)
         out["joint_semantics"] = self.jsc(video_gap, text_gap)
         return out
+
+    def decode_queries(self, proxy, video, space_pos, text, text_mask, seg_flat, sizes):
+        """The decoder over the proxies Q^K (B, T, N, C) and F_v^K (B, T, S, C) -> one
+        (B, T, N, C) output per layer. The paper's decoder reads neither the text nor F_seg;
+        ``proxyformer.extensions`` overrides this to pass them on."""
+        return self.decoder(proxy, video, space_pos)
 
     @staticmethod
     def _fuse_text(fusion, level, text, text_mask) -> torch.Tensor:
@@ -286,26 +274,22 @@ def build_proxyformer(
         text_weights: a local RoBERTa directory or a model id already in the HF cache.
             Without it RoBERTa starts from random weights; nothing is downloaded.
     """
+    if config.extensions.enabled:
+        # Options beyond the paper: a subclass with its own decoder and heads (imported here
+        # because it subclasses ProxyFormer).
+        from .extensions.model import build_extended_proxyformer
+
+        return build_extended_proxyformer(config, backbone_weights, text_weights)
     dim = config.hidden_dim
     return ProxyFormer(
         config,
         backbone=build_backbone(config.backbone, backbone_weights),
         text_encoder=TextEncoder(config.text, dim, text_weights),
         cmie=CMIE(dim, config.num_queries, config.cmie),
-        fpn=SegFPN(
-            dim, len(STRIDES), config.decoder.mask_dim, position=config.decoder.seg_pos
+        fpn=SegFPN(dim, len(STRIDES), config.decoder.mask_dim),
+        decoder=QueryDecoder(
+            dim, [DecoderLayer(dim, config.decoder) for _ in range(config.decoder.num_layers)]
         ),
-        decoder=QueryDecoder(dim, config.decoder),
-        heads=PredictionHeads(
-            dim,
-            config.decoder.mask_dim,
-            config.decoder.mask_pool,
-            selection=VideoSelection(
-                dim, config.num_queries, config.decoder.num_heads, config.decoder.ffn_dim,
-                shape=config.decoder.shape_moments,
-            )
-            if config.decoder.video_select
-            else None,
-        ),
+        heads=PredictionHeads(dim, config.decoder.mask_dim),
         jsc=JointSemantics(dim),
     )

@@ -7,7 +7,6 @@ import torch
 from conftest import make_model, random_frames
 
 from proxyformer.config import get_preset
-from proxyformer.heads import GEOMETRY_FEATURES, SHAPE_FEATURES, mask_geometry, mask_shape
 from proxyformer.text import encode_texts, load_tokenizer
 
 
@@ -27,7 +26,9 @@ def check_output_shapes(out, batch, frames, queries, height, width, dim, decoder
         assert torch.isfinite(out[key]).all(), key
 
 
-@pytest.mark.parametrize("preset", ["tiny", "paper-r50", "paper-swin-t", "paper-swin-b"])
+@pytest.mark.parametrize(
+    "preset", ["tiny", "tiny-synthetic", "paper-r50", "paper-swin-t", "paper-swin-b"]
+)
 def test_every_preset_at_a_small_input(preset):
     config = get_preset(preset)
     model = make_model(config).eval()
@@ -82,16 +83,6 @@ def test_output_is_deterministic_in_eval(tiny_model, text_inputs):
     assert torch.equal(a["pred_masks"], b["pred_masks"])
 
 
-# The DETR-style decoder of the paper presets (the tiny preset switches every option on).
-PLAIN_DECODER = {
-    f"decoder.{name}": False
-    for name in (
-        "value_pos", "seg_pos", "text_attn", "mask_pool", "masked_attn", "video_select",
-        "shape_moments",
-    )
-}  # fmt: skip
-
-
 def all_outputs_sum(out):
     total = out["video_queries"].sum() + out["joint_semantics"].sum()
     for pred in [out, *out["aux_outputs"]]:
@@ -100,13 +91,13 @@ def all_outputs_sum(out):
 
 
 @pytest.mark.parametrize(
-    "overrides",
-    [{}, {"cmie.mode": "full"}, {"cmie.use_p2v": False}, {"cmie.use_proxy": False},
-     PLAIN_DECODER],
-    ids=["cmie", "cmie-full", "no-p2v", "no-proxy", "plain-decoder"],
-)
-def test_gradients_reach_every_trainable_parameter(tiny_config, text_inputs, overrides):
-    model = make_model(tiny_config.replace(**overrides)).train()
+    "preset,overrides",
+    [("tiny", {}), ("tiny", {"cmie.mode": "full"}), ("tiny", {"cmie.use_p2v": False}),
+     ("tiny", {"cmie.use_proxy": False}), ("tiny-synthetic", {})],
+    ids=["cmie", "cmie-full", "no-p2v", "no-proxy", "extensions"],
+)  # fmt: skip
+def test_gradients_reach_every_trainable_parameter(text_inputs, preset, overrides):
+    model = make_model(get_preset(preset, **overrides)).train()
     out = model(random_frames(), *text_inputs)
     all_outputs_sum(out).backward()
     dead = [
@@ -273,182 +264,3 @@ def test_bad_dtypes_and_empty_masks(tiny_model):
 def test_normalize_accepts_uint8_and_unit_floats(tiny_model):
     clip = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     torch.testing.assert_close(tiny_model.normalize(clip), tiny_model.normalize(clip / 255.0))
-
-
-def test_decoder_options_are_on_for_tiny_and_off_for_the_paper_presets(tiny_config):
-    for name in PLAIN_DECODER:
-        name = name.removeprefix("decoder.")
-        assert getattr(tiny_config.decoder, name) is True, name
-        assert getattr(get_preset("paper-swin-t").decoder, name) is False, name
-    plain = make_model(tiny_config.replace(**PLAIN_DECODER))
-    assert plain.fpn.pos_proj is None and plain.heads.pool_proj is None
-    assert plain.heads.selection is None
-    assert all(layer.text_attn is None for layer in plain.decoder.layers)
-
-
-def test_masked_attention_reads_only_inside_the_mask(tiny_model, text_inputs):
-    """Every decoder layer gets, per query, the video tokens inside its previous mask; a query
-    whose mask is empty reads everything (no all-masked softmax row)."""
-    seen = []
-    decoder = tiny_model.decoder
-    original = type(decoder.layers[0]).forward
-
-    def spy(layer, queries, memory, memory_pos, text=None, text_mask=None, attend=None):
-        seen.append(attend)
-        return original(layer, queries, memory, memory_pos, text, text_mask, attend)
-
-    frames = random_frames(2, 3, 64, 96)
-    try:
-        for layer in decoder.layers:
-            layer.forward = spy.__get__(layer)
-        with torch.no_grad():
-            out = tiny_model(frames, *text_inputs)
-    finally:
-        for layer in decoder.layers:
-            del layer.forward
-    tokens = 2 * 3 + 4 * 6  # the CMIE levels, strides 32 and 16
-    assert len(seen) == len(decoder.layers)
-    for attend in seen:
-        assert attend.dtype == torch.bool and attend.shape == (2 * 3, 5, tokens)
-        assert bool(attend.any(dim=-1).all())  # never an empty row
-    # The second layer's mask is the first layer's prediction at the CMIE token grids
-    # (coarsest first, as the tokens are), thresholded at probability 0.5.
-    first = out["aux_outputs"][0]["pred_masks"].flatten(0, 1)  # (B*T, N, h, w)
-    inside = torch.cat(
-        [
-            torch.nn.functional.interpolate(first, size=size, mode="bilinear").flatten(-2)
-            for size in [(2, 3), (4, 6)]
-        ],
-        dim=-1,
-    ) > 0
-    assert torch.equal(seen[1], inside | ~inside.any(dim=-1, keepdim=True))
-
-
-def test_mask_pooled_class_scores_follow_the_mask(tiny_model):
-    """The class head reads F_seg under the query's own mask: moving the mask changes it."""
-    heads = tiny_model.heads
-    text = torch.randn(1, 4, 64)
-    text_mask = torch.ones(1, 4, dtype=torch.bool)
-    queries = torch.randn(1, 1, 5, 64)
-    seg = torch.randn(1, 1, 32, 8, 8)
-    base = heads(queries, seg, text, text_mask)["pred_logits"]
-    seg_moved = seg.clone()
-    seg_moved[..., :4, :] = seg[..., 4:, :]  # only the features change, queries do not
-    assert not torch.allclose(base, heads(queries, seg_moved, text, text_mask)["pred_logits"])
-
-
-def test_mask_geometry_of_a_square_moving_right():
-    """Centre, size and velocity of a 2x2 square stepping 2 cells right per frame on an 8x8
-    grid, computed by hand: centres x = 1/8, 3/8, 5/8 (cell centres), y = 3/8; velocities are
-    tanh(displacement per frame / 0.03)."""
-    weights = torch.zeros(1, 3, 1, 8, 8)
-    for t in range(3):
-        weights[0, t, 0, 2:4, 2 * t : 2 * t + 2] = 1.0
-    geometry = mask_geometry(weights.flatten(-2), 8, 8)[0, :, 0]
-    vx = math.tanh(0.25 / 0.03)
-    row = [3 / 8, 0.25, vx, 0.0, 3 / 8, 3 / 8, vx, 0.0]  # cy, sqrt(area), v, video centre, v
-    expected = torch.tensor([[1 / 8, *row], [3 / 8, *row], [5 / 8, *row]])
-    torch.testing.assert_close(geometry, expected, atol=1e-5, rtol=0)
-    # One frame: no motion; the video-level centre is that frame's.
-    single = mask_geometry(weights[:, 2:].flatten(-2), 8, 8)[0, 0, 0]
-    torch.testing.assert_close(single[[3, 4, 7, 8]], torch.zeros(4))
-    torch.testing.assert_close(single[5:7], torch.tensor([5 / 8, 3 / 8]))
-    # Reversed in time, the square moves left; a slow drift is not saturated.
-    backwards = mask_geometry(weights.flip(1).flatten(-2), 8, 8)[0, :, 0]
-    torch.testing.assert_close(backwards[:, 3], torch.full((3,), -vx))
-    slow = torch.zeros(1, 2, 1, 100, 100)
-    slow[0, 0, 0, 40:60, 40:60] = 1.0
-    slow[0, 1, 0, 40:60, 41:61] = 1.0  # 0.01 of the width in one frame
-    drift = mask_geometry(slow.flatten(-2), 100, 100)[0, 0, 0, 3]
-    assert abs(float(drift) - math.tanh(0.01 / 0.03)) < 1e-4
-
-
-def _shapes(height: int, width: int, cx: float, cy: float, r: float) -> torch.Tensor:
-    """A square, a diamond, a disc and an upward triangle of radius ``r`` around (cx, cy), and
-    an empty mask, as (1, 1, 5, h*w) binary weights."""
-    ys, xs = torch.meshgrid(
-        torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij"
-    )  # fmt: skip
-    dx, dy = xs - cx, ys - cy
-    square = (dx.abs() < r) & (dy.abs() < r)
-    diamond = (dx.abs() + dy.abs()) < r * 2**0.5
-    disc = dx**2 + dy**2 < r**2
-    triangle = (dy > -r) & (dy < r) & (dx.abs() < (dy + r) * 0.6)  # apex up, base down
-    masks = torch.stack((square, diamond, disc, triangle, torch.zeros_like(square)))
-    return masks.float().reshape(1, 1, 5, -1)
-
-
-def test_mask_shape_tells_squares_diamonds_discs_and_triangles_apart():
-    """Kurtosis - 2 of a uniform square's x/y projections is -0.2 (uniform) and of its
-    diagonal ones +0.4 (triangular); a diamond is the same square turned by 45 degrees; a disc
-    is near 0 on every axis; a triangle with its apex up is skewed to the top (negative y)."""
-    shape = mask_shape(_shapes(40, 40, 20, 20, 8), 40, 40)[0, 0]  # (5, SHAPE_FEATURES)
-    assert shape.shape == (5, SHAPE_FEATURES)
-    skew, kurtosis = shape[:, :4], shape[:, 4:]
-    expected = torch.tensor([[-0.2, -0.2, 0.4, 0.4], [0.4, 0.4, -0.2, -0.2], [0.0, 0.0, 0.0, 0.0]])
-    torch.testing.assert_close(kurtosis[:3], expected, atol=0.05, rtol=0)
-    torch.testing.assert_close(skew[:3], torch.zeros(3, 4), atol=0.02, rtol=0)
-    assert skew[3, 1] < -0.3 and abs(float(skew[3, 0])) < 0.02
-    torch.testing.assert_close(shape[4], torch.tensor([0.0] * 4 + [-2.0] * 4))  # empty
-    # Neither the place nor the size matters (up to the grid), nor the width of the map.
-    moved = mask_shape(_shapes(48, 80, 55, 30, 12), 48, 80)[0, 0]
-    torch.testing.assert_close(moved[:4], shape[:4], atol=0.06, rtol=0)
-    # FP16 (as in an FP16 engine) gives the same values.
-    half = mask_shape(_shapes(40, 40, 20, 20, 8).half(), 40, 40)[0, 0].float()
-    torch.testing.assert_close(half, shape, atol=0.02, rtol=0)
-    # No threshold: cells near w = 0.5 (a mask's rim, where precisions disagree) move the values
-    # a little, and a faint background (w < 0.5) not at all.
-    soft = _shapes(40, 40, 20, 20, 8) * 0.5 + 0.25 + 0.01 * torch.rand(1, 1, 5, 1600)
-    nudged = soft + 0.005 * torch.randn_like(soft)
-    values = mask_shape(soft, 40, 40)[0, 0, :4]
-    torch.testing.assert_close(mask_shape(nudged, 40, 40)[0, 0, :4], values, atol=0.05, rtol=0)
-    torch.testing.assert_close(values, shape[:4], atol=0.05, rtol=0)
-    # A faint speck of mask far from the object (w just above 0.5) barely moves a fourth power.
-    speck = _shapes(40, 40, 20, 20, 8).reshape(5, 40, 40)
-    speck[:, 37, 2] = 0.55
-    moved = mask_shape(speck.reshape(1, 1, 5, -1), 40, 40)[0, 0, :4]
-    torch.testing.assert_close(moved, shape[:4], atol=0.1, rtol=0)
-
-
-def test_shape_moments_widen_the_selection_geometry(tiny_config):
-    """``decoder.shape_moments`` appends ``mask_shape`` to the geometry the selection embeds
-    (its MLP is wider); without it the geometry is ``mask_geometry`` alone."""
-    config = tiny_config.replace(**{"decoder.video_select": True, "decoder.shape_moments": True})
-    heads = make_model(config).heads
-    assert heads.selection.geometry_proj.layers[0].in_features == GEOMETRY_FEATURES + SHAPE_FEATURES
-    logits = torch.full((1, 1, 5, 40 * 40), -10.0)
-    logits[_shapes(40, 40, 20, 20, 8) > 0] = 10.0
-    inputs = heads.class_inputs(logits, torch.randn(1, 1, 32, 40, 40))
-    assert inputs["geometry"].shape == (1, 1, 5, GEOMETRY_FEATURES + SHAPE_FEATURES)
-    torch.testing.assert_close(
-        inputs["geometry"][..., GEOMETRY_FEATURES:], mask_shape(logits.sigmoid(), 40, 40)
-    )
-    plain = make_model(tiny_config.replace(**{"decoder.shape_moments": False})).heads
-    assert plain.selection.geometry_proj.layers[0].in_features == GEOMETRY_FEATURES
-
-
-def test_video_selection_scores_read_the_other_frames_and_the_text(tiny_config):
-    """With ``video_select`` a frame's class scores depend on the other frames' masks and on
-    the expression; without it (mask pooling alone) they depend on that frame only."""
-    torch.manual_seed(0)
-    text = torch.randn(1, 4, 64)
-    text_mask = torch.ones(1, 4, dtype=torch.bool)
-    queries = torch.randn(1, 3, 5, 64)
-    seg = torch.randn(1, 3, 32, 8, 8)
-    seg_later = seg.clone()
-    seg_later[:, 1:] = seg[:, 1:].roll(3, dims=-1)  # frames 1 and 2 change, frame 0 does not
-    for video_select in (True, False):
-        heads = make_model(tiny_config.replace(**{"decoder.video_select": video_select})).heads
-        with torch.no_grad():
-            base = heads(queries, seg, text, text_mask)["pred_logits"]
-            later = heads(queries, seg_later, text, text_mask)["pred_logits"]
-            other_text = heads(queries, seg, torch.randn_like(text), text_mask)["pred_logits"]
-        assert torch.allclose(base[:, 0], later[:, 0]) is not video_select
-        assert torch.allclose(base, other_text) is not video_select
-        # masks and boxes never depend on the selection
-        torch.testing.assert_close(
-            heads(queries, seg, text, text_mask)["pred_masks"][:, 0],
-            heads(queries, seg_later, text, text_mask)["pred_masks"][:, 0],
-        )
-    with pytest.raises(ValueError, match="needs the text"):
-        make_model(tiny_config).heads(queries, seg)

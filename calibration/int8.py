@@ -2,7 +2,7 @@
 each with its agreement against FP32 on held-out clips; and the per-node sensitivity pass.
 
 Agreement is measured the way a user sees the output: for every held-out clip and expression
-the FP32 and INT8 graphs each pick their query (DESIGN.md's rule) and threshold its mask; the
+the FP32 and INT8 graphs each pick their query (``runtime.selection``) and threshold its mask; the
 IoU of the two mask tracks, averaged, is the figure (plus how often the same query wins and
 the largest mask-logit difference). J&F against the ground truth is ``benchmarks/accuracy.py``.
 """
@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from runtime.backends import load_backend
 from runtime.manifest import Manifest, atomic_write_text
+from runtime.selection import chosen_tracks, select_queries
 
 from .data import CalibrationSet, build_calibration_set
 from .quantize import (
@@ -34,10 +35,10 @@ log = logging.getLogger(__name__)
 
 
 def select(logits: np.ndarray, mask_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best query per expression and its stride-4 mask logits: (E,), (E, T, h, w)."""
-    probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    best = probabilities.mean(axis=1).argmax(axis=1)
-    return best, mask_logits[np.arange(len(best)), :, best]
+    """Best query per expression (``runtime.selection``) and its stride-4 mask logits:
+    (E,), (E, T, h, w)."""
+    best, _ = select_queries(logits)
+    return best, chosen_tracks(mask_logits, best)
 
 
 def agreement(

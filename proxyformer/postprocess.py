@@ -1,14 +1,16 @@
-"""Inference post-processing (DESIGN.md): from raw outputs to one mask track per expression.
+"""Inference post-processing in PyTorch: from raw outputs to one mask track per expression.
 
-Per expression: the class score of each query is averaged over frames, the best query wins,
-and its mask logits are upsampled to the model input size (Eq. 9), thresholded at 0.5 after
-a sigmoid, and resized to the original video size.
+Per expression the query is chosen by the runtime's rule (``runtime.selection``: the best
+frame-averaged class probability), and its mask logits are upsampled to the model input size
+(Eq. 9), thresholded at 0.5 after a sigmoid, and resized to the original video size.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from runtime.selection import select_queries
 
 
 def upsample_mask_logits(
@@ -45,8 +47,9 @@ def select_masks(
         and the chosen query indices (E,).
     """
     logits, mask_logits = outputs["pred_logits"], outputs["pred_masks"]
-    scores = logits.sigmoid().mean(dim=1)  # (E, N)
-    best_scores, best = scores.max(dim=1)
+    chosen_queries, chosen_scores = select_queries(logits.detach().float().cpu().numpy())
+    best = torch.from_numpy(chosen_queries).to(mask_logits.device)
+    best_scores = torch.from_numpy(chosen_scores).float().to(logits.device)
     index = best[:, None, None, None, None].expand(-1, mask_logits.shape[1], 1, *mask_logits.shape[-2:])
     chosen = mask_logits.gather(2, index).squeeze(2)  # (E, T, h, w)
     full = upsample_mask_logits(chosen.flatten(0, 1), input_size, output_size)[:, None]

@@ -1,7 +1,7 @@
 """``RVOSPredictor``: a bundle, a video and expressions -> one mask track per expression.
 
 In the shape of SAM's predictor: ``encode_text(expressions)`` once, ``segment(video, text)``
-as often as needed. Pre- and post-processing are numpy (DESIGN.md "Inference"):
+as often as needed. Pre- and post-processing are numpy (docs/design.md, "Inference"):
 
 1. frames resized (bilinear) to the bundle's size, fed as uint8 ``[T, H, W, 3]``;
 2. the text graph gives ``text_features [E, L, C]``, the video graph logits and mask logits;
@@ -25,6 +25,7 @@ import numpy as np
 
 from .backends import load_backend
 from .manifest import Manifest
+from .selection import chosen_tracks, select_queries
 from .video import read_video, resize_frames
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,6 @@ class Segmentation:
     queries: np.ndarray  # (E, n_windows) chosen query per window
     frame_names: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 def upsample_logits(logits: np.ndarray, input_size: tuple[int, int], output_size: tuple[int, int]):
@@ -231,12 +228,11 @@ class RVOSPredictor:
 
     def postprocess(self, logits: np.ndarray, mask_logits: np.ndarray, original: tuple[int, int]):
         """(E, T, N) logits and (E, T, N, h, w) mask logits -> masks (E, T, H0, W0), scores,
-        chosen queries (DESIGN.md's inference rule)."""
-        probabilities = sigmoid(logits.astype(np.float32)).mean(axis=1)  # (E, N)
-        best = probabilities.argmax(axis=1)
-        chosen = mask_logits[np.arange(len(best)), :, best]  # (E, T, h, w)
+        chosen queries (the inference rule, ``runtime.selection``)."""
+        best, scores = select_queries(logits)
+        chosen = chosen_tracks(mask_logits, best)  # (E, T, h, w)
         expressions, frames = chosen.shape[:2]
         full = upsample_logits(chosen.reshape(-1, *chosen.shape[2:]).astype(np.float32),
                                self.size, original)  # fmt: skip
         masks = (full > self.threshold_logit).reshape(expressions, frames, *original)
-        return masks, probabilities[np.arange(len(best)), best], best
+        return masks, scores.astype(np.float32), best

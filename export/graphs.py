@@ -11,14 +11,20 @@
 Frames come either as ``uint8 [T, H, W, 3]`` RGB (the default: decoded video as it is, a
 quarter of the bytes of float32, normalised inside the graph) or as ``float32 [T, 3, H, W]``
 already normalised with the model's mean/std.
+
+``graph_specs`` describes both graphs' inputs and outputs (names, dtypes, named dynamic axes) as
+the manifest records them.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from proxyformer.model import ProxyFormer
+from runtime.manifest import TensorSpec
 
 FRAME_FORMATS = ("uint8-nhwc", "float-nchw")
 TEXT_INPUTS = ("input_ids", "attention_mask")
@@ -58,3 +64,33 @@ class VideoGraph(nn.Module):
             levels, text_features, attention_mask, (int(height), int(width)), aux=False
         )
         return out["pred_logits"], out["pred_boxes"], out["pred_masks"]
+
+
+def graph_specs(
+    model: ProxyFormer, size: tuple[int, int], frame_format: str
+) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
+    """Inputs and outputs of both graphs, with the named dynamic axes."""
+    height, width = size
+    dim, queries = model.config.hidden_dim, model.config.num_queries
+    frames = (
+        TensorSpec("frames", "uint8", ("T", height, width, 3))
+        if frame_format == "uint8-nhwc"
+        else TensorSpec("frames", "float32", ("T", 3, height, width))
+    )
+    mask_h, mask_w = math.ceil(height / 4), math.ceil(width / 4)
+    text_features = TensorSpec("text_features", "float32", ("E", "L", dim))
+    attention_mask = TensorSpec("attention_mask", "int64", ("E", "L"))
+    return {
+        "text_encoder": (
+            [TensorSpec("input_ids", "int64", ("E", "L")), attention_mask],
+            [text_features],
+        ),
+        "video": (
+            [frames, text_features, attention_mask],
+            [
+                TensorSpec("pred_logits", "float32", ("E", "T", queries)),
+                TensorSpec("pred_boxes", "float32", ("E", "T", queries, 4)),
+                TensorSpec("pred_masks", "float32", ("E", "T", queries, mask_h, mask_w)),
+            ],
+        ),
+    }

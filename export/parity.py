@@ -12,13 +12,32 @@ rounding (measured on a checkpoint of the tiny recipe: one of 195 query-frame sl
 the elements). A conversion fault (an overflow, a wrong cast) moves far more than 1 % of an output
 and still fails; the maximum is reported beside it. For mask and class logits the fraction on
 the same side of 0 (the same thresholded mask) is reported too, since that is what a user sees.
+
+The export's check (``check_parity``) runs every graph in ONNX Runtime (CPU) at the
+``parity_cases``, two (T, E, L) combinations the export did not trace at, against PyTorch eager
+(FP32 graphs) or against the FP32 graphs (FP16); above tolerance it raises ``ParityError`` and
+no bundle is written. ``Tolerance``, ``compare`` and ``failures`` need numpy only; torch is
+imported by ``check_parity`` alone.
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from proxyformer.model import ProxyFormer
+
+    from .torch_export import Profile
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +112,7 @@ def compare(
 
 
 def failures(report: dict[str, dict]) -> list[str]:
+    """One readable line per output of a ``compare`` report that failed its tolerance."""
     bad = []
     for name, entry in report.items():
         if entry["ok"]:
@@ -104,3 +124,105 @@ def failures(report: dict[str, dict]) -> list[str]:
             text += f", {entry['non_finite']} values not finite"
         bad.append(text + f" (reference max {entry['max_abs_ref']:.3g})")
     return bad
+
+
+# -- the export's check: ONNX Runtime against a reference --------------------------------------
+
+
+def ort_session(path: Path, threads: int | None = None):
+    """A CPU ONNX Runtime session of one graph file, without the memory arena."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    # No arena: parity runs large shapes once per session, and an arena keeps its peak
+    # (tens of GB for Video-Swin at 360x640 x 20 frames x 3 expressions) until the end.
+    options.enable_cpu_mem_arena = False
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_ort(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """All outputs of one session run, by name."""
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def run_ort_file(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Run one ONNX file once and release its session before returning."""
+    session = ort_session(path)
+    try:
+        return run_ort(session, feeds)
+    finally:
+        del session
+        gc.collect()
+
+
+def parity_cases(profiles: dict[str, Profile], export_sizes: dict[str, int]) -> list[dict]:
+    """Two (T, E, L) combinations inside the profiles, each different from the export's."""
+    t, e, length = profiles["T"], profiles["E"], profiles["L"]
+    small = {"T": t.min, "E": e.min, "L": max(length.min, min(5, length.max))}
+    large = {"T": min(t.max, t.opt + 1), "E": min(e.max, 3), "L": length.max}
+    cases = []
+    for case in (small, large):
+        if case != export_sizes and case not in cases:
+            cases.append(case)
+    return cases
+
+
+def check_parity(
+    graphs: dict[str, nn.Module],
+    files: dict[str, Path],
+    specs: dict,
+    cases: list[dict],
+    tokenizer,
+    model: ProxyFormer,
+    tolerance: Tolerance,
+    reference: str = "pytorch",
+    reference_files: dict[str, Path] | None = None,
+) -> dict:
+    """Run every graph in ONNX Runtime at each case against PyTorch eager (or against other
+    ONNX files, for the FP16 graphs); raise ``ParityError`` above tolerance.
+
+    Returns per graph the manifest's parity entry: reference, tolerance, each case's report
+    and the worst error over the cases.
+    """
+    from .torch_export import make_inputs, run_torch
+
+    results = {name: [] for name in files}
+    for index, sizes in enumerate(cases):
+        for name, path in files.items():
+            inputs, outputs = specs[name]
+            feeds = make_inputs(inputs, sizes, tokenizer, model, seed=100 + index)
+            if reference_files is None:
+                ref = run_torch(graphs[name], feeds, [o.name for o in outputs])
+            else:
+                ref = run_ort_file(reference_files[name], feeds)
+            got = run_ort_file(path, feeds)
+            report = compare(got, ref, tolerance)
+            results[name].append({"sizes": sizes, "outputs": report})
+            log.info(
+                "parity %s %s vs %s: %s", path.name, sizes, reference,
+                ", ".join(f"{k} {v['max_abs_error']:.2e}" for k, v in report.items()),
+            )  # fmt: skip
+            bad = failures(report)
+            if bad:
+                stat = f" (its {tolerance.quantile} quantile)" if tolerance.quantile < 1 else ""
+                raise ParityError(
+                    f"{path.name} disagrees with {reference} at T={sizes['T']}, E={sizes['E']}, "
+                    f"L={sizes['L']}: |error|{stat} beyond atol {tolerance.atol} + rtol "
+                    f"{tolerance.rtol} x max: " + "; ".join(bad)
+                )
+
+    def worst(cases_: list[dict], key: str) -> dict[str, float]:
+        return {out: max(c["outputs"][out][key] for c in cases_) for out in cases_[0]["outputs"]}
+
+    summary = {}
+    for name, cases_ in results.items():
+        summary[name] = {
+            "reference": reference, "tolerance": tolerance.to_dict(), "cases": cases_,
+            "max_abs_error": worst(cases_, "max_abs_error"),
+        }  # fmt: skip
+        if tolerance.quantile < 1:
+            summary[name]["quantile_abs_error"] = worst(cases_, "quantile_abs_error")
+    return summary

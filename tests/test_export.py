@@ -10,21 +10,18 @@ import onnx
 import pytest
 import torch
 
-from export.graphs import TextGraph, VideoGraph
-from export.onnx_export import (
-    Profile,
-    _export_sizes,
+from export.finish import finish_graph
+from export.graphs import TextGraph, VideoGraph, graph_specs
+from export.onnx_export import export_bundle, load_model
+from export.parity import (
+    FP16_TOLERANCE,
+    ParityError,
+    Tolerance,
     check_parity,
-    export_bundle,
-    finish_graph,
-    graph_specs,
-    load_model,
-    make_inputs,
     ort_session,
     run_ort,
-    run_torch,
 )
-from export.parity import FP16_TOLERANCE, ParityError, Tolerance
+from export.torch_export import Profile, export_sizes, make_inputs, run_torch
 from runtime.manifest import BundleError, Manifest
 
 SIZE = (64, 96)
@@ -220,11 +217,30 @@ def test_bad_arguments(tmp_path, bundle):
         export_bundle(None, tmp_path / "b", preset="tiny", precisions=("fp32", "int8"))
     with pytest.raises(ValueError, match="max text length"):
         export_bundle(None, tmp_path / "b", preset="tiny", max_text_len=1000)
+    with pytest.raises(ValueError, match="external data must be one of.*'sometimes'"):
+        export_bundle(None, tmp_path / "b", preset="tiny", external_data="sometimes")
     with pytest.raises(FileNotFoundError, match="not a checkpoint"):
         export_bundle(tmp_path, tmp_path / "b")
     assert not (tmp_path / "b").exists()
 
 
 def test_export_sizes_avoid_specialisation():
-    sizes = _export_sizes({"T": Profile(1, 1, 8), "E": Profile(1, 1, 4), "L": Profile(1, 16, 32)})
+    sizes = export_sizes({"T": Profile(1, 1, 8), "E": Profile(1, 1, 4), "L": Profile(1, 16, 32)})
     assert min(sizes.values()) > 1 and len(set(sizes.values())) == 3
+
+
+def test_tensorrt_table_is_data_and_a_broken_one_is_named(tmp_path):
+    from export.tensorrt_ops import SUPPORTED, UNSUPPORTED, load_table, op_support
+
+    table = load_table()
+    assert set(table["supported"]) == set(SUPPORTED) and "MatMul" in SUPPORTED
+    assert op_support("Unique") == (False, "", UNSUPPORTED["Unique"])
+    assert op_support("Relu", "com.microsoft")[2].startswith("custom op")
+    broken = dict(table, unsupported={**table["unsupported"], "MatMul": "no"})
+    (tmp_path / "ops.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="ops.json: ops listed as supported and unsupported"):
+        load_table(tmp_path / "ops.json")
+    del broken["resize_modes"]
+    (tmp_path / "ops.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"ops.json: missing fields \['resize_modes'\]"):
+        load_table(tmp_path / "ops.json")

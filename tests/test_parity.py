@@ -54,3 +54,19 @@ def test_fp32_is_held_to_the_maximum_and_bad_tolerances_are_refused():
         Tolerance(0.1, 0.1, quantile=0.2)
     with pytest.raises(ValueError, match="atol and rtol"):
         Tolerance(-1.0, 0.0)
+
+
+def test_parity_cases_are_inside_the_profiles_and_not_the_export_sizes():
+    from export.parity import parity_cases
+    from export.torch_export import Profile, export_sizes
+
+    profiles = {"T": Profile(1, 3, 6), "E": Profile(1, 1, 4), "L": Profile(1, 12, 12)}
+    sizes = export_sizes(profiles)
+    cases = parity_cases(profiles, sizes)
+    assert cases == [{"T": 1, "E": 1, "L": 5}, {"T": 4, "E": 3, "L": 12}]
+    for case in cases:
+        assert case != sizes
+        assert all(profiles[a].min <= v <= profiles[a].max for a, v in case.items())
+    # A static profile that only allows the export's own sizes leaves nothing to check.
+    static = {axis: Profile(2, 2, 2) for axis in "TEL"}
+    assert parity_cases(static, {"T": 2, "E": 2, "L": 2}) == []

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.report import RESULTS_DIR
+
 log = logging.getLogger("accuracy")
 
 ROWS = ("pytorch", "fp32", "fp16", "int8-tensorrt", "int8-cpu")
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, default=None, help="first N videos only")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/accuracy"))
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "accuracy")
     parser.add_argument("--tag", default=None, help="file name stem (default: the bundle's name)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

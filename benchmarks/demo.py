@@ -90,7 +90,8 @@ def main() -> None:
 
     # 4. Latency against PyTorch.
     tick = time.perf_counter()
-    from latency import format_markdown, run_benchmark  # benchmarks/latency.py, beside this file
+    from benchmarks.report import format_markdown
+    from benchmarks.suite import run_benchmark
 
     log.info("4/4 latency: PyTorch eager vs onnxruntime FP32 / FP16 / INT8 (%d runs)", args.runs)
     results = run_benchmark(
@@ -110,7 +111,7 @@ def segment_sample(manifest, data: Path, out: Path, threads: int | None) -> None
     from runtime.video import overlay, read_video, write_masks, write_video
 
     meta = json.loads((data / "meta_expressions" / "valid" / "meta_expressions.json").read_text())
-    name = sorted(meta["videos"])[0]
+    name = min(meta["videos"])
     expressions = [e["exp"] for e in meta["videos"][name]["expressions"].values()][:3]
     frames, names = read_video(data / "valid" / "JPEGImages" / name)
     options = {"threads": threads} if threads else {}

@@ -5,27 +5,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("onnxruntime")
 
-LATENCY = Path(__file__).parents[1] / "benchmarks" / "latency.py"
+from benchmarks import latency  # the command line
+from benchmarks.machine import machine_slug
+from benchmarks.report import RESULTS_DIR, format_markdown
+from benchmarks.runners import SkipBackend, open_runner
+from benchmarks.suite import run_benchmark
+from benchmarks.targets import evaluate_targets
+from benchmarks.timing import summarize_times
+
 BACKENDS = ["torch", "ort", "ort-fp16", "ort-int8", "trt-fp16"]
-
-
-def _load_latency():
-    # benchmarks/ is a folder of scripts, not a package: load the script as a module.
-    spec = importlib.util.spec_from_file_location("benchmarks_latency", LATENCY)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-latency = _load_latency()
+COMMITTED = sorted(RESULTS_DIR.glob("*/latency-*.json"))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +30,7 @@ def out_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def results(tiny_bundle, out_dir) -> dict:
-    return latency.run_benchmark(
+    return run_benchmark(
         tiny_bundle, BACKENDS, warmup=1, runs=2, torch_device="cpu", gemm_size=256,
         profile=True, out_dir=out_dir, tag="test", command="pytest",
     )  # fmt: skip
@@ -116,21 +111,21 @@ def test_ort_profile_tables(results):
 
 
 def test_summarize_times():
-    stats = latency.summarize_times([0.001, 0.002, 0.003, 0.004, 0.010])
+    stats = summarize_times([0.001, 0.002, 0.003, 0.004, 0.010])
     assert stats["p50"] == pytest.approx(3.0)
     assert stats["min"] == pytest.approx(1.0) and stats["max"] == pytest.approx(10.0)
     assert stats["spread"] == pytest.approx((stats["p90"] - stats["p50"]) / stats["p50"])
 
 
 def test_machine_slug():
-    slug = latency.machine_slug("Intel(R) Xeon(R) Processor @ 2.50GHz", 2)
+    slug = machine_slug("Intel(R) Xeon(R) Processor @ 2.50GHz", 2)
     assert slug == "cpu-xeon-2.50ghz-2c"
-    assert latency.machine_slug("x", 2, gpu="NVIDIA H100 80GB HBM3") == "gpu-h100-80gb-hbm3"
+    assert machine_slug("x", 2, gpu="NVIDIA H100 80GB HBM3") == "gpu-h100-80gb-hbm3"
 
 
 def test_frames_outside_profile(tiny_bundle):
     with pytest.raises(ValueError, match="outside the bundle's T profile"):
-        latency.run_benchmark(tiny_bundle, ["ort"], frames=9, write=False)
+        run_benchmark(tiny_bundle, ["ort"], frames=9, write=False)
 
 
 def test_command_line(tiny_bundle, tmp_path, capsys):
@@ -148,5 +143,47 @@ def test_tensorrt_row_needs_engines(tiny_bundle):
 
     # Even where TensorRT runs, a bundle without engines is skipped, saying how to build them.
     status = {"onnxruntime-cpu": "available", "tensorrt": "available"}
-    with pytest.raises(latency.SkipBackend, match="build_engine.py"):
-        latency.open_runner("trt-int8", Manifest.load(tiny_bundle), None, "cpu", 1, status)
+    with pytest.raises(SkipBackend, match="build_engine.py"):
+        open_runner("trt-int8", Manifest.load(tiny_bundle), None, "cpu", 1, status)
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda path: path.stem)
+def test_committed_results_render_as_committed(path):
+    # The committed results are data: the report code must still read them and write the same
+    # markdown that was committed beside them.
+    results = json.loads(path.read_text())
+    assert format_markdown(results) == path.with_suffix(".md").read_text()
+
+
+def test_committed_results_exist():
+    assert COMMITTED, f"no latency-*.json under {RESULTS_DIR}"
+
+
+def test_committed_results_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    from benchmarks.plot import write_plot
+
+    results = json.loads(COMMITTED[0].read_text())
+    assert write_plot(results, tmp_path / "plot.png").stat().st_size > 0
+
+
+def _row(name: str, p50: float, device: str = "cpu") -> dict:
+    return {"backend": name, "status": "timed", "device": device,
+            "latency": {"total": {"p50": p50}}}  # fmt: skip
+
+
+def test_targets_pass_miss_and_not_evaluated():
+    setting = {"preset": "paper-swin-t", "frames": 19, "size": [360, 640]}
+    rows = [_row("torch", 30.0), _row("ort", 10.0), _row("ort-int8", 6.0)]
+    sweep = {"ort": [{"expressions": 1, "p50": 10.0}, {"expressions": 4, "p50": 20.0}]}
+    report = evaluate_targets(rows, sweep, setting)
+    by_name = {target["name"]: target for target in report["targets"]}
+    assert report["at_paper_setting"] and report["note"] is None
+    assert by_name["ort_fp32_vs_torch"]["value"] == pytest.approx(3.0)
+    assert by_name["ort_fp32_vs_torch"]["passed"] is True
+    assert by_name["int8_vs_ort_fp32"]["passed"] is False  # 1.67x < 2x
+    assert by_name["int8_vs_ort_fp32"]["backend"] == "ort-int8"
+    assert by_name["e4_vs_e1"]["passed"] is False  # 2x > 1.6x
+    gpu = evaluate_targets([_row("torch", 3.0, "cuda"), _row("ort", 10.0)], {}, setting)
+    first = gpu["targets"][0]
+    assert first["passed"] is None and "cuda" in first["reason"]

@@ -1,0 +1,123 @@
+"""The machine a benchmark runs on: CPU model, cores, the ISA flags that set GEMM peaks, the GPU,
+the load average and the versions of the packages that decide the timings."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+from runtime.manifest import installed_versions
+
+BUSY_LOAD = 0.5  # 1-minute load average above which a report warns of other work
+CPU_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+    "amx_tile", "amx_bf16", "amx_int8",
+)  # fmt: skip
+# The packages whose versions go into a latency report (absent ones are left out).
+TIMED_PACKAGES = ("proxyformer", "torch", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy",
+                  "tokenizers", "tensorrt", "cuda-python", "matplotlib")  # fmt: skip
+
+
+def cpu_count() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each key of ``/proc/cpuinfo`` (empty where there is none)."""
+    info: dict[str, str] = {}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        if ":" in line:
+            key, value = (part.strip() for part in line.split(":", 1))
+            info.setdefault(key, value)
+    return info
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else ``platform.processor()``)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "cpu"
+
+
+def cpu_flags() -> dict[str, bool]:
+    """Which of the SIMD/matrix extensions that matter for GEMM peaks this CPU reports.
+
+    The same flags ``lscpu`` prints (it reads ``/proc/cpuinfo``): AVX-512 VNNI or AMX-INT8 for
+    INT8 dot products, AVX512-BF16 or AMX-BF16 for BF16.
+    """
+    flags = set(_cpuinfo().get("flags", "").split())
+    return {flag: flag in flags for flag in CPU_FLAGS}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"-{2,}", "-", re.sub(r"[^a-z0-9.]+", "-", text.lower())).strip("-")
+
+
+def machine_slug(cpu: str, cores: int, gpu: str | None = None) -> str:
+    """A directory name for this machine: ``cpu-xeon-2.50ghz-2c`` or ``gpu-h100-80gb-hbm3``.
+
+    Args:
+        cpu: the CPU model name.
+        cores: CPU cores available.
+        gpu: the GPU name when the benchmark ran on CUDA.
+    """
+    if gpu:
+        words = [w for w in _slug(gpu).split("-") if w not in ("nvidia", "geforce")]
+        return "gpu-" + "-".join(words)
+    text = re.sub(r"\((r|tm)\)", " ", cpu.lower())
+    text = re.sub(r"\b\d+-core\b", " ", text)
+    drop = {"intel", "amd", "processor", "cpu", "@", "with"}
+    words = [w for w in _slug(text).split("-") if w and w not in drop]
+    return "-".join(["cpu", *words, f"{cores}c"])
+
+
+def gpu_name(device: str) -> str | None:
+    """The CUDA GPU's name when ``device`` is a CUDA device, else None."""
+    import torch  # only here: the CPU-only callers need no torch for the rest of this module
+
+    if torch.device(device).type != "cuda":
+        return None
+    return torch.cuda.get_device_name(torch.device(device))
+
+
+def machine_info(torch_device: str) -> dict:
+    """CPU model, cores, relevant CPU flags and, on CUDA, the GPU; plus the directory slug."""
+    cores = cpu_count()
+    gpu = gpu_name(torch_device)
+    info = {
+        "cpu": cpu_model(),
+        "cores": cores,
+        "cpu_flags": cpu_flags(),
+        "gpu": gpu,
+        "torch_device": str(torch_device),
+        "platform": platform.platform(),
+    }
+    info["slug"] = machine_slug(info["cpu"], cores, gpu)
+    info["load_average_start"] = load_average()
+    return info
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none): other work skews timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def is_busy(load: float | None) -> bool:
+    """Whether a load average says other processes were sharing the CPU."""
+    return load is not None and load >= BUSY_LOAD
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages that decide the timings."""
+    return installed_versions(TIMED_PACKAGES)

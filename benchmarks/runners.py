@@ -1,0 +1,232 @@
+"""The rows of the latency table: PyTorch eager, onnxruntime per precision and TensorRT, each as a
+runner whose call serves one video (text encoder on E expressions, then the video graph)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.timing import synchronize
+from export.graphs import TextGraph, VideoGraph
+from proxyformer.model import ProxyFormer
+from runtime.backends import (
+    AVAILABLE,
+    BackendUnavailable,
+    available_backends,
+    engine_precision,
+    load_backend,
+)
+from runtime.manifest import BundleError, Manifest
+
+DEFAULT_BACKENDS = ("torch", "ort", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A benchmark row: which runtime, which graph variant, which arithmetic it mostly does."""
+
+    runtime: str  # "torch", "onnxruntime" or "tensorrt"
+    precision: str  # the video graph's variant (runtime.backends.PRECISIONS)
+    arithmetic: str  # "fp32", "fp16" or "int8": the GEMM peak it is held against
+
+
+BACKENDS = {
+    "torch": BackendSpec("torch", "fp32", "fp32"),
+    "ort": BackendSpec("onnxruntime", "fp32", "fp32"),
+    "ort-fp16": BackendSpec("onnxruntime", "fp16", "fp16"),
+    "ort-int8": BackendSpec("onnxruntime", "int8-cpu", "int8"),
+    "ort-int8-trt": BackendSpec("onnxruntime", "int8-tensorrt", "int8"),
+    "trt-fp32": BackendSpec("tensorrt", "fp32", "fp32"),
+    "trt-fp16": BackendSpec("tensorrt", "fp16", "fp16"),
+    "trt-int8": BackendSpec("tensorrt", "int8-tensorrt", "int8"),
+}
+
+
+class SkipBackend(Exception):
+    """A backend that cannot be timed here; the message is the reason shown in the report."""
+
+
+class TorchRunner:
+    """PyTorch eager: ``TextGraph`` then ``VideoGraph``, under ``torch.inference_mode()``.
+
+    On CUDA the host-to-device copies of the inputs and the copies of the outputs back to the
+    host are inside the timed call (as in the TensorRT backend), and the device is synchronised
+    before each clock reading.
+    """
+
+    def __init__(self, model: ProxyFormer, frame_format: str, device: str) -> None:
+        self.device = torch.device(device)
+        self.text_graph = TextGraph(model).eval()
+        self.video_graph = VideoGraph(model, frame_format).eval()
+        self.name = f"torch eager fp32 ({self.device.type})"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
+        """Run one call; return (text seconds, video seconds)."""
+        with torch.inference_mode():
+            synchronize(self.device)
+            start = time.perf_counter()
+            ids = torch.from_numpy(feeds["input_ids"]).to(self.device)
+            mask = torch.from_numpy(feeds["attention_mask"]).to(self.device)
+            features = self.text_graph(ids, mask)
+            synchronize(self.device)
+            middle = time.perf_counter()
+            frames = torch.from_numpy(feeds["frames"]).to(self.device)
+            outputs = self.video_graph(frames, features, mask)
+            if self.device.type == "cuda":
+                outputs = [output.cpu() for output in outputs]
+            synchronize(self.device)
+            end = time.perf_counter()
+        return middle - start, end - middle
+
+    def close(self) -> None:
+        """Nothing to release (the model is shared)."""
+
+
+class BundleRunner:
+    """The bundle's two graphs on ``runtime`` backends: text encoder, then video graph."""
+
+    def __init__(self, text_backend: Any, video_backend: Any) -> None:
+        self.text_backend = text_backend
+        self.video_backend = video_backend
+        self.name = video_backend.name
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
+        """Run one call; return (text seconds, video seconds). The backends return host
+        arrays after synchronising, so no extra synchronisation is needed."""
+        mask = feeds["attention_mask"]
+        start = time.perf_counter()
+        text = self.text_backend.infer({"input_ids": feeds["input_ids"], "attention_mask": mask})
+        middle = time.perf_counter()
+        video_feeds = {"frames": feeds["frames"], "text_features": text["text_features"]}
+        self.video_backend.infer(video_feeds | {"attention_mask": mask})
+        end = time.perf_counter()
+        return middle - start, end - middle
+
+    def close(self) -> None:
+        """Release both backends."""
+        for backend in (self.text_backend, self.video_backend):
+            backend.close()
+
+
+def text_precision_for(manifest: Manifest, spec: BackendSpec) -> str:
+    """The text encoder's variant for a row: the video's precision where the text graph has it
+    (INT8 variants exist for the video graph only), else fp32. TensorRT's INT8 set of engines
+    includes a text encoder engine (built from its float graph), so it keeps the precision."""
+    if spec.runtime == "tensorrt" or spec.precision in manifest.precisions("text_encoder"):
+        return spec.precision
+    return "fp32"
+
+
+def expand_backends(names: Sequence[str], manifest: Manifest) -> list[str]:
+    """The requested rows, deduplicated and checked; "ort-int8" brings "ort-int8-trt" along
+    when the bundle has the int8-tensorrt video graph."""
+    names = list(dict.fromkeys(n.strip() for n in names if n.strip()))
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    if (
+        "ort-int8" in names
+        and "ort-int8-trt" not in names
+        and "int8-tensorrt" in manifest.precisions("video")
+    ):
+        names.insert(names.index("ort-int8") + 1, "ort-int8-trt")
+    return names
+
+
+def resolve_torch_device(choice: str = "auto") -> str:
+    """The PyTorch row's device: "auto" is "cuda" when torch sees a GPU, else "cpu"."""
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(choice).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--torch-device {choice}: torch sees no CUDA GPU")
+    return choice
+
+
+def _open_torch(manifest: Manifest, model: ProxyFormer, torch_device: str) -> tuple[Any, dict]:
+    runner = TorchRunner(model, manifest.preprocessing["frame_format"], torch_device)
+    return runner, {
+        "runtime": "torch", "device": torch.device(torch_device).type, "arithmetic": "fp32",
+        "text_precision": "fp32", "video_precision": "fp32 (eager)",
+    }  # fmt: skip
+
+
+def _timed_files(manifest: Manifest, spec: BackendSpec, text_precision: str) -> dict[str, dict]:
+    """The manifest entries of the files a row times, or ``SkipBackend`` naming what is missing:
+    ONNX variants for onnxruntime, engines for TensorRT (the INT8 set's text encoder engine is
+    built from a float graph, so it has no INT8 ONNX variant)."""
+    graphs = (("text_encoder", text_precision), ("video", spec.precision))
+    try:
+        return {
+            graph: manifest.engine(engine_precision(precision), graph)
+            if spec.runtime == "tensorrt"
+            else manifest.variant(graph, precision)
+            for graph, precision in graphs
+        }
+    except BundleError as error:
+        raise SkipBackend(str(error)) from None
+
+
+def _backend_options(
+    spec: BackendSpec, threads: int, profile_dir: str | Path | None
+) -> tuple[dict[str, Any], str]:
+    """``load_backend`` options of a row and the device it runs on."""
+    if spec.runtime != "onnxruntime":
+        return {}, "cuda"
+    options: dict[str, Any] = {"threads": threads}
+    if profile_dir is not None:
+        options |= {"profile": True, "profile_dir": str(profile_dir)}
+    return options, "cpu"
+
+
+def open_runner(
+    name: str,
+    manifest: Manifest,
+    model: ProxyFormer,
+    torch_device: str,
+    threads: int,
+    status: dict[str, str] | None = None,
+    profile_dir: str | Path | None = None,
+) -> tuple[Any, dict]:
+    """Load a backend row as a runner, or raise ``SkipBackend`` with the reason.
+
+    Args:
+        name: a key of ``BACKENDS``.
+        manifest: the bundle's manifest.
+        model: the PyTorch baseline (for "torch").
+        torch_device: where "torch" runs.
+        threads: onnxruntime ``intra_op_num_threads`` (torch's are set globally).
+        status: ``available_backends()`` (computed when not given).
+        profile_dir: enable onnxruntime's profiler, writing there (ORT rows only).
+
+    Returns:
+        (runner, description: device, arithmetic, text and video precision, files' sha256).
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    spec = BACKENDS[name]
+    if spec.runtime == "torch":
+        return _open_torch(manifest, model, torch_device)
+    status = status if status is not None else available_backends()
+    key = "onnxruntime-cpu" if spec.runtime == "onnxruntime" else "tensorrt"
+    if status.get(key) != AVAILABLE:
+        raise SkipBackend(f"{key} is not available here: {status.get(key)}")
+    text_precision = text_precision_for(manifest, spec)
+    entries = _timed_files(manifest, spec, text_precision)
+    options, device = _backend_options(spec, threads, profile_dir)
+    try:
+        text = load_backend(manifest, "text_encoder", spec.runtime, text_precision, **options)
+        video = load_backend(manifest, "video", spec.runtime, spec.precision, **options)
+    except (BackendUnavailable, BundleError) as error:
+        raise SkipBackend(str(error)) from None
+    files = manifest.data["files"]
+    sha = {graph: files.get(entry["file"], {}).get("sha256") for graph, entry in entries.items()}
+    return BundleRunner(text, video), {
+        "runtime": spec.runtime, "device": device, "arithmetic": spec.arithmetic,
+        "text_precision": text_precision, "video_precision": spec.precision, "sha256": sha,
+    }  # fmt: skip

@@ -25,12 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-for folder in (ROOT, ROOT / "benchmarks"):  # the repository's packages; latency.py beside this
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
+import torch
 
-import torch  # noqa: E402
+from benchmarks.machine import load_average, machine_info
+from benchmarks.report import RESULTS_DIR
+from benchmarks.timing import synchronize
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository whose commit is recorded
 
 log = logging.getLogger("train_step")
 
@@ -47,8 +48,7 @@ def time_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
     device = trainer.device
 
     def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
 
     trainer.model.train()  # as Trainer.train: frozen parts (--train-only) stay in eval mode
     if trainer.config.train_only:
@@ -133,7 +133,9 @@ def code_version() -> dict:
     import subprocess
 
     def git(*args: str) -> str:
-        result = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        result = subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        )
         return result.stdout.strip() if result.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD") or None
@@ -152,16 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--tag", default="run", help="name of the result files")
-    parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results",
-                        help="results go to OUT_DIR/<machine>/train-step-<tag>.{json,md}")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=RESULTS_DIR,
+        help="results go to OUT_DIR/<machine>/train-step-<tag>.{json,md}",
+    )
     args = parser.parse_args(own)
     if args.steps < 1 or args.warmup < 0:
         parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    from latency import load_average, machine_info  # benchmarks/latency.py
 
     from training.train import parse_args as parse_train_args
     from training.trainer import Trainer

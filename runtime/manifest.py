@@ -327,10 +327,3 @@ class Manifest:
 
 def load_manifest(bundle: str | Path, verify: bool = True) -> Manifest:
     return Manifest.load(bundle, verify=verify)
-
-
-def profile_shape(
-    spec: TensorSpec, profiles: dict[str, dict[str, int]], which: str
-) -> tuple[int, ...]:
-    """The concrete shape of ``spec`` at a profile point ("min", "opt", "max")."""
-    return tuple(d if isinstance(d, int) else profiles[d][which] for d in spec.shape)

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
+from bundles import graph_specs, make_model, write_bundle
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime.backends import (
@@ -33,7 +33,8 @@ from runtime.backends import (
     load_backend,
     tensorrt_ep_options,
 )
-from runtime.manifest import BundleError, Manifest, TensorSpec, profile_shape
+from runtime.manifest import BundleError, Manifest
+from runtime.profiles import profile_shape
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB, CHANNELS, QUERIES, HEIGHT, WIDTH = 16, 4, 3, 8, 12
@@ -47,45 +48,14 @@ EMBEDDING = RNG.standard_normal((VOCAB, CHANNELS)).astype(np.float32)
 QUERY_WEIGHT = np.array([0.5, -1.0, 2.0], dtype=np.float32)
 BOX_WEIGHT = np.array([1.0, -0.5, 0.25, 2.0], dtype=np.float32)
 
-TEXT_INPUTS = [
-    TensorSpec("input_ids", "int64", ("E", "L")),
-    TensorSpec("attention_mask", "int64", ("E", "L")),
-]
-TEXT_OUTPUTS = [TensorSpec("text_features", "float32", ("E", "L", CHANNELS))]
-VIDEO_INPUTS = [
-    TensorSpec("frames", "uint8", ("T", HEIGHT, WIDTH, 3)),
-    TensorSpec("text_features", "float32", ("E", "L", CHANNELS)),
-    TensorSpec("attention_mask", "int64", ("E", "L")),
-]
-VIDEO_OUTPUTS = [
-    TensorSpec("pred_logits", "float32", ("E", "T", QUERIES)),
-    TensorSpec("pred_boxes", "float32", ("E", "T", QUERIES, 4)),
-    TensorSpec("pred_masks", "float32", ("E", "T", QUERIES, HEIGHT, WIDTH)),
-]
-ONNX_TYPES = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "uint8": TensorProto.UINT8}
+SPECS = graph_specs(HEIGHT, WIDTH, CHANNELS, QUERIES)
 
 
 # -- the tiny bundle -----------------------------------------------------------------------
 
 
-def _value_infos(specs):
-    return [
-        helper.make_tensor_value_info(s.name, ONNX_TYPES[s.dtype], list(s.shape)) for s in specs
-    ]
-
-
 def _const(name, array):
     return numpy_helper.from_array(np.asarray(array), name)
-
-
-def _model(nodes, specs_in, specs_out, initializers, name):
-    graph = helper.make_graph(
-        nodes, name, _value_infos(specs_in), _value_infos(specs_out), initializer=initializers
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
 
 
 def text_encoder_model():
@@ -97,7 +67,7 @@ def text_encoder_model():
         helper.make_node("Mul", ["embedded", "mask3"], ["text_features"]),
     ]
     inits = [_const("embedding", EMBEDDING), _const("axis_2", np.array([2], np.int64))]
-    return _model(nodes, TEXT_INPUTS, TEXT_OUTPUTS, inits, "text_encoder")
+    return make_model(nodes, "text_encoder", SPECS["text_encoder"], inits, opset=17)
 
 
 def video_model():
@@ -132,7 +102,7 @@ def video_model():
         _const("query_weight", QUERY_WEIGHT.reshape(1, 1, QUERIES)),
         _const("box_weight", BOX_WEIGHT),
     ]
-    return _model(nodes, VIDEO_INPUTS, VIDEO_OUTPUTS, inits, "video")
+    return make_model(nodes, "video", SPECS["video"], inits, opset=17)
 
 
 def text_reference(input_ids, attention_mask):
@@ -150,30 +120,16 @@ def video_reference(frames, text_features, attention_mask):
     return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": masks}
 
 
-def write_bundle(root: Path) -> Manifest:
-    root.mkdir(parents=True, exist_ok=True)
-    onnx.save(text_encoder_model(), root / "text_encoder.onnx")
-    onnx.save(video_model(), root / "video.onnx")
-    manifest = Manifest.new(
-        root,
-        model={"name": "tiny-test", "config": {}},
-        preprocessing={"height": HEIGHT, "width": WIDTH},
-        profiles=PROFILES,
-        opset=17,
-        versions={"onnx": onnx.__version__},
-    )
-    manifest.set_graph("text_encoder", TEXT_INPUTS, TEXT_OUTPUTS)
-    manifest.set_graph("video", VIDEO_INPUTS, VIDEO_OUTPUTS)
-    for graph in ("text_encoder", "video"):
-        manifest.add_variant(graph, "fp32", {"file": f"{graph}.onnx"})
-        manifest.add_file(f"{graph}.onnx", "graph")
-    manifest.save()
-    return Manifest.load(root)
+MODELS = {"text_encoder": text_encoder_model, "video": video_model}
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Manifest:
-    return write_bundle(tmp_path_factory.mktemp("bundle"))
+    """The toy bundle with fp32 graphs that numpy can repeat (``text_reference``, ...)."""
+    return write_bundle(
+        tmp_path_factory.mktemp("bundle"), SPECS, lambda graph, _: MODELS[graph](), PROFILES,
+        opset=17, preprocessing={"height": HEIGHT, "width": WIDTH},
+    )  # fmt: skip
 
 
 def text_feeds(expressions=2, tokens=5, seed=1):
@@ -483,10 +439,10 @@ def test_cuda_python_calls_reach_the_driver():
     pytest.importorskip("cuda.bindings.runtime")
     if gpu_status() == AVAILABLE:
         pytest.skip("a GPU is present; the TensorRT tests exercise these calls for real")
-    from runtime.backends import CudaError, _CudaPython, _import_cudart
+    from runtime.backends.gpu import CudaError, CudaPython, import_cudart
 
-    cudart = _import_cudart()
-    api = _CudaPython(cudart)
+    cudart = import_cudart()
+    api = CudaPython(cudart)
     stream = cudart.cudaStream_t(0)
     host = np.zeros(4, np.float32)
     calls = {
@@ -514,7 +470,12 @@ def test_cuda_python_calls_reach_the_driver():
 def test_importing_backends_does_not_import_torch():
     code = "import runtime.backends, sys; assert 'torch' not in sys.modules, 'torch imported'"
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
 
@@ -529,12 +490,13 @@ def engine_bundle(bundle, tmp_path):
     status = gpu_status()
     if status != AVAILABLE:
         pytest.skip(status)
-    from runtime.backends import _load_cuda_api, tensorrt_logger
+    from runtime.backends import tensorrt_logger
+    from runtime.backends.gpu import load_cuda_api
 
     root = tmp_path / "bundle"
     shutil.copytree(bundle.root, root)
     manifest = Manifest.load(root)
-    cuda = _load_cuda_api(0)
+    cuda = load_cuda_api(0)
     gpu_name, (major, minor) = cuda.device_info(0)
     cuda.release()
     (root / "engines").mkdir()

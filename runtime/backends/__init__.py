@@ -1,0 +1,68 @@
+"""Inference backends for the bundle's graphs: onnxruntime (CPU, CUDA, TensorRT EP) and TensorRT.
+
+A backend is anything with ``name``, ``input_names``, ``output_names`` and
+``infer(feeds) -> outputs``, both dicts of numpy arrays keyed by the tensor names the manifest
+records; the two here derive from :class:`BaseBackend`, which checks every call's feeds
+against the manifest (:func:`check_feeds`) before inference.
+
+- ``base``: the errors, :func:`check_feeds` and :class:`BaseBackend`.
+- ``ort``: :class:`OnnxRuntimeBackend` and the TensorRT EP's options.
+- ``trt``: :class:`TensorRTBackend`, the ``tensorrt`` import and the shared TensorRT logger.
+- ``gpu``: CUDA memory, streams and graphs (cuda-python or pycuda) and the GPU probes.
+- ``registry``: :func:`available_backends` and :func:`load_backend` (by name or ``"auto"``).
+
+Nothing here imports torch: the heavy optional packages (onnxruntime, tensorrt, cuda-python,
+pycuda) are imported inside the functions that need them.
+"""
+
+from runtime.backends.base import (
+    AVAILABLE,
+    BUILD_ENGINE,
+    PRECISIONS,
+    Backend,
+    BackendUnavailable,
+    BaseBackend,
+    CudaError,
+    EngineMismatchError,
+    InputError,
+    check_feeds,
+    engine_precision,
+)
+from runtime.backends.gpu import gpu_info, gpu_status
+from runtime.backends.ort import PROVIDER_ALIASES, OnnxRuntimeBackend, tensorrt_ep_options
+from runtime.backends.registry import available_backends, load_backend
+from runtime.backends.trt import (
+    TensorRTBackend,
+    check_engine_entry,
+    compute_capability,
+    import_tensorrt,
+    tensorrt_logger,
+)
+from runtime.profiles import describe_shape
+
+__all__ = [
+    "AVAILABLE",
+    "BUILD_ENGINE",
+    "PRECISIONS",
+    "PROVIDER_ALIASES",
+    "Backend",
+    "BackendUnavailable",
+    "BaseBackend",
+    "CudaError",
+    "EngineMismatchError",
+    "InputError",
+    "OnnxRuntimeBackend",
+    "TensorRTBackend",
+    "available_backends",
+    "check_engine_entry",
+    "check_feeds",
+    "compute_capability",
+    "describe_shape",
+    "engine_precision",
+    "gpu_info",
+    "gpu_status",
+    "import_tensorrt",
+    "load_backend",
+    "tensorrt_ep_options",
+    "tensorrt_logger",
+]

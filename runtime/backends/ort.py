@@ -1,0 +1,288 @@
+"""onnxruntime backend: a graph of the bundle in an ``InferenceSession`` on the CPU, CUDA or
+TensorRT execution provider, and the TensorRT EP's options from the manifest's profiles.
+
+``onnxruntime`` is imported when a backend is created, not with this module (named ``ort``
+so that it does not shadow the ``onnxruntime`` package).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import BackendUnavailable, BaseBackend
+from runtime.manifest import BundleError, Manifest
+from runtime.profiles import PROFILE_POINTS, profile_shapes, shape_list
+
+logger = logging.getLogger(__name__)
+
+# Short names accepted for onnxruntime execution providers.
+PROVIDER_ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+_PROVIDER_SHORT = {
+    "CPUExecutionProvider": "cpu",
+    "CUDAExecutionProvider": "cuda",
+    "TensorrtExecutionProvider": "tensorrt",
+}
+_OPTIMIZATION_LEVELS = {
+    "disable": "ORT_DISABLE_ALL",
+    "none": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "layout": "ORT_ENABLE_LAYOUT",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+def import_onnxruntime() -> Any:
+    """``import onnxruntime``, or BackendUnavailable saying which package to install."""
+    try:
+        return importlib.import_module("onnxruntime")
+    except ImportError as error:
+        raise BackendUnavailable(
+            f"onnxruntime is not installed ({error}); pip install onnxruntime "
+            "(or onnxruntime-gpu for the CUDA and TensorRT execution providers)"
+        ) from None
+
+
+def _default_cache_dir() -> Path:
+    root = os.environ.get("PROXYFORMER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "proxyformer"
+    )
+    return Path(root) / "ort-tensorrt"
+
+
+def tensorrt_ep_options(
+    manifest: Manifest,
+    graph: str,
+    precision: str,
+    cache_dir: str | Path | None = None,
+    device_id: int = 0,
+) -> dict[str, str]:
+    """onnxruntime TensorRT execution provider options for a graph of the bundle.
+
+    Engine and timing caches in ``cache_dir``; FP16 for the fp16 variant; INT8 for the
+    TensorRT Q/DQ variant; explicit optimisation profiles from the manifest's ranges so one
+    engine serves every shape in them (onnxruntime requires all dynamic inputs to be listed
+    once one is). Booleans are the strings "True"/"False": onnxruntime's Python binding
+    rejects "1"/"0" for these keys.
+
+    Args:
+        manifest: the bundle's manifest.
+        graph: "text_encoder" or "video".
+        precision: the variant's precision.
+        cache_dir: engine/timing cache directory (default ``~/.cache/proxyformer/ort-tensorrt``).
+        device_id: CUDA device.
+
+    Returns:
+        The provider options dict.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    options = {
+        "device_id": str(device_id),
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache),
+        "trt_fp16_enable": "True" if precision == "fp16" else "False",
+        # Explicit quantization: the Q/DQ graph carries its scales, no calibration table.
+        "trt_int8_enable": "True" if precision == "int8-tensorrt" else "False",
+    }
+    named_axes = {d for spec in manifest.inputs(graph) for d in spec.shape if isinstance(d, str)}
+    if named_axes <= set(manifest.profiles):
+        # onnxruntime's syntax is trtexec's: name:AxB,name2:CxD, every dynamic input listed.
+        shapes = profile_shapes(manifest, graph)
+        if shapes:
+            for which in PROFILE_POINTS:
+                options[f"trt_profile_{which}_shapes"] = shape_list(shapes, which)
+    else:
+        logger.warning(
+            "manifest has no profile for axes %s of %s: the TensorRT EP will build engines "
+            "per input shape",
+            sorted(named_axes - set(manifest.profiles)),
+            graph,
+        )
+    return options
+
+
+class OnnxRuntimeBackend(BaseBackend):
+    """A graph of the bundle in an onnxruntime session (CPU by default).
+
+    Args:
+        manifest: the bundle's manifest (or the bundle directory).
+        graph: "text_encoder" or "video".
+        precision: which variant to load ("fp32", "fp16", "int8-tensorrt", "int8-cpu").
+        providers: execution providers by priority, short ("cpu", "cuda", "tensorrt") or full
+            names; default CPU. The CPU provider is always added last as a fallback for
+            nodes the others do not take, and CUDA after TensorRT when it is available.
+        threads: ``intra_op_num_threads`` (default: onnxruntime's choice).
+        graph_optimization_level: "disable", "basic", "extended", "layout" or "all".
+        trt_cache_dir: engine and timing cache directory for the TensorRT provider.
+        profile: enable onnxruntime's profiler; :meth:`end_profiling` returns its JSON file.
+        profile_dir: where the profile JSON goes (default: the working directory).
+        device_id: CUDA device for the CUDA and TensorRT providers.
+        allow_spinning: let idle intra-op threads spin-wait after a run (onnxruntime's
+            default). Off here: the runtime alternates two sessions (text, then video) and
+            spinning threads of one slowed the other by up to 2x on a 2-core CPU.
+
+    Raises:
+        BackendUnavailable: onnxruntime is missing, a requested provider is not available
+            (the message lists the available ones), or onnxruntime fell back from it.
+        BundleError: the variant is missing, or the ONNX file's inputs and outputs differ
+            from the manifest's.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest | str | Path,
+        graph: str,
+        precision: str = "fp32",
+        providers: Sequence[str] | str | None = None,
+        threads: int | None = None,
+        graph_optimization_level: str = "all",
+        trt_cache_dir: str | Path | None = None,
+        profile: bool = False,
+        profile_dir: str | Path | None = None,
+        device_id: int = 0,
+        allow_spinning: bool = False,
+    ) -> None:
+        ort = import_onnxruntime()
+        super().__init__(manifest, graph, precision)
+        path = self.manifest.variant_path(graph, precision)
+
+        requested = _resolve_providers(providers)
+        available = ort.get_available_providers()
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise BackendUnavailable(
+                f"onnxruntime execution provider(s) {', '.join(missing)} not available in "
+                f"onnxruntime {ort.__version__}; available: {', '.join(available)}. "
+                "The CUDA and TensorRT providers need onnxruntime-gpu and an NVIDIA GPU"
+            )
+
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = int(threads)
+        options.graph_optimization_level = _optimization_level(ort, graph_optimization_level)
+        if not allow_spinning:
+            # Idle intra-op threads otherwise spin for a while after each run, taking cores
+            # from whatever runs next (the other graph, post-processing, another process).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if profile:
+            options.enable_profiling = True
+            prefix = f"ort_profile_{graph}_{precision}"
+            options.profile_file_prefix = (
+                str(Path(profile_dir) / prefix) if profile_dir is not None else prefix
+            )
+        self._profiling = profile
+
+        if (
+            "TensorrtExecutionProvider" in requested
+            and "CUDAExecutionProvider" not in requested
+            and "CUDAExecutionProvider" in available
+        ):
+            # onnxruntime's advice: CUDA takes the nodes TensorRT does not, not the CPU.
+            at = requested.index("TensorrtExecutionProvider") + 1
+            requested.insert(at, "CUDAExecutionProvider")
+        provider_list: list[str | tuple[str, dict[str, str]]] = []
+        for provider in requested:
+            if provider == "TensorrtExecutionProvider":
+                trt_options = tensorrt_ep_options(
+                    self.manifest, graph, precision, trt_cache_dir, device_id
+                )
+                Path(trt_options["trt_engine_cache_path"]).mkdir(parents=True, exist_ok=True)
+                provider_list.append((provider, trt_options))
+            elif provider == "CUDAExecutionProvider":
+                provider_list.append((provider, {"device_id": str(device_id)}))
+            else:
+                provider_list.append(provider)
+        if "CPUExecutionProvider" not in requested:
+            provider_list.append("CPUExecutionProvider")
+
+        self._session = ort.InferenceSession(
+            str(path), sess_options=options, providers=provider_list
+        )
+        active = self._session.get_providers()
+        if requested[0] not in active:
+            # onnxruntime logs a warning and runs on the next provider when one fails to load
+            # (missing CUDA, cuDNN or TensorRT libraries); a benchmark must not time that.
+            raise BackendUnavailable(
+                f"onnxruntime could not create {requested[0]} for {path.name} and fell back to "
+                f"{active}; check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs"
+            )
+        _check_session_io(self._session, self.input_names, self.output_names, path)
+
+        self.providers = tuple(active)
+        self.name = f"onnxruntime-{_PROVIDER_SHORT.get(requested[0], requested[0])} {precision}"
+        logger.info(
+            "%s: loaded %s (providers %s, threads %s, optimisation %s)",
+            self.name,
+            path.name,
+            ", ".join(active),
+            threads or "default",
+            graph_optimization_level,
+        )
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = {name: np.ascontiguousarray(feeds[name]) for name in self.input_names}
+        values = self._session.run(list(self.output_names), arrays)
+        return dict(zip(self.output_names, values, strict=True))
+
+    def end_profiling(self) -> str:
+        """Stop onnxruntime's profiler and return the path of its JSON trace."""
+        if not self._profiling:
+            raise RuntimeError(
+                f"{self.name}: profiling is off; create the backend with profile=True"
+            )
+        self._profiling = False
+        return self._session.end_profiling()
+
+    def _release(self) -> None:
+        """Drop the session (onnxruntime frees it when the last reference goes)."""
+        self._session = None
+
+
+def _resolve_providers(providers: Sequence[str] | str | None) -> list[str]:
+    if providers is None:
+        return ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        providers = [providers]
+    resolved = []
+    for provider in providers:
+        full = PROVIDER_ALIASES.get(provider.lower(), provider)
+        if full not in resolved:
+            resolved.append(full)
+    if not resolved:
+        raise ValueError("providers is empty; pass None for CPU")
+    return resolved
+
+
+def _optimization_level(ort: Any, level: str) -> Any:
+    key = _OPTIMIZATION_LEVELS.get(level.lower())
+    if key is None or not hasattr(ort.GraphOptimizationLevel, key):
+        levels = ort.GraphOptimizationLevel
+        known = [k for k, v in _OPTIMIZATION_LEVELS.items() if hasattr(levels, v)]
+        raise ValueError(f"graph_optimization_level {level!r} is not one of {known}")
+    return getattr(ort.GraphOptimizationLevel, key)
+
+
+def _check_session_io(
+    session: Any, input_names: tuple[str, ...], output_names: tuple[str, ...], path: Path
+) -> None:
+    have_in = [node.name for node in session.get_inputs()]
+    have_out = [node.name for node in session.get_outputs()]
+    if set(have_in) != set(input_names) or not set(output_names) <= set(have_out):
+        raise BundleError(
+            f"{path} has inputs {have_in} and outputs {have_out}; the manifest records inputs "
+            f"{list(input_names)} and outputs {list(output_names)}: re-export the bundle"
+        )

@@ -9,7 +9,7 @@ builds the bundle's fp16 graphs (on TensorRT 10 a bundle without them falls back
 builder flag); int8 builds the Q/DQ graphs from calibration/calibrate.py. --print-trtexec
 prints the commands without importing TensorRT, so it works on a machine without a GPU.
 
-The work is done by ``export.engine``; this script only parses arguments.
+The work is done by ``export.engine`` and ``export.trtexec``; this script only parses arguments.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import argparse
 import logging
 import sys
 
-from export.engine import PRECISIONS, EngineBuildError, build_engines, trtexec_script
+from export.engine import PRECISIONS, EngineBuildError, build_engines
+from export.trtexec import trtexec_script
 from runtime.manifest import GRAPHS, BundleError
 
 

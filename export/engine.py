@@ -1,5 +1,5 @@
-"""Bundle -> TensorRT engines: ``build_engines(bundle, precision, ...)`` and the equivalent
-``trtexec`` commands (``trtexec_commands``) for production builds.
+"""Bundle -> TensorRT engines: ``build_engines(bundle, precision, ...)``; the equivalent
+``trtexec`` commands for production builds are in ``export.trtexec``.
 
 Precision lives in the ONNX graph (DESIGN.md, "Precision and engines"):
 
@@ -28,20 +28,24 @@ set_timing_cache/get_timing_cache``, ``ITimingCache.serialize``,
 ``Builder.build_serialized_network`` (``None`` on failure), ``BuilderFlag.FP16`` (10.x only),
 an ``ILogger`` subclass that forwards TensorRT's messages to ``logging``.
 
-This module imports ``tensorrt`` only inside ``build_engines``; ``trtexec_commands`` works on a
-machine without TensorRT.
+This module imports ``tensorrt`` only inside ``build_engines``, through the runtime's
+``import_tensorrt``; the TensorRT logger and the GPU probe are the runtime's too
+(``runtime.backends``), so builder and runtime share them.
 """
 
 from __future__ import annotations
 
 import logging
-import shlex
 import time
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from runtime.manifest import AXES, GRAPHS, BundleError, Manifest, TensorSpec, atomic_write_bytes
+from runtime.backends.base import BackendUnavailable, as_manifest
+from runtime.backends.gpu import gpu_info as probe_gpu
+from runtime.backends.trt import import_tensorrt as load_tensorrt
+from runtime.backends.trt import major_version, tensorrt_logger
+from runtime.manifest import GRAPHS, Manifest, atomic_write_bytes
+from runtime.profiles import PROFILE_POINTS, profile_shape
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +53,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # Engine precision -> the ONNX variant of the bundle it is built from.
 VARIANTS = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-tensorrt"}
 ENGINE_DIR = "engines"
-MIN_TENSORRT_MAJOR = 10  # name-based I/O (set_input_shape, set_tensor_address, execute_async_v3)
-DEFAULT_TENSORRT_MAJOR = 10  # assumed for trtexec commands when TensorRT is not installed here
 INSTALL_HINT = 'pip install -e ".[tensorrt]"'
-# pip distributions that install the ``tensorrt`` module (the meta package and per-CUDA wheels).
-TENSORRT_DISTRIBUTIONS = (
-    "tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu11",
-    "tensorrt-cu13-bindings", "tensorrt-cu12-bindings", "tensorrt-cu11-bindings",
-)  # fmt: skip
 
 
 class EngineBuildError(RuntimeError):
@@ -125,240 +122,40 @@ def plan_build(manifest: Manifest, graph: str, precision: str, tensorrt_major: i
     return BuildPlan(graph, precision, variant, manifest.variant(graph, variant)["file"], True)
 
 
-def profile_shapes(manifest: Manifest, graph: str) -> dict[str, dict[str, tuple[int, ...]]]:
-    """min/opt/max shapes of every graph input with a dynamic axis, from ``manifest.profiles``."""
-    shapes = {}
-    for spec in manifest.inputs(graph):
-        if all(isinstance(dim, int) for dim in spec.shape):
-            continue
-        shapes[spec.name] = {
-            which: _profile_shape(spec, manifest, which) for which in ("min", "opt", "max")
-        }
-    return shapes
-
-
-def _profile_shape(spec: TensorSpec, manifest: Manifest, which: str) -> tuple[int, ...]:
-    dims = []
-    for dim in spec.shape:
-        if isinstance(dim, int):
-            dims.append(dim)
-        elif dim in manifest.profiles:
-            dims.append(int(manifest.profiles[dim][which]))
-        else:
-            raise BundleError(
-                f"bundle {manifest.root}: input {spec.describe()} has axis {dim!r} without a "
-                f"profile (profiles: {sorted(manifest.profiles)}; axes: {sorted(AXES)})"
-            )
-    return tuple(dims)
-
-
-def _open_manifest(bundle: str | Path | Manifest, verify: bool) -> Manifest:
-    return bundle if isinstance(bundle, Manifest) else Manifest.load(bundle, verify=verify)
-
-
-# -- trtexec ---------------------------------------------------------------------------------
-
-
-def installed_tensorrt_version() -> str | None:
-    """The installed TensorRT's version from pip metadata, without importing ``tensorrt``."""
-    for name in TENSORRT_DISTRIBUTIONS:
-        try:
-            return importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def resolve_tensorrt_major(tensorrt_major: int | None = None) -> tuple[int, str]:
-    """The TensorRT major version commands are written for, and a line saying where it came from.
-
-    Given explicitly, it is used as is; otherwise the installed ``tensorrt`` distribution's
-    version (read from pip metadata, the module is not imported); otherwise 10 is assumed.
-    """
-    if tensorrt_major is not None:
-        if tensorrt_major < MIN_TENSORRT_MAJOR:
-            raise ValueError(f"TensorRT {tensorrt_major} is not supported (needs >= 10)")
-        return tensorrt_major, f"written for TensorRT {tensorrt_major} (as requested)"
-    version = installed_tensorrt_version()
-    if version is not None:
-        return _major(version), f"written for TensorRT {version} (installed here)"
-    return DEFAULT_TENSORRT_MAJOR, (
-        f"written for TensorRT {DEFAULT_TENSORRT_MAJOR}: tensorrt is not installed here, so "
-        "version 10 is assumed; pass --tensorrt-major 11 for TensorRT 11"
-    )
-
-
-def _trtexec_entries(
-    bundle: str | Path | Manifest,
-    precision: str,
-    workspace_gb: float | None,
-    timing_cache: str | Path | None,
-    graphs: tuple[str, ...] | list[str],
-    tensorrt_major: int | None,
-) -> tuple[str, list[tuple[str, BuildPlan]]]:
-    major, origin = resolve_tensorrt_major(tensorrt_major)
-    manifest = _open_manifest(bundle, verify=False)
-    entries = []
-    for graph in graphs:
-        plan = plan_build(manifest, graph, precision, major)
-        args = [
-            "trtexec",
-            f"--onnx={manifest.root / plan.onnx_file}",
-            f"--saveEngine={manifest.root / plan.engine_file}",
-        ]
-        # --stronglyTyped: opt-in on TensorRT 10; on 11 strong typing is always on and the flag
-        # is "no longer needed" (10.x -> 11.x trtexec migration guide), accepted as a no-op.
-        # --fp16 exists only on TensorRT 10 (removed in 11 with --int8, --best, ...).
-        args.append("--stronglyTyped" if plan.strongly_typed else "--fp16")
-        shapes = profile_shapes(manifest, graph)
-        if shapes:
-            # trtexec shape spec: name:AxBxC, comma-separated; min, opt and max all given.
-            for which in ("min", "opt", "max"):
-                spec = ",".join(
-                    f"{name}:{'x'.join(str(d) for d in points[which])}"
-                    for name, points in shapes.items()
-                )
-                args.append(f"--{which}Shapes={spec}")
-        if workspace_gb is not None:
-            # --memPoolSize=workspace:N: N in MiB when no unit suffix is given (trtexec help,
-            # TensorRT 8.4 to 10.x); suffixes (K, M, G) were added later, so none is used.
-            args.append(f"--memPoolSize=workspace:{_workspace_mib(workspace_gb)}")
-        if timing_cache is not None:
-            args.append(f"--timingCacheFile={timing_cache}")
-        args.append("--skipInference")  # build and save only; benchmarks measure elsewhere
-        entries.append((shlex.join(args), plan))
-    return origin, entries
-
-
-def trtexec_commands(
-    bundle: str | Path | Manifest,
-    precision: str,
-    workspace_gb: float | None = None,
-    timing_cache: str | Path | None = None,
-    graphs: tuple[str, ...] | list[str] = GRAPHS,
-    tensorrt_major: int | None = None,
-) -> list[str]:
-    """The ``trtexec`` command (shell-quoted) that builds each graph's engine.
-
-    Args:
-        bundle: the bundle directory (or its loaded ``Manifest``).
-        precision: "fp32", "fp16" or "int8" (int8 needs the bundle's "int8-tensorrt" graph).
-        workspace_gb: builder workspace limit in GiB (``--memPoolSize``); None: TensorRT's.
-        timing_cache: a timing cache file trtexec loads and saves (``--timingCacheFile``).
-        graphs: which graphs.
-        tensorrt_major: the TensorRT major version the flags are for; None: the installed
-            version, or 10 when TensorRT is not installed (``trtexec_script`` says which).
-    Returns:
-        One command per graph, writing ``engines/{graph}.{precision}.plan`` in the bundle.
-        Engines built this way get no manifest entry; ``build_engines`` records its engines.
-    """
-    _, entries = _trtexec_entries(
-        bundle, precision, workspace_gb, timing_cache, graphs, tensorrt_major
-    )
-    return [command for command, _ in entries]
-
-
-def trtexec_script(
-    bundle: str | Path | Manifest,
-    precision: str,
-    workspace_gb: float | None = None,
-    timing_cache: str | Path | None = None,
-    graphs: tuple[str, ...] | list[str] = GRAPHS,
-    tensorrt_major: int | None = None,
-) -> str:
-    """``trtexec_commands`` preceded by comment lines: the TensorRT version assumed, fallbacks."""
-    origin, entries = _trtexec_entries(
-        bundle, precision, workspace_gb, timing_cache, graphs, tensorrt_major
-    )
-    lines = [
-        f"# trtexec commands ({precision}), {origin}",
-        (
-            "# engines built by trtexec get no manifest.json entry; "
-            "export/build_engine.py builds and records them"
-        ),
-    ]
-    lines += [f"# note: {plan.note}" for _, plan in entries if plan.note]
-    lines += [command for command, _ in entries]
-    return "\n".join(lines)
-
-
-def _workspace_mib(workspace_gb: float) -> int:
+def workspace_mib(workspace_gb: float) -> int:
+    """A workspace limit in GiB as whole MiB (at least 1); ValueError unless positive."""
     if workspace_gb <= 0:
         raise ValueError(f"workspace must be positive GiB, got {workspace_gb}")
     return max(1, int(workspace_gb * 1024))
 
 
-def _major(version: str) -> int:
-    try:
-        return int(str(version).split(".")[0])
-    except ValueError:
-        raise EngineBuildError(f"cannot read a TensorRT version from {version!r}") from None
-
-
-# -- the GPU ---------------------------------------------------------------------------------
+# -- TensorRT and the GPU (the runtime's, with build errors) ------------------------------------
 
 
 def gpu_info(device: int = 0) -> dict[str, str]:
-    """Name and compute capability ("8.6") of a CUDA GPU, through cuda-python's runtime API.
+    """Name and compute capability ("8.6") of a CUDA GPU (``runtime.backends.gpu_info``).
 
     Raises ``EngineBuildError`` without cuda-python or without a usable CUDA GPU.
     """
     try:
-        # cuda-python >= 12.6 (and 13.x) name the module cuda.bindings.runtime ...
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            # ... older releases cuda.cudart (removed in cuda-python 13).
-            from cuda import cudart
-        except ImportError:
-            raise EngineBuildError(
-                f"cuda-python is not installed; install the GPU extra: {INSTALL_HINT}"
-            ) from None
-    success = cudart.cudaError_t.cudaSuccess
-    # Every call returns (cudaError_t, value...) rather than raising.
-    error, count = cudart.cudaGetDeviceCount()
-    if error != success or not count:
-        reason = _cuda_error_text(cudart, error) if error != success else "0 devices"
+        return probe_gpu(device)
+    except BackendUnavailable as error:
         raise EngineBuildError(
-            f"no CUDA GPU is usable here ({reason}); TensorRT engines are built on the GPU "
-            "model they will run on, with its NVIDIA driver installed"
-        )
-    if not 0 <= device < count:
-        raise EngineBuildError(f"CUDA device {device} does not exist ({count} devices)")
-    error, props = cudart.cudaGetDeviceProperties(device)
-    if error != success:
-        reason = _cuda_error_text(cudart, error)
-        raise EngineBuildError(f"cannot query CUDA device {device}: {reason}")
-    name = props.name
-    if isinstance(name, bytes):
-        name = name.split(b"\0", 1)[0].decode(errors="replace")
-    return {"name": str(name).strip(), "compute_capability": f"{props.major}.{props.minor}"}
-
-
-def _cuda_error_text(cudart, error) -> str:
-    _, text = cudart.cudaGetErrorString(error)
-    text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
-    return f"{getattr(error, 'name', error)}: {text}"
-
-
-# -- building ----------------------------------------------------------------------------------
+            f"{error}; TensorRT engines are built on the GPU model they will run on, with its "
+            f"NVIDIA driver and the GPU extra installed: {INSTALL_HINT}"
+        ) from None
 
 
 def import_tensorrt():
-    """``import tensorrt``, or ``EngineBuildError`` saying how to install it (needs >= 10)."""
+    """``import tensorrt`` (``runtime.backends.import_tensorrt``: needs >= 10), or
+    ``EngineBuildError`` saying how to install it."""
     try:
-        import tensorrt as trt
-    except (ImportError, OSError) as error:  # OSError: the wheel is there, libnvinfer is not
-        raise EngineBuildError(
-            f"TensorRT is not installed or cannot load ({error}); on a machine with an NVIDIA "
-            f"GPU and driver run: {INSTALL_HINT}"
-        ) from None
-    if _major(trt.__version__) < MIN_TENSORRT_MAJOR:
-        raise EngineBuildError(
-            f"TensorRT {trt.__version__} is too old: ProxyFormer engines need TensorRT >= "
-            f"{MIN_TENSORRT_MAJOR} (name-based tensor API); upgrade with {INSTALL_HINT}"
-        )
-    return trt
+        return load_tensorrt()
+    except BackendUnavailable as error:
+        raise EngineBuildError(str(error)) from None
+
+
+# -- building ----------------------------------------------------------------------------------
 
 
 def build_engines(
@@ -392,10 +189,10 @@ def build_engines(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if workspace_gb is not None:
-        _workspace_mib(workspace_gb)
-    manifest = _open_manifest(bundle, verify=True)
+        workspace_mib(workspace_gb)
+    manifest = as_manifest(bundle, verify=True)
     trt = import_tensorrt()
-    major = _major(trt.__version__)
+    major = major_version(trt.__version__)
     # Plans first: a missing variant is reported before any GPU work.
     plans = [plan_build(manifest, graph, precision, major) for graph in graphs]
     gpu = gpu_info()
@@ -463,17 +260,6 @@ def _build_engine(trt, logger, manifest: Manifest, plan: BuildPlan, gpu: dict,
     manifest.save()
     log.info("wrote %s (%.1f MB) in %.1f s", path, path.stat().st_size / 1e6, build_seconds)
     return entry
-
-
-def tensorrt_logger(trt=None, verbose: bool = False):
-    """The process's one TensorRT logger, shared with the runtime's TensorRT backend
-    (TensorRT warns when builders and runtimes use different ones). Its messages go to the
-    ``tensorrt`` logger: warnings and errors always, info and verbose ones with ``verbose``.
-    """
-    from runtime.backends import tensorrt_logger as shared_logger
-
-    logging.getLogger("tensorrt").setLevel(logging.DEBUG if verbose else logging.WARNING)
-    return shared_logger()
 
 
 def _network_flags(trt, strongly_typed: bool) -> int:
@@ -553,7 +339,7 @@ def _add_profile(builder, config, network, manifest: Manifest, graph: str) -> di
             )
         if all(d >= 0 for d in dims):
             continue
-        points = {which: _profile_shape(spec, manifest, which) for which in ("min", "opt", "max")}
+        points = {which: profile_shape(spec, manifest.profiles, which) for which in PROFILE_POINTS}
         profile.set_shape(tensor.name, points["min"], points["opt"], points["max"])
         shapes[tensor.name] = {which: list(shape) for which, shape in points.items()}
     index = config.add_optimization_profile(profile) if shapes else 0

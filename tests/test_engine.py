@@ -18,25 +18,20 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from bundles import VARIANT_FILES as FILES
+from bundles import graph_specs, make_model, write_bundle
 from onnx import TensorProto, helper, numpy_helper
 
 from export.build_engine import main as build_engine_main
-from export.engine import (
-    EngineBuildError,
-    build_engines,
-    gpu_info,
-    installed_tensorrt_version,
-    tensorrt_logger,
-    trtexec_commands,
-    trtexec_script,
-)
+from export.engine import EngineBuildError, build_engines, gpu_info, tensorrt_logger
 from export.tensorrt_ops import (
     OPSET_RANGE,
     check_tensorrt_compatible,
     format_tensorrt_report,
     tensorrt_report,
 )
-from runtime.manifest import BundleError, Manifest, TensorSpec
+from export.trtexec import installed_tensorrt_version, trtexec_commands, trtexec_script
+from runtime.manifest import BundleError, Manifest
 
 REPO = Path(__file__).resolve().parents[1]
 OPSET = 18
@@ -46,30 +41,10 @@ PROFILES = {
     "E": {"min": 1, "opt": 2, "max": 3},
     "L": {"min": 1, "opt": 8, "max": 16},
 }
-TEXT_INPUTS = [
-    TensorSpec("input_ids", "int64", ("E", "L")),
-    TensorSpec("attention_mask", "int64", ("E", "L")),
-]
-TEXT_OUTPUTS = [TensorSpec("text_features", "float32", ("E", "L", CHANNELS))]
-VIDEO_INPUTS = [
-    TensorSpec("frames", "uint8", ("T", HEIGHT, WIDTH, 3)),
-    TensorSpec("text_features", "float32", ("E", "L", CHANNELS)),
-    TensorSpec("attention_mask", "int64", ("E", "L")),
-]
-VIDEO_OUTPUTS = [
-    TensorSpec("pred_logits", "float32", ("E", "T", QUERIES)),
-    TensorSpec("pred_boxes", "float32", ("E", "T", QUERIES, 4)),
-    TensorSpec("pred_masks", "float32", ("E", "T", QUERIES, MASK_H, MASK_W)),
-]
-ONNX_TYPES = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "uint8": TensorProto.UINT8}
-FILES = {"fp32": "{}.onnx", "fp16": "{}.fp16.onnx", "int8-tensorrt": "{}.int8-tensorrt.onnx"}
+SPECS = graph_specs(HEIGHT, WIDTH, CHANNELS, QUERIES, mask_size=(MASK_H, MASK_W))
 
 
 # -- the fixture: tiny graphs with the bundle's interface ------------------------------------
-
-
-def _value_info(spec: TensorSpec):
-    return helper.make_tensor_value_info(spec.name, ONNX_TYPES[spec.dtype], list(spec.shape))
 
 
 class _Graph:
@@ -119,15 +94,8 @@ class _Graph:
     def output(self, name: str, out: str) -> str:
         return self.node("Cast", [name], out, to=TensorProto.FLOAT)
 
-    def model(self, name: str, inputs, outputs) -> onnx.ModelProto:
-        graph = helper.make_graph(
-            self.nodes, name, [_value_info(s) for s in inputs], [_value_info(s) for s in outputs],
-            initializer=self.initializers,
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-        model.ir_version = 8
-        onnx.checker.check_model(model, full_check=True)
-        return model
+    def model(self, name: str) -> onnx.ModelProto:
+        return make_model(self.nodes, name, SPECS[name], self.initializers, OPSET)
 
 
 def text_encoder_model(precision: str = "fp32") -> onnx.ModelProto:
@@ -140,7 +108,7 @@ def text_encoder_model(precision: str = "fp32") -> onnx.ModelProto:
     mask = g.node("Cast", ["attention_mask"], "mask", to=g.onnx_dtype)
     mask = g.node("Unsqueeze", [mask, g.const("axis_2", np.array([2], np.int64))], "mask_3d")
     g.output(g.node("Mul", [projected, mask], "masked"), "text_features")
-    return g.model("text_encoder", TEXT_INPUTS, TEXT_OUTPUTS)
+    return g.model("text_encoder")
 
 
 def video_model(precision: str = "fp32") -> onnx.ModelProto:
@@ -178,27 +146,18 @@ def video_model(precision: str = "fp32") -> onnx.ModelProto:
                       "logits_5")
     pattern = np.linspace(-1, 1, MASK_H * MASK_W).reshape(MASK_H, MASK_W).astype(g.dtype)
     g.output(g.node("Mul", [logits_5, g.const("mask_pattern", pattern)], "masks"), "pred_masks")
-    return g.model("video", VIDEO_INPUTS, VIDEO_OUTPUTS)
+    return g.model("video")
+
+
+MODELS = {"text_encoder": text_encoder_model, "video": video_model}
 
 
 def make_bundle(root: Path, precisions=("fp32",)) -> Manifest:
     """A bundle directory with the given variants of both graphs and its manifest."""
-    root.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest.new(
-        root, {"name": "fixture", "config": {}}, {"size": [HEIGHT, WIDTH]}, PROFILES, OPSET,
-        {"onnx": onnx.__version__},
+    return write_bundle(
+        root, SPECS, lambda graph, precision: MODELS[graph](precision), PROFILES, OPSET,
+        precisions, preprocessing={"size": [HEIGHT, WIDTH]},
     )  # fmt: skip
-    builders = {"text_encoder": text_encoder_model, "video": video_model}
-    specs = {"text_encoder": (TEXT_INPUTS, TEXT_OUTPUTS), "video": (VIDEO_INPUTS, VIDEO_OUTPUTS)}
-    for graph, build in builders.items():
-        manifest.set_graph(graph, *specs[graph])
-        for precision in precisions:
-            relative = FILES[precision].format(graph)
-            onnx.save(build(precision), str(root / relative))
-            manifest.add_file(relative, "onnx graph")
-            manifest.add_variant(graph, precision, {"file": relative, "external_data": []})
-    manifest.save()
-    return Manifest.load(root)
 
 
 @pytest.fixture()

@@ -1,7 +1,8 @@
 """Backends on a tiny hand-built bundle: onnxruntime on CPU here, TensorRT on a GPU machine.
 
-The bundle has the real graphs' input/output names, dtypes and named dims, with tiny
-computations that numpy can repeat, and a manifest written through ``runtime.manifest``.
+The bundle (``bundles.write_numpy_toy``) has the real graphs' input/output names, dtypes and
+named dims, with tiny computations that numpy can repeat, and a manifest written through
+``runtime.manifest``.
 """
 
 from __future__ import annotations
@@ -15,8 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from bundles import graph_specs, make_model, write_bundle
-from onnx import TensorProto, helper, numpy_helper
+from bundles import (
+    CHANNELS,
+    HEIGHT,
+    WIDTH,
+    text_feeds,
+    text_reference,
+    video_feeds,
+    video_reference,
+    write_numpy_toy,
+)
 
 from runtime.backends import (
     AVAILABLE,
@@ -37,119 +46,12 @@ from runtime.manifest import BundleError, Manifest
 from runtime.profiles import profile_shape
 
 REPO = Path(__file__).resolve().parents[1]
-VOCAB, CHANNELS, QUERIES, HEIGHT, WIDTH = 16, 4, 3, 8, 12
-PROFILES = {
-    "T": {"min": 1, "opt": 2, "max": 4},
-    "E": {"min": 1, "opt": 2, "max": 3},
-    "L": {"min": 1, "opt": 4, "max": 6},
-}
-RNG = np.random.default_rng(0)
-EMBEDDING = RNG.standard_normal((VOCAB, CHANNELS)).astype(np.float32)
-QUERY_WEIGHT = np.array([0.5, -1.0, 2.0], dtype=np.float32)
-BOX_WEIGHT = np.array([1.0, -0.5, 0.25, 2.0], dtype=np.float32)
-
-SPECS = graph_specs(HEIGHT, WIDTH, CHANNELS, QUERIES)
-
-
-# -- the tiny bundle -----------------------------------------------------------------------
-
-
-def _const(name, array):
-    return numpy_helper.from_array(np.asarray(array), name)
-
-
-def text_encoder_model():
-    """text_features = embedding[input_ids] * attention_mask[..., None]."""
-    nodes = [
-        helper.make_node("Gather", ["embedding", "input_ids"], ["embedded"]),
-        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask", "axis_2"], ["mask3"]),
-        helper.make_node("Mul", ["embedded", "mask3"], ["text_features"]),
-    ]
-    inits = [_const("embedding", EMBEDDING), _const("axis_2", np.array([2], np.int64))]
-    return make_model(nodes, "text_encoder", SPECS["text_encoder"], inits, opset=17)
-
-
-def video_model():
-    """Logits from the masked text mean and each frame's brightness; boxes and masks from them."""
-    nodes = [
-        helper.make_node("Cast", ["frames"], ["frames_f"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["frames_f", "inv255"], ["pixels"]),
-        helper.make_node("ReduceMean", ["pixels"], ["frame_mean"], axes=[1, 2, 3], keepdims=0),
-        helper.make_node("ReduceMean", ["pixels"], ["gray"], axes=[3], keepdims=0),
-        helper.make_node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["mask", "axis_2"], ["mask3"]),
-        helper.make_node("Mul", ["text_features", "mask3"], ["masked_text"]),
-        helper.make_node("ReduceMean", ["masked_text"], ["text_mean"], axes=[1, 2], keepdims=0),
-        helper.make_node("Unsqueeze", ["text_mean", "axes_1_2"], ["text_e11"]),
-        helper.make_node("Unsqueeze", ["frame_mean", "axes_0_2"], ["frame_1t1"]),
-        helper.make_node("Mul", ["frame_1t1", "query_weight"], ["frame_query"]),
-        helper.make_node("Add", ["text_e11", "frame_query"], ["pred_logits"]),
-        helper.make_node("Unsqueeze", ["pred_logits", "axis_3"], ["logits4"]),
-        helper.make_node("Mul", ["logits4", "box_weight"], ["box_raw"]),
-        helper.make_node("Sigmoid", ["box_raw"], ["pred_boxes"]),
-        helper.make_node("Unsqueeze", ["pred_logits", "axes_3_4"], ["logits5"]),
-        helper.make_node("Unsqueeze", ["gray", "axes_0_2"], ["gray5"]),
-        helper.make_node("Mul", ["logits5", "gray5"], ["pred_masks"]),
-    ]
-    inits = [
-        _const("inv255", np.array(1 / 255, np.float32)),
-        _const("axis_2", np.array([2], np.int64)),
-        _const("axis_3", np.array([3], np.int64)),
-        _const("axes_1_2", np.array([1, 2], np.int64)),
-        _const("axes_0_2", np.array([0, 2], np.int64)),
-        _const("axes_3_4", np.array([3, 4], np.int64)),
-        _const("query_weight", QUERY_WEIGHT.reshape(1, 1, QUERIES)),
-        _const("box_weight", BOX_WEIGHT),
-    ]
-    return make_model(nodes, "video", SPECS["video"], inits, opset=17)
-
-
-def text_reference(input_ids, attention_mask):
-    return EMBEDDING[input_ids] * attention_mask[..., None].astype(np.float32)
-
-
-def video_reference(frames, text_features, attention_mask):
-    pixels = frames.astype(np.float32) * np.float32(1 / 255)
-    frame_mean = pixels.mean(axis=(1, 2, 3))  # (T,)
-    gray = pixels.mean(axis=3)  # (T, H, W)
-    text_mean = (text_features * attention_mask[..., None]).mean(axis=(1, 2))  # (E,)
-    logits = text_mean[:, None, None] + frame_mean[None, :, None] * QUERY_WEIGHT  # (E, T, N)
-    boxes = 1 / (1 + np.exp(-(logits[..., None] * BOX_WEIGHT)))
-    masks = logits[..., None, None] * gray[None, :, None]
-    return {"pred_logits": logits, "pred_boxes": boxes, "pred_masks": masks}
-
-
-MODELS = {"text_encoder": text_encoder_model, "video": video_model}
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Manifest:
-    """The toy bundle with fp32 graphs that numpy can repeat (``text_reference``, ...)."""
-    return write_bundle(
-        tmp_path_factory.mktemp("bundle"), SPECS, lambda graph, _: MODELS[graph](), PROFILES,
-        opset=17, preprocessing={"height": HEIGHT, "width": WIDTH},
-    )  # fmt: skip
-
-
-def text_feeds(expressions=2, tokens=5, seed=1):
-    rng = np.random.default_rng(seed)
-    mask = np.ones((expressions, tokens), np.int64)
-    mask[0, tokens - 2 :] = 0
-    return {
-        "input_ids": rng.integers(0, VOCAB, (expressions, tokens), dtype=np.int64),
-        "attention_mask": mask,
-    }
-
-
-def video_feeds(frames=3, expressions=2, tokens=5, seed=2):
-    rng = np.random.default_rng(seed)
-    text = text_feeds(expressions, tokens, seed)
-    return {
-        "frames": rng.integers(0, 256, (frames, HEIGHT, WIDTH, 3), dtype=np.uint8),
-        "text_features": rng.standard_normal((expressions, tokens, CHANNELS)).astype(np.float32),
-        "attention_mask": text["attention_mask"],
-    }
+    """The numpy toy bundle (fp32 graphs that ``text_reference``/``video_reference`` repeat)."""
+    return write_numpy_toy(tmp_path_factory.mktemp("bundle"))
 
 
 def onnxruntime_cuda_present() -> bool:

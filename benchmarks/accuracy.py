@@ -29,6 +29,66 @@ log = logging.getLogger("accuracy")
 ROWS = ("pytorch", "fp32", "fp16", "int8-tensorrt", "int8-cpu")
 
 
+def _load_split(manifest, data: str | Path, split: str):
+    """The split as a dataset, checked to have the bundle's frame size: every row then scores the
+    same frames, and none pays for a resize the others do not."""
+    from training.data import build_dataset
+    from training.data.transforms import ClipTransform
+
+    dataset = build_dataset(
+        "ytvos", str(data), split, None, ClipTransform(train=False, eval_short_side=None)
+    )
+    first = dataset.records[0]
+    native = dataset.read_frame(first.video, first.frames[0]).shape[:2]
+    size = tuple(manifest.preprocessing["size"])
+    if tuple(native) != size:
+        raise ValueError(
+            f"bundle {manifest.root} takes {size[0]}x{size[1]} frames but {data} {split} has "
+            f"{native[0]}x{native[1]}: export the bundle with --size {native[0]}x{native[1]}"
+        )
+    return dataset
+
+
+def _score_pytorch(manifest, dataset, limit: int | None, threads: int | None) -> dict:
+    """``evaluate`` of the checkpoint the bundle came from, PyTorch eager."""
+    import torch
+    from tokenizers import Tokenizer
+
+    from export.source_model import bundle_model
+    from training.evaluate import evaluate
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = bundle_model(manifest)
+    tokenizer = Tokenizer.from_file(str(manifest.root / manifest.preprocessing["tokenizer"]))
+    return evaluate(model, tokenizer, dataset, limit=limit)
+
+
+def _score_onnxruntime(
+    manifest, dataset, precision: str, limit: int | None, threads: int | None
+) -> dict:
+    """``evaluate`` of one precision of the bundle, run by the onnxruntime predictor."""
+    from runtime.predictor import RVOSPredictor
+    from training.evaluate import evaluate
+
+    options = {"threads": threads} if threads else {}
+    predictor = RVOSPredictor(manifest, backend="onnxruntime", precision=precision, **options)
+
+    def segment(frames, expressions):
+        out = predictor.segment(np.stack(frames), expressions)
+        return out.masks, out.scores[:, None]
+
+    return evaluate(None, None, dataset, limit=limit, segment=segment)
+
+
+def _add_deltas(results: dict[str, dict]) -> None:
+    """Each scored row's J&F difference to ONNX Runtime FP32, in points."""
+    reference = results.get("fp32", {}).get("J&F")
+    for result in results.values():
+        if "J&F" in result and reference is not None:
+            result["delta_vs_fp32_points"] = round(100 * (result["J&F"] - reference), 2)
+
+
 def measure(
     bundle: str | Path,
     data: str | Path,
@@ -38,63 +98,27 @@ def measure(
     threads: int | None = None,
 ) -> dict:
     """J, F and J&F of each row; rows whose variant the bundle lacks are reported as skipped."""
-    from tokenizers import Tokenizer
-
     from runtime.manifest import Manifest
-    from runtime.predictor import RVOSPredictor
-    from training.data import build_dataset
-    from training.data.transforms import ClipTransform
-    from training.evaluate import evaluate
 
     manifest = Manifest.load(bundle)
-    dataset = build_dataset(
-        "ytvos", str(data), split, None, ClipTransform(train=False, eval_short_side=None)
-    )
-    first = dataset.records[0]
-    native = dataset.read_frame(first.video, first.frames[0]).shape[:2]
-    size = tuple(manifest.preprocessing["size"])
-    if tuple(native) != size:
-        raise ValueError(
-            f"bundle {bundle} takes {size[0]}x{size[1]} frames but {data} {split} has "
-            f"{native[0]}x{native[1]}: export the bundle with --size {native[0]}x{native[1]}"
-        )
+    dataset = _load_split(manifest, data, split)
     results = {}
     for row in rows:
         started = time.perf_counter()
         if row == "pytorch":
-            import torch
-
-            if threads:
-                torch.set_num_threads(threads)
-            from export.onnx_export import bundle_model
-
-            model = bundle_model(manifest)
-            tokenizer = Tokenizer.from_file(
-                str(manifest.root / manifest.preprocessing["tokenizer"])
-            )
-            result = evaluate(model, tokenizer, dataset, limit=limit)
+            result = _score_pytorch(manifest, dataset, limit, threads)
+        elif row not in manifest.precisions("video"):
+            results[row] = {"skipped": f"bundle has no {row} variant of video.onnx"}
+            log.warning("%s skipped: %s", row, results[row]["skipped"])
+            continue
         else:
-            if row not in manifest.precisions("video"):
-                results[row] = {"skipped": f"bundle has no {row} variant of video.onnx"}
-                log.warning("%s skipped: %s", row, results[row]["skipped"])
-                continue
-            options = {"threads": threads} if threads else {}
-            predictor = RVOSPredictor(manifest, backend="onnxruntime", precision=row, **options)
-
-            def segment(frames, expressions, predictor=predictor):
-                out = predictor.segment(np.stack(frames), expressions)
-                return out.masks, out.scores[:, None]
-
-            result = evaluate(None, None, dataset, limit=limit, segment=segment)
+            result = _score_onnxruntime(manifest, dataset, row, limit, threads)
         results[row] = result["summary"] | {
             "seconds": round(time.perf_counter() - started, 1),
             "per_expression_jf": [round(r["J&F"], 4) for r in result["per_expression"]],
         }
         log.info("%s: J&F %.4f", row, result["summary"]["J&F"])
-    reference = results.get("fp32", {}).get("J&F")
-    for result in results.values():
-        if "J&F" in result and reference is not None:
-            result["delta_vs_fp32_points"] = round(100 * (result["J&F"] - reference), 2)
+    _add_deltas(results)
     return {
         "bundle": str(bundle),
         "model": manifest.data["model"].get("checkpoint") or manifest.data["model"]["name"],
@@ -113,6 +137,7 @@ def measure(
 
 
 def markdown(report: dict) -> str:
+    """The J&F table of a ``measure`` report, one line per row."""
     lines = [
         f"J&F on {report['data']} ({report['split']}), bundle {report['bundle']}",
         "",
@@ -139,6 +164,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line: measure, write JSON and markdown, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--data", required=True)

@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "tiny-synthetic"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "demo_out")
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
@@ -38,39 +39,31 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10, help="timed runs per backend")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--fresh", action="store_true", help="redo every step")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("onnxscript", "onnx_ir", "onnxslim", "runtime.backends", "root"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.fresh and args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    steps = {}
+    return parser.parse_args()
 
-    # 1. Export.
-    bundle = args.out / "bundle"
-    tick = time.perf_counter()
-    if not (bundle / "manifest.json").is_file():
-        from export.onnx_export import export_bundle
 
-        log.info("1/4 exporting %s to %s (FP32 + FP16, parity-checked)", args.checkpoint, bundle)
-        export_bundle(
-            args.checkpoint, bundle, size=(128, 224), frames="1:12:24", expressions="1:2:8",
-            max_text_len=32, precisions=("fp32", "fp16"),
-        )  # fmt: skip
-    steps["export"] = time.perf_counter() - tick
+def export_step(checkpoint: Path, bundle: Path) -> None:
+    """1. The checkpoint as an FP32 + FP16 bundle (parity-checked), unless it is there."""
+    if (bundle / "manifest.json").is_file():
+        return
+    from export.onnx_export import export_bundle
 
-    # 2. Data and INT8 calibration.
-    data = args.out / "synth"
-    tick = time.perf_counter()
+    log.info("1/4 exporting %s to %s (FP32 + FP16, parity-checked)", checkpoint, bundle)
+    export_bundle(
+        checkpoint, bundle, size=(128, 224), frames="1:12:24", expressions="1:2:8",
+        max_text_len=32, precisions=("fp32", "fp16"),
+    )  # fmt: skip
+
+
+def calibration_step(args: argparse.Namespace, bundle: Path, data: Path) -> None:
+    """2. Held-out synthetic videos and INT8 for both targets, unless they are there."""
+    from runtime.manifest import Manifest
+
     if not (data / "meta_expressions").is_dir():
         from training.data.synthetic import write_dataset
 
         log.info("2/4 generating %d synthetic videos in %s", args.videos, data)
         write_dataset(data, videos=args.videos, frames=12, size=(128, 224), seed=2026)
-    from runtime.manifest import Manifest
-
     if "int8-cpu" not in Manifest.load(bundle).precisions("video"):
         from calibration.int8 import calibrate_bundle
 
@@ -79,28 +72,55 @@ def main() -> None:
         calibrate_bundle(bundle, data, ("tensorrt", "cpu"), "entropy",
                          samples=args.calibration_samples, check_samples=6,
                          threads=args.threads)  # fmt: skip
-    steps["data + calibration"] = time.perf_counter() - tick
-    manifest = Manifest.load(bundle)
-    print("\n" + manifest.summary())
 
-    # 3. Segment a held-out video with the runtime.
-    tick = time.perf_counter()
-    segment_sample(manifest, data, args.out, args.threads)
-    steps["segment"] = time.perf_counter() - tick
 
-    # 4. Latency against PyTorch.
-    tick = time.perf_counter()
+def latency_step(args: argparse.Namespace, bundle: Path) -> str:
+    """4. PyTorch eager against every precision; the markdown table."""
     from benchmarks.report import format_markdown
+    from benchmarks.runners import DEFAULT_BACKENDS
     from benchmarks.suite import run_benchmark
 
     log.info("4/4 latency: PyTorch eager vs onnxruntime FP32 / FP16 / INT8 (%d runs)", args.runs)
     results = run_benchmark(
-        bundle, ("torch", "ort", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8"),
-        frames=12, expressions=2, e_sweep=(1, 2, 4), warmup=2, runs=args.runs,
-        threads=args.threads, out_dir=args.out / "latency", tag="demo",
+        bundle, DEFAULT_BACKENDS, frames=12, expressions=2, e_sweep=(1, 2, 4), warmup=2,
+        runs=args.runs, threads=args.threads, out_dir=args.out / "latency", tag="demo",
     )  # fmt: skip
+    return format_markdown(results)
+
+
+def main() -> None:
+    """Run the four steps, each timed; print the bundle, the segmentations and the latency."""
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("onnxscript", "onnx_ir", "onnxslim", "runtime.backends", "root"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.fresh and args.out.exists():
+        shutil.rmtree(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    steps = {}
+    bundle, data = args.out / "bundle", args.out / "synth"
+
+    tick = time.perf_counter()
+    export_step(args.checkpoint, bundle)
+    steps["export"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    calibration_step(args, bundle, data)
+    steps["data + calibration"] = time.perf_counter() - tick
+    from runtime.manifest import Manifest
+
+    manifest = Manifest.load(bundle)
+    print("\n" + manifest.summary())
+
+    tick = time.perf_counter()
+    segment_sample(manifest, data, args.out, args.threads)  # 3.
+    steps["segment"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    table = latency_step(args, bundle)
     steps["latency"] = time.perf_counter() - tick
-    print("\n" + format_markdown(results))
+    print("\n" + table)
     print("demo steps (s): " + ", ".join(f"{k} {v:.0f}" for k, v in steps.items())
           + f"; total {time.perf_counter() - started:.0f} s; outputs in {args.out}")  # fmt: skip
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from export.graphs import TextGraph, VideoGraph
-from export.onnx_export import bundle_model
+from export.source_model import bundle_model
 from proxyformer.config import ProxyFormerConfig
 from proxyformer.model import ProxyFormer, build_proxyformer
 from runtime.manifest import Manifest

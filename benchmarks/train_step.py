@@ -41,7 +41,7 @@ PHASES = ("data", "forward", "loss", "backward", "optimizer")
 def time_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per phase for ``steps`` optimizer steps after ``warmup`` untimed ones (one
     micro-batch per step: ``--accumulate`` is not supported here)."""
-    from training.trainer import _to_float, keep_frozen_in_eval
+    from training.trainer import _to_float
 
     if trainer.config.accumulate != 1:
         raise ValueError("time one micro-batch per step: leave --accumulate at 1")
@@ -50,9 +50,7 @@ def time_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
     def sync() -> None:
         synchronize(device)
 
-    trainer.model.train()  # as Trainer.train: frozen parts (--train-only) stay in eval mode
-    if trainer.config.train_only:
-        keep_frozen_in_eval(trainer.model)
+    trainer.model.train()  # as Trainer.train
     times: dict[str, list[float]] = {phase: [] for phase in PHASES}
     batches = iter(trainer.loader)
     for step in range(warmup + steps):

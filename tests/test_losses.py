@@ -152,32 +152,6 @@ def test_unknown_class_target_is_refused():
         LossWeights(cls_target="soft")
 
 
-def test_rank_loss_prefers_the_query_with_the_best_mask():
-    """The ranking term is small when the best-IoU query has the top frame-averaged score,
-    large when another query does, and zero for a video whose object is never visible."""
-    criterion = RVOSCriterion(LossWeights(rank=2.0))
-    targets = make_targets()
-    outputs = prediction_for(targets, positive=[3, 1])
-    right = criterion(outputs, targets)
-    assert right["rank"] < 0.01
-    assert right["loss"] > RVOSCriterion()(outputs, targets)["loss"]  # the term is weighted in
-    wrong = prediction_for(targets, positive=[3, 1])
-    wrong["pred_logits"][0, :, 0] = 12.0  # an empty mask scored above the right one
-    assert criterion(wrong, targets)["rank"] > 1.0
-    for target in targets:
-        target["valid"][:] = False
-    assert float(criterion(wrong, targets)["rank"]) == 0.0
-
-
-def test_bad_rank_weights_are_refused():
-    import pytest
-
-    with pytest.raises(ValueError, match="rank"):
-        LossWeights(rank=-1.0)
-    with pytest.raises(ValueError, match="rank"):
-        LossWeights(rank_temperature=0.0)
-
-
 def test_losses_are_the_matched_entries_of_the_costs_and_reach_only_the_matched_query():
     torch.manual_seed(0)
     targets = make_targets()

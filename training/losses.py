@@ -35,21 +35,10 @@ class LossWeights:
     # (the paper). "iou": every query's target is its own mask IoU on those frames, trained with
     # the quality focal loss (GFL), so the score ranks queries by the mask they would return.
     cls_target: str = "matched"
-    # Query ranking: per video, a cross-entropy between the softmax over the N queries of their
-    # frame-averaged class logits and a target that puts (almost) all its mass on the queries
-    # with the best mask IoU (softmax of IoU / rank_temperature). It trains exactly what
-    # inference uses, the choice of one query per video; 0 switches it off (the paper has none).
-    rank: float = 0.0
-    rank_temperature: float = 0.05
 
     def __post_init__(self) -> None:
         if self.cls_target not in ("matched", "iou"):
             raise ValueError(f"cls_target must be 'matched' or 'iou', got {self.cls_target!r}")
-        if self.rank < 0 or self.rank_temperature <= 0:
-            raise ValueError(
-                f"rank must be >= 0 and rank_temperature > 0, got {self.rank}, "
-                f"{self.rank_temperature}"
-            )
 
 
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
@@ -174,11 +163,10 @@ class RVOSCriterion(torch.nn.Module):
 
     def weighted(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         w = self.weights
-        total = (
+        return (
             w.cls * terms["cls"] + w.l1 * terms["l1"] + w.giou * terms["giou"]
             + w.dice * terms["dice"] + w.focal * terms["focal"]
         )  # fmt: skip
-        return total + w.rank * terms["rank"] if "rank" in terms else total
 
     # -- matching and losses ---------------------------------------------------------------
 
@@ -219,26 +207,7 @@ class RVOSCriterion(torch.nn.Module):
             per_item = sigmoid_focal_loss(logits, labels, reduction="none") * annotated[:, None]
             cls.append(per_item.sum() / n_pos)
         losses["cls"] = torch.stack(cls).mean()
-        if self.weights.rank > 0:
-            losses["rank"] = self.rank_loss(pred, targets, [costs["iou"] for costs in per_video])
         return losses, matched
-
-    def rank_loss(self, pred: dict, targets: list[dict], ious: list[torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy over the N queries of each video (``LossWeights.rank``): scores are the
-        class logits averaged over the frames where the object is visible, the target the
-        softmax of the queries' mean IoU on those frames over ``rank_temperature``. Videos
-        whose object is visible in no frame contribute zero."""
-        terms = []
-        for b, target in enumerate(targets):
-            logits = pred["pred_logits"][b]  # (T, N)
-            visible = target["valid"].to(logits) * _annotated(target, logits)  # (T,)
-            n_visible = visible.sum()
-            weights = visible[:, None] / n_visible.clamp(min=1)
-            scores = (logits * weights).sum(0)  # (N,)
-            wanted = ((ious[b] * weights).sum(0) / self.weights.rank_temperature).softmax(-1)
-            term = -(wanted * scores.log_softmax(-1)).sum()
-            terms.append(term * (n_visible > 0).to(term))
-        return torch.stack(terms).mean()
 
     def jsc_loss(self, video_queries: torch.Tensor, joint: torch.Tensor, matched: torch.Tensor):
         """Eq. 8 between q = Q_v[b, matched[b]] and s_{v&t}[b] over the videos of the batch.

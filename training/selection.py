@@ -19,11 +19,7 @@ options, and reused when they match.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import math
 import os
 import random
 import time
@@ -35,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from proxyformer.checkpoint import WEIGHTS_NAME, load_weights, read_config, save_checkpoint
+from proxyformer.checkpoint import WEIGHTS_NAME, read_config
 from proxyformer.model import build_proxyformer
 from proxyformer.text import encode_texts, load_tokenizer
 from runtime.manifest import sha256_file
@@ -47,8 +43,10 @@ from training.data.transforms import (
     scaled_size,
     to_tensor_clip,
 )
+from training.finetune import freeze_except, init_weights
 from training.losses import LossWeights, iou_class_loss, mask_iou, upsample_masks
-from training.trainer import freeze_except, init_weights
+from training.rundir import RunDirectory
+from training.schedule import set_cosine_lr
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +303,8 @@ class SelectionTrainer:
 
     def __init__(self, config: SelectionConfig) -> None:
         self.config = config
-        self.out = Path(config.out)
+        self.run = RunDirectory(config.out, "selection_config.json", STATE_NAME, "config", "epoch")
+        self.out = self.run.out
         self.device = torch.device(config.device)
         weights = Path(config.init_from) / WEIGHTS_NAME
         if not weights.is_file():
@@ -338,11 +337,6 @@ class SelectionTrainer:
 
         return load_or_build_cache(path, key, build)
 
-    def lr_at(self, step: int, total: int) -> float:
-        """Half a cosine from ``lr`` down to ``lr * lr_min_ratio`` over the run."""
-        ratio = self.config.lr_min_ratio
-        return self.config.lr * (ratio + (1 - ratio) * 0.5 * (1 + math.cos(math.pi * step / total)))
-
     def loss(self, items: list[dict]) -> torch.Tensor:
         """The class loss (``iou_class_loss``, weight ``LossWeights.cls``) of every decoder
         layer, as the auxiliary losses of stage 1, averaged over the expressions."""
@@ -355,61 +349,31 @@ class SelectionTrainer:
             total = total + self.cls_weight * loss
         return total
 
-    def _state(self) -> bytes:
-        buffer = io.BytesIO()
-        torch.save({
-            "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-            "config": json.dumps(asdict(self.config)),
-        }, buffer)  # fmt: skip
-        return buffer.getvalue()
-
     def save(self, directory: Path, with_state: bool) -> None:
-        save_checkpoint(
-            self.model, directory, tokenizer=self.tokenizer,
-            extra_files={STATE_NAME: self._state()} if with_state else None,
+        """Write the model to ``directory``, with the optimizer and epoch if asked."""
+        self.run.save(
+            self.model, directory, self.tokenizer,
             metadata={"epoch": str(self.epoch), "stage": "selection"},
+            state={"optimizer": self.optimizer.state_dict(), "epoch": self.epoch} if with_state else None,
+            options=asdict(self.config),
         )  # fmt: skip
 
-    def restore(self, directory: Path) -> None:
-        path = directory / STATE_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"no selection training state to resume from: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        saved = json.loads(state["config"])
-        now = json.loads(json.dumps(asdict(self.config)))
-        differing = {
-            k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v and k != "device"
-        }
-        if differing:
-            raise ValueError(
-                f"cannot resume {directory} with other options: {differing} (saved, now)"
-            )
-        load_weights(self.model, directory)
+    def restore(self) -> None:
+        """Continue from ``OUT/checkpoint``: weights, optimizer and the epochs done."""
+        state = self.run.restore(self.model, asdict(self.config), may_change=("device",))
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
-        log.info("resumed %s after epoch %d", directory, self.epoch)
-
-    def _log_row(self, row: dict) -> None:
-        path = self.out / "metrics.csv"
-        rows = []
-        if path.exists():  # drop rows of epochs a resumed run repeats
-            with open(path, newline="") as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["epoch"]) < row["epoch"]]
-        rows.append(row)
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(row))
-            writer.writeheader()
-            writer.writerows(rows)
+        log.info("resumed %s after epoch %d", self.run.checkpoint, self.epoch)
 
     def train(self, resume: bool = False, stop_after: int | None = None) -> Path:
         """Cache, train, save ``OUT/final``; returns its path. ``stop_after`` ends the run
         after that many epochs with only ``OUT/checkpoint`` written, as an interruption
         between epochs would (``resume`` then finishes it); it returns that directory."""
         config = self.config
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "selection_config.json").write_text(json.dumps(asdict(config), indent=2))
+        self.run.begin(asdict(config))
         if resume:
-            self.restore(self.out / "checkpoint")
+            self.restore()
+        self.run.restart_metrics(self.epoch if resume else None)
         items = self.cache(config.split, config.flip)
         valid = self.cache(config.valid_split, False) if config.valid_split else None
         lengths = [len(item["visible"]) for item in items]
@@ -424,9 +388,9 @@ class SelectionTrainer:
             started = time.perf_counter()
             bar = tqdm(batches, desc=f"selection epoch {epoch + 1}/{config.epochs}")
             for step, indices in enumerate(bar):
-                lr = self.lr_at(epoch * steps_per_epoch + step, total)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                bases = [config.lr] * len(self.optimizer.param_groups)
+                set_cosine_lr(self.optimizer, bases, epoch * steps_per_epoch + step, total,
+                              config.lr_min_ratio)  # fmt: skip
                 loss = self.loss([items[i] for i in indices])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -436,18 +400,19 @@ class SelectionTrainer:
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
             self.epoch = epoch + 1
+            lr = self.optimizer.param_groups[0]["lr"]
             row = {"epoch": self.epoch, "loss": float(np.mean(losses)), "lr": lr,
                    "seconds": time.perf_counter() - started}  # fmt: skip
             if valid is not None:
                 row |= {f"valid_{k}": v for k, v in selection_scores(self.model, valid).items()}
             log.info("epoch %d: %s", self.epoch, ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
-            self._log_row(row)
-            self.save(self.out / "checkpoint", with_state=True)
+            self.run.log_row(row)
+            self.save(self.run.checkpoint, with_state=True)
             if stop_after is not None and self.epoch >= stop_after and self.epoch < config.epochs:
                 log.info("stopping after epoch %d of %d", self.epoch, config.epochs)
-                return self.out / "checkpoint"
+                return self.run.checkpoint
         self.model.eval()
-        final = self.out / "final"
+        final = self.run.final
         self.save(final, with_state=False)
         log.info("final class path written to %s", final)
         return final

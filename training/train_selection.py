@@ -17,39 +17,27 @@ import argparse
 import logging
 import sys
 
+from training.cli import add_run_arguments, parse_overrides
 from training.selection import SelectionConfig, SelectionTrainer
-from training.train import parse_overrides
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[SelectionConfig, bool]:
+    """``train_selection.py``'s command line -> its ``SelectionConfig`` and ``--resume``."""
     defaults = SelectionConfig(init_from="-")
     parser = argparse.ArgumentParser(description="Train the class path of a frozen checkpoint.")
     parser.add_argument("--init-from", required=True, metavar="CKPT_DIR",
                         help="the stage-1 checkpoint whose weights are frozen")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="change a model config field, e.g. decoder.video_select=true")
-    parser.add_argument("--data", default=defaults.data)
+    add_run_arguments(parser, defaults, "decoder.video_select=true")
     parser.add_argument("--dataset", default=defaults.dataset, choices=("ytvos", "davis"))
     parser.add_argument("--split", default=defaults.split)
     parser.add_argument("--valid-split", default=None,
                         help="also cache this split and log its selection scores every epoch")
-    parser.add_argument("--out", default=defaults.out)
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--lr-min-ratio", type=float, default=defaults.lr_min_ratio,
-                        help="the cosine schedule ends at lr * this")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    parser.add_argument("--clip-max-norm", type=float, default=defaults.clip_max_norm)
     parser.add_argument("--no-flip", dest="flip", action="store_false",
                         help="do not also cache each video mirrored (left/right swapped in the "
                         "text)")
     parser.add_argument("--short-side", type=int, default=None,
                         help="resize frames to this short side, as evaluate.py (default: native)")
     parser.add_argument("--max-size", type=int, default=defaults.max_size)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--resume", action="store_true")
     args = vars(parser.parse_args(argv))
     overrides = parse_overrides(parser, args.pop("overrides"))
     resume = args.pop("resume")

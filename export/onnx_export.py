@@ -32,15 +32,17 @@ import json
 import logging
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from proxyformer.checkpoint import TOKENIZER_NAME
+from proxyformer.config import ProxyFormerConfig
 from runtime.files import replace_directory
 from runtime.manifest import Manifest, installed_versions
 
 from .finish import EXTERNAL_DATA_MODES, convert_fp16, finish_graph, graph_metadata
 from .graphs import FRAME_FORMATS, TextGraph, VideoGraph, graph_specs
-from .parity import FP16_TOLERANCE, FP32_TOLERANCE, Tolerance, check_parity, parity_cases
+from .parity import FP32_TOLERANCE, Tolerance, check_parity, fp16_tolerance_for, parity_cases
 from .source_model import bundle_model, load_model
 from .torch_export import (
     DEFAULT_OPSET,
@@ -83,7 +85,7 @@ def export_bundle(
     slim: bool = True,
     parity: bool = True,
     fp32_tolerance: Tolerance = FP32_TOLERANCE,
-    fp16_tolerance: Tolerance = FP16_TOLERANCE,
+    fp16_tolerance: Tolerance | Callable[[ProxyFormerConfig], Tolerance] = fp16_tolerance_for,
     overwrite: bool = False,
     seed: int = 0,
 ) -> Manifest:
@@ -103,6 +105,9 @@ def export_bundle(
         external_data: "auto" (weights above 1 GiB go to a .data file), "always", "never".
         slim: simplify with onnxslim.
         parity: compare ONNX Runtime with PyTorch at two unseen (T, E, L); fail above tolerance.
+        fp32_tolerance, fp16_tolerance: the parity rules; FP16's may be a function of the model
+            config (default ``export.parity.fp16_tolerance_for``: the maximum, or the 0.99
+            quantile with masked attention).
     Returns:
         The bundle's ``Manifest`` (already saved).
     """
@@ -117,6 +122,8 @@ def export_bundle(
     }
 
     model, tokenizer, description = load_model(checkpoint, preset, max_text_len, seed)
+    if callable(fp16_tolerance):
+        fp16_tolerance = fp16_tolerance(model.config)
     specs = graph_specs(model, size, frame_format)
     modules = {
         "text_encoder": TextGraph(model).eval(),

@@ -4,12 +4,16 @@ An output passes when it is finite and ``err_q <= atol + rtol * max|b|``, ``err_
 ``quantile`` of ``|a - b|`` over its elements (1.0: the maximum). The relative term scales with
 the output's range, so mask logits in the tens and box coordinates in [0, 1] share one rule.
 
-FP32 graphs are held to the maximum. FP16 graphs are held to the 0.99 quantile (Polygraphy's
-``--check-error-stat quantile --error-quantile``): the decoder's masked attention thresholds the
-previous layer's mask logits at 0, so a logit that half precision moves across 0 changes which
-pixels one query attends to, and that one query's outputs in that frame, by far more than
-rounding (measured on a checkpoint of the tiny recipe: one of 195 query-frame slots, 0.5 % of
-the elements). A conversion fault (an overflow, a wrong cast) moves far more than 1 % of an output
+FP32 graphs are held to the maximum, and so are the FP16 graphs of the paper's architecture:
+on ``paper-mini`` (random weights, 64x96, T 1:3:6) the FP16 video graph's largest errors
+against FP32 were 1.6e-3 on the class logits and 4.0e-3 on the mask logits, far inside the
+tolerance (docs/deployment.md). A model with masked attention (``extensions.masked_attn``, the
+``tiny-synthetic`` preset) is held to the 0.99 quantile instead (Polygraphy's
+``--check-error-stat quantile --error-quantile``): that decoder thresholds the previous layer's
+mask logits at 0, so a logit that half precision moves across 0 changes which pixels one query
+attends to, and that one query's outputs in that frame, by far more than rounding (measured on
+a checkpoint of the tiny-synthetic recipe: one of 195 query-frame slots, 0.5 % of the
+elements). A conversion fault (an overflow, a wrong cast) moves far more than 1 % of an output
 and still fails; the maximum is reported beside it. For mask and class logits the fraction on
 the same side of 0 (the same thresholded mask) is reported too, since that is what a user sees.
 
@@ -70,9 +74,23 @@ class Tolerance:
 
 # FP32 ONNX Runtime against PyTorch eager: reordered float sums only.
 FP32_TOLERANCE = Tolerance(atol=1e-3, rtol=1e-3)
-# FP16 graph against the FP32 graph, both in ONNX Runtime: half-precision storage and GEMMs,
-# and the masked attention's thresholds (see the module docstring).
-FP16_TOLERANCE = Tolerance(atol=5e-2, rtol=5e-2, quantile=0.99)
+# FP16 graph against the FP32 graph, both in ONNX Runtime: half-precision storage and GEMMs.
+FP16_TOLERANCE = Tolerance(atol=5e-2, rtol=5e-2)
+# The quantile that replaces the maximum for a model with masked attention (module docstring).
+MASKED_ATTENTION_QUANTILE = 0.99
+
+
+def fp16_tolerance_for(config, atol: float | None = None, rtol: float | None = None,
+                       quantile: float | None = None) -> Tolerance:
+    """The FP16 rule for a model config (``ProxyFormerConfig``): ``FP16_TOLERANCE``, held to
+    the 0.99 quantile where the model uses masked attention; any value given replaces it."""
+    if quantile is None:
+        quantile = MASKED_ATTENTION_QUANTILE if config.extensions.masked_attn else 1.0
+    return Tolerance(
+        FP16_TOLERANCE.atol if atol is None else atol,
+        FP16_TOLERANCE.rtol if rtol is None else rtol,
+        quantile,
+    )
 
 
 class ParityError(AssertionError):

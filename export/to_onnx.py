@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from functools import partial
 
 from export.onnx_export import DEFAULT_OPSET, export_bundle
-from export.parity import FP16_TOLERANCE, FP32_TOLERANCE, Tolerance
+from export.parity import FP16_TOLERANCE, FP32_TOLERANCE, Tolerance, fp16_tolerance_for
 from proxyformer.config import PRESETS
 from proxyformer.summary import parse_size
 
@@ -78,12 +79,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--atol", type=float, default=FP32_TOLERANCE.atol)
     parser.add_argument("--rtol", type=float, default=FP32_TOLERANCE.rtol)
-    parser.add_argument("--fp16-atol", type=float, default=FP16_TOLERANCE.atol)
-    parser.add_argument("--fp16-rtol", type=float, default=FP16_TOLERANCE.rtol)
+    parser.add_argument("--fp16-atol", type=float, default=None,
+                        help=f"default {FP16_TOLERANCE.atol}")  # fmt: skip
+    parser.add_argument("--fp16-rtol", type=float, default=None,
+                        help=f"default {FP16_TOLERANCE.rtol}")  # fmt: skip
     parser.add_argument(
-        "--fp16-quantile", type=float, default=FP16_TOLERANCE.quantile,
-        help="quantile of |fp16 - fp32| held to the FP16 tolerance (1: the maximum; see "
-        "export/parity.py for why not the maximum by default)",
+        "--fp16-quantile", type=float, default=None,
+        help="quantile of |fp16 - fp32| held to the FP16 tolerance (default: 1, the maximum; "
+        "0.99 for a model with masked attention, see export/parity.py)",
     )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     parser.add_argument("--seed", type=int, default=0, help="random weights and parity inputs")
@@ -95,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("onnxscript", "onnx_ir", "onnxslim"):  # per-pass INFO lines
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = parse_args(argv)
+    # The model's own FP16 rule, with what the user gave in its place.
+    fp16_rule = partial(fp16_tolerance_for, atol=args.fp16_atol, rtol=args.fp16_rtol,
+                        quantile=args.fp16_quantile)  # fmt: skip
     manifest = export_bundle(
         args.checkpoint,
         args.out,
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         slim=not args.no_slim,
         parity=not args.no_parity,
         fp32_tolerance=Tolerance(args.atol, args.rtol),
-        fp16_tolerance=Tolerance(args.fp16_atol, args.fp16_rtol, args.fp16_quantile),
+        fp16_tolerance=fp16_rule,
         overwrite=args.overwrite,
         seed=args.seed,
     )

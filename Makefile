@@ -68,7 +68,7 @@ bundle: setup
 
 calibrate: data
 	$(PY) calibration/calibrate.py --bundle $(BUNDLE) --data $(SYNTH) --samples 64 \
-		--method entropy --target tensorrt cpu
+		--method entropy --target int8-tensorrt int8-cpu
 
 accuracy: data
 	$(PY) benchmarks/accuracy.py --bundle $(BUNDLE) --data $(SYNTH) --split valid --tag tiny-synthetic

@@ -69,7 +69,7 @@ def calibration_step(args: argparse.Namespace, bundle: Path, data: Path) -> None
 
         log.info("2/4 calibrating INT8 on %d clips (entropy; TensorRT and CPU targets)",
                  args.calibration_samples)  # fmt: skip
-        calibrate_bundle(bundle, data, ("tensorrt", "cpu"), "entropy",
+        calibrate_bundle(bundle, data, ("int8-tensorrt", "int8-cpu"), "entropy",
                          samples=args.calibration_samples, check_samples=6,
                          threads=args.threads)  # fmt: skip
 

@@ -19,7 +19,6 @@ from runtime.backends import (
     AVAILABLE,
     BackendUnavailable,
     available_backends,
-    engine_precision,
     load_backend,
 )
 from runtime.manifest import BundleError, Manifest
@@ -163,7 +162,7 @@ def _timed_files(manifest: Manifest, spec: BackendSpec, text_precision: str) -> 
     graphs = (("text_encoder", text_precision), ("video", spec.precision))
     try:
         return {
-            graph: manifest.engine(engine_precision(precision), graph)
+            graph: manifest.engine(precision, graph)
             if spec.runtime == "tensorrt"
             else manifest.variant(graph, precision)
             for graph, precision in graphs

@@ -1,7 +1,7 @@
 """INT8 calibration of a bundle's video graph: explicit Q/DQ from real calibration clips.
 
     python calibration/calibrate.py --bundle bundles/tiny --data data/synth --samples 64 \\
-        --method entropy --target tensorrt cpu
+        --method entropy --target int8-tensorrt int8-cpu
     python calibration/calibrate.py --bundle bundles/tiny --data data/synth --sensitivity
     python calibration/calibrate.py --bundle bundles/tiny --data data/synth --keep-float 4
 
@@ -18,6 +18,7 @@ import sys
 
 from calibration.int8 import calibrate_bundle, float_nodes_from_sensitivity, sensitivity
 from calibration.quantize import METHODS, TARGETS
+from runtime.precisions import cli_type
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,8 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--target",
         nargs="+",
         default=list(TARGETS),
-        choices=TARGETS,
-        help="tensorrt: symmetric int8 Q/DQ; cpu: ONNX Runtime's u8s8 form",
+        type=cli_type(TARGETS, "calibration target"),
+        help="int8-tensorrt: symmetric int8 Q/DQ; int8-cpu: ONNX Runtime's u8s8 form "
+        "(default both)",
     )
     parser.add_argument("--cpu-format", default="qdq", choices=("qdq", "qoperator"))
     parser.add_argument("--seed", type=int, default=0, help="which videos and clips")
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             args.recalibrate, args.frames, args.quantize_class_path,
         )  # fmt: skip
         args.recalibrate = False
-        entry = manifest.variant("video", f"int8-{target}")
+        entry = manifest.variant("video", target)
         result = entry["agreement_vs_fp32"]
         print(f"{entry['file']}: {entry['quantization']['quantized_ops']} quantized ops, "
               f"mask IoU vs FP32 {result['mask_iou']:.4f}, same query {result['same_query']:.3f} "

@@ -19,16 +19,17 @@ from tqdm import tqdm
 
 from runtime.backends import load_backend
 from runtime.manifest import Manifest, atomic_write_text
+from runtime.precisions import INT8_TENSORRT, precision_name
 from runtime.selection import chosen_tracks, select_queries
 
 from .data import CalibrationSet, build_calibration_set
 from .quantize import (
+    TARGETS,
     class_path_nodes,
     qdq_summary,
     quantize_video,
     quantized_nodes,
     range_cache,
-    variant_name,
 )
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def run_graph(backend, samples: list[dict]) -> list[dict]:
 def calibrate_bundle(
     bundle: str | Path,
     data: str | Path,
-    targets: tuple[str, ...] = ("tensorrt", "cpu"),
+    targets: tuple[str, ...] = TARGETS,
     method: str = "entropy",
     samples: int = 64,
     split: str = "train",
@@ -92,6 +93,7 @@ def calibrate_bundle(
     The samples are cached in ``bundle/calibration/`` (reused when the split, seed and count
     match) and so are the tensor ranges of each method; ``recalibrate`` rebuilds both.
     """
+    targets = tuple(precision_name(target, TARGETS, "calibration target") for target in targets)
     manifest = Manifest.load(bundle)
     calibration = _calibration_samples(
         manifest, data, split, samples, seed, recalibrate, method, frames
@@ -113,11 +115,11 @@ def calibrate_bundle(
                               cpu_format=cpu_format, class_path=quantize_class_path)  # fmt: skip
         calibration = None  # the ranges are cached now; the next target reuses them
         manifest.add_variant(
-            "video", variant_name(target), {"file": path.name, "external_data": []}
+            "video", target, {"file": path.name, "external_data": []}
         )
         manifest.add_file(path.name, "onnx graph")
         backend = load_backend(
-            manifest, "video", "onnxruntime", variant_name(target), threads=threads
+            manifest, "video", "onnxruntime", target, threads=threads
         )
         result = agreement(reference, run_graph(backend, held_out.samples))
         backend.close()
@@ -125,7 +127,7 @@ def calibrate_bundle(
             "file": path.name,
             "external_data": [],
             "target": target,
-            "format": "qdq" if target == "tensorrt" or cpu_format == "qdq" else "qoperator",
+            "format": "qdq" if target == INT8_TENSORRT or cpu_format == "qdq" else "qoperator",
             "calibration": calibration_info,
             "float_nodes": list(exclude or []),
             "class_path_float": [] if quantize_class_path else class_path_nodes(fp32_path),
@@ -133,10 +135,10 @@ def calibrate_bundle(
             "agreement_vs_fp32": result | {"split": check_split, "clips": len(held_out)},
             "seconds": round(time.perf_counter() - started, 1),
         }
-        manifest.add_variant("video", variant_name(target), entry)
+        manifest.add_variant("video", target, entry)
         log.info(
             "%s: mask IoU vs FP32 %.4f, same query %.3f on %d held-out tracks",
-            variant_name(target), result["mask_iou"], result["same_query"], result["tracks"],
+            target, result["mask_iou"], result["same_query"], result["tracks"],
         )  # fmt: skip
     _refresh_tensorrt_report(manifest)
     manifest.save()
@@ -192,7 +194,7 @@ def _refresh_tensorrt_report(manifest: Manifest) -> None:
 
 def sensitivity(
     bundle: str | Path,
-    target: str = "tensorrt",
+    target: str = INT8_TENSORRT,
     method: str = "entropy",
     data: str | Path | None = None,
     check_split: str = "valid",
@@ -210,6 +212,7 @@ def sensitivity(
     ``bundle/calibration/sensitivity-<target>.json``; apply the top K with
     ``calibrate.py --keep-float K``.
     """
+    target = precision_name(target, TARGETS, "calibration target")
     manifest = Manifest.load(bundle)
     if data is None:
         data = json.loads(
@@ -218,9 +221,9 @@ def sensitivity(
     held_out = build_calibration_set(manifest, data, check_split, check_samples, seed + 1000)
     reference = run_graph(load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads),
                           held_out.samples)  # fmt: skip
-    candidates = quantized_nodes(manifest.variant_path("video", variant_name(target)))
+    candidates = quantized_nodes(manifest.variant_path("video", target))
     # as the variant was made: class path in float unless it was quantized too
-    class_path = not manifest.variant("video", variant_name(target)).get("class_path_float")
+    class_path = not manifest.variant("video", target).get("class_path_float")
     candidates = candidates[:max_nodes] if max_nodes else candidates
     scratch = manifest.root / "calibration" / "sensitivity.onnx"
     rows = []
@@ -244,6 +247,7 @@ def sensitivity(
 
 
 def float_nodes_from_sensitivity(bundle: str | Path, target: str, count: int) -> list[str]:
+    target = precision_name(target, TARGETS, "calibration target")
     path = Path(bundle) / "calibration" / f"sensitivity-{target}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run calibrate.py --sensitivity first")

@@ -31,12 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from runtime.manifest import Manifest
+from runtime.precisions import INT8_PRECISIONS, INT8_TENSORRT, precision_name
 
 from .data import CalibrationSet
 
 log = logging.getLogger(__name__)
 
-TARGETS = ("tensorrt", "cpu")
+# The INT8 variants calibration writes, by their precision names (runtime.precisions).
+TARGETS = INT8_PRECISIONS
 METHODS = ("entropy", "percentile", "minmax")
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
 
@@ -72,14 +74,10 @@ class _Reader:
         self.index, self.end = 0, len(self.samples)
 
 
-def variant_name(target: str) -> str:
-    return f"int8-{target}"
-
-
 def quantize_video(
     manifest: Manifest,
     calibration: CalibrationSet | None,
-    target: str = "tensorrt",
+    target: str = INT8_TENSORRT,
     method: str = "entropy",
     exclude: list[str] | None = None,
     output: Path | None = None,
@@ -92,7 +90,7 @@ def quantize_video(
     Args:
         manifest: the bundle.
         calibration: the samples; ``None`` reuses the cached ranges of ``method``.
-        target: "tensorrt" or "cpu" (see the module docstring).
+        target: "int8-tensorrt" or "int8-cpu" (see the module docstring).
         method: "entropy", "percentile" or "minmax".
         exclude: node names left in float (from the sensitivity pass).
         output: where to write (default: ``video.int8-<target>.onnx`` in the bundle).
@@ -101,12 +99,11 @@ def quantize_video(
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    target = precision_name(target, TARGETS, "calibration target")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     source = manifest.variant_path("video", "fp32")
-    output = output or manifest.root / f"video.{variant_name(target)}.onnx"
+    output = output or manifest.root / f"video.{target}.onnx"
     cache = range_cache(manifest, method)
     exclude = list(exclude or [])
     if not class_path:
@@ -118,7 +115,7 @@ def quantize_video(
         "percentile": CalibrationMethod.Percentile,
         "minmax": CalibrationMethod.MinMax,
     }[method]
-    if target == "tensorrt":
+    if target == INT8_TENSORRT:
         options = dict(
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QInt8,

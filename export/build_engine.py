@@ -1,7 +1,7 @@
 """Build TensorRT engines for a bundle, or print the equivalent trtexec commands.
 
     python export/build_engine.py --bundle bundles/tiny --precision fp16 --timing-cache trt.cache
-    python export/build_engine.py --bundle bundles/tiny --precision int8 --workspace 4
+    python export/build_engine.py --bundle bundles/tiny --precision int8-tensorrt --workspace 4
     python export/build_engine.py --bundle bundles/tiny --precision fp16 --print-trtexec
 
 Engines go to BUNDLE/engines/{graph}.{precision}.plan with an entry in manifest.json. fp16
@@ -21,13 +21,15 @@ import sys
 from export.engine import PRECISIONS, EngineBuildError, build_engines
 from export.trtexec import trtexec_script
 from runtime.manifest import GRAPHS, BundleError
+from runtime.precisions import cli_type
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", required=True, help="bundle directory (manifest.json)")
     parser.add_argument(
-        "--precision", default="fp16", choices=PRECISIONS, help="engine precision (default fp16)"
+        "--precision", default="fp16", type=cli_type(PRECISIONS, "engine precision"),
+        help=f"engine precision: {', '.join(PRECISIONS)} (default fp16)",
     )
     parser.add_argument(
         "--workspace",

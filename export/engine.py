@@ -1,7 +1,7 @@
 """Bundle -> TensorRT engines: ``build_engines(bundle, precision, ...)``; the equivalent
 ``trtexec`` commands for production builds are in ``export.trtexec``.
 
-Precision lives in the ONNX graph (DESIGN.md, "Precision and engines"):
+Precision lives in the ONNX graph (docs/design.md, "Precision on TensorRT 10 and 11"):
 
 - fp32: the "fp32" graph, built as a strongly typed network.
 - fp16: the "fp16" graph (FP16 with normalisations, softmax and reductions kept in FP32),
@@ -9,7 +9,7 @@ Precision lives in the ONNX graph (DESIGN.md, "Precision and engines"):
   fp32 graph as a weakly typed network with ``BuilderFlag.FP16``. TensorRT 11 removed that
   flag (and trtexec's ``--fp16``), so there the bundle must be exported with
   ``--precision fp16``.
-- int8: the "int8-tensorrt" graph (explicit Q/DQ quantization from calibration), strongly
+- int8-tensorrt: the "int8-tensorrt" graph (explicit Q/DQ quantization from calibration), strongly
   typed; TensorRT 11 has no other INT8 path (no ``IInt8Calibrator``, no ``--int8``).
 
 Every engine has one optimisation profile spanning the manifest's T/E/L ranges, is written to
@@ -45,13 +45,13 @@ from runtime.backends.gpu import gpu_info as probe_gpu
 from runtime.backends.trt import import_tensorrt as load_tensorrt
 from runtime.backends.trt import major_version, tensorrt_logger
 from runtime.manifest import GRAPHS, Manifest, atomic_write_bytes
+from runtime.precisions import ENGINE_PRECISIONS, INT8_TENSORRT, precision_name
 from runtime.profiles import PROFILE_POINTS, profile_shape
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "fp16", "int8")
-# Engine precision -> the ONNX variant of the bundle it is built from.
-VARIANTS = {"fp32": "fp32", "fp16": "fp16", "int8": "int8-tensorrt"}
+# An engine carries the name of the bundle variant it is built from (runtime.precisions).
+PRECISIONS = ENGINE_PRECISIONS
 ENGINE_DIR = "engines"
 INSTALL_HINT = 'pip install -e ".[tensorrt]"'
 
@@ -65,7 +65,7 @@ class BuildPlan:
     """How one engine is built: from which ONNX file, strongly typed or with the FP16 flag."""
 
     graph: str
-    precision: str  # "fp32" | "fp16" | "int8"
+    precision: str  # "fp32" | "fp16" | "int8-tensorrt"
     variant: str  # the bundle's ONNX variant: "fp32", "fp16", "int8-tensorrt"
     onnx_file: str  # relative to the bundle
     strongly_typed: bool  # False: weakly typed network + BuilderFlag.FP16 (TensorRT 10 only)
@@ -88,8 +88,7 @@ def plan_build(manifest: Manifest, graph: str, precision: str, tensorrt_major: i
     when the bundle lacks the graph the precision needs, and ``EngineBuildError`` for an FP16
     engine without an FP16 graph on TensorRT >= 11.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = precision_name(precision, PRECISIONS, "engine precision")
     if precision == "fp16" and "fp16" not in manifest.precisions(graph):
         if tensorrt_major >= 11:
             # TensorRT 11 removed BuilderFlag.FP16 and trtexec --fp16 (10.x -> 11.x migration
@@ -109,8 +108,8 @@ def plan_build(manifest: Manifest, graph: str, precision: str, tensorrt_major: i
                 "with --precision fp16 for an FP16 graph that TensorRT 11 can build)"
             ),
         )  # fmt: skip
-    variant = VARIANTS[precision]
-    if precision == "int8" and variant not in manifest.precisions(graph) and graph != "video":
+    variant = precision
+    if precision == INT8_TENSORRT and variant not in manifest.precisions(graph) and graph != "video":
         # Calibration quantizes the video graph only; the text encoder (run once per
         # expression, not per frame) goes into the INT8 set of engines at its best float graph.
         fallback = "fp16" if "fp16" in manifest.precisions(graph) else "fp32"
@@ -170,7 +169,8 @@ def build_engines(
 
     Args:
         bundle: the bundle directory (loaded with every file's sha256 verified), or a Manifest.
-        precision: "fp32", "fp16" or "int8" (see the module docstring for the graphs used).
+        precision: "fp32", "fp16" or "int8-tensorrt" (see the module docstring for the graphs
+            used; "int8", the name of earlier releases, is accepted).
         workspace_gb: builder workspace limit in GiB; None leaves TensorRT's default (the
             device's memory).
         timing_cache: a timing cache file, loaded when it exists and saved back (atomically)
@@ -186,8 +186,7 @@ def build_engines(
             failed build.
         BundleError: the bundle lacks the graph variant the precision needs.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = precision_name(precision, PRECISIONS, "engine precision")
     if workspace_gb is not None:
         workspace_mib(workspace_gb)
     manifest = as_manifest(bundle, verify=True)

@@ -106,7 +106,7 @@ def trtexec_commands(
 
     Args:
         bundle: the bundle directory (or its loaded ``Manifest``).
-        precision: "fp32", "fp16" or "int8" (int8 needs the bundle's "int8-tensorrt" graph).
+        precision: "fp32", "fp16" or "int8-tensorrt" (needs the bundle's "int8-tensorrt" graph).
         workspace_gb: builder workspace limit in GiB (``--memPoolSize``); None: TensorRT's.
         timing_cache: a timing cache file trtexec loads and saves (``--timingCacheFile``).
         graphs: which graphs.

@@ -29,6 +29,7 @@ from pathlib import Path
 
 # Re-exported: importers of runtime.manifest's file helpers keep working.
 from runtime.files import atomic_write_bytes, atomic_write_text, sha256_file  # noqa: F401
+from runtime.precisions import INT8_TENSORRT
 
 SCHEMA_VERSION = "1.0"
 FORMAT = "proxyformer-bundle"
@@ -126,6 +127,10 @@ class Manifest:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as error:
             raise BundleError(f"{path} is not valid JSON: {error}") from None
+        engines = data.get("engines") if isinstance(data, dict) else None
+        if isinstance(engines, dict) and "int8" in engines:
+            # Earlier releases keyed the TensorRT INT8 engine "int8" (runtime.precisions).
+            engines.setdefault(INT8_TENSORRT, engines.pop("int8"))
         manifest = cls(root, data)
         manifest.validate()
         if verify:

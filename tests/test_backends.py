@@ -37,7 +37,6 @@ from runtime.backends import (
     check_engine_entry,
     check_feeds,
     compute_capability,
-    engine_precision,
     gpu_status,
     load_backend,
     tensorrt_ep_options,
@@ -284,12 +283,6 @@ def test_compute_capability_forms():
         assert compute_capability(value) == (8, 9)
     assert compute_capability("100") == (10, 0)
     assert compute_capability(None) is None
-
-
-def test_engine_precision_follows_export_names():
-    # export/engine.py records the INT8 engine (built from the int8-tensorrt variant) as "int8".
-    assert engine_precision("int8-tensorrt") == "int8"
-    assert [engine_precision(p) for p in ("fp32", "fp16", "int8")] == ["fp32", "fp16", "int8"]
 
 
 def test_engine_entry_mismatch_says_what_and_how_to_rebuild(tmp_path):

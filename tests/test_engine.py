@@ -249,17 +249,17 @@ def test_trtexec_fp16_without_fp16_graph_falls_back_on_tensorrt_10_only(fp32_bun
 
 @pytest.mark.parametrize("major", [10, 11])
 def test_trtexec_int8_uses_the_qdq_graph(bundle, major):
-    commands = trtexec_commands(bundle, "int8", graphs=["video"], tensorrt_major=major)
+    commands = trtexec_commands(bundle, "int8-tensorrt", graphs=["video"], tensorrt_major=major)
     assert len(commands) == 1
     args = _args(commands[0])
     assert args["--onnx"] == str(bundle / "video.int8-tensorrt.onnx")
-    assert args["--saveEngine"] == str(bundle / "engines" / "video.int8.plan")
+    assert args["--saveEngine"] == str(bundle / "engines" / "video.int8-tensorrt.plan")
     assert "--stronglyTyped" in args and "--int8" not in args and "--fp16" not in args
 
 
 def test_trtexec_int8_without_calibration_names_the_variant(fp32_bundle):
     with pytest.raises(BundleError, match="int8-tensorrt.*calibrate"):
-        trtexec_commands(fp32_bundle, "int8", tensorrt_major=10)
+        trtexec_commands(fp32_bundle, "int8-tensorrt", tensorrt_major=10)
 
 
 def test_trtexec_workspace_timing_cache_and_quoting(fp32_bundle, tmp_path):
@@ -443,7 +443,7 @@ def _engine_io(trt, path: Path) -> tuple[dict[str, list], set[str]]:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8-tensorrt"])
 def test_build_engines_writes_plans_and_manifest_entries(tensorrt, bundle, tmp_path, precision):
     cache = tmp_path / "timing.cache"
     entries = build_engines(bundle, precision, workspace_gb=1, timing_cache=cache)
@@ -453,8 +453,7 @@ def test_build_engines_writes_plans_and_manifest_entries(tensorrt, bundle, tmp_p
         assert entry == manifest.engine(precision, graph)
         assert entry["file"] == f"engines/{graph}.{precision}.plan"
         assert entry["strongly_typed"] is True
-        assert entry["built_from"] == FILES[{"int8": "int8-tensorrt"}.get(precision, precision)
-                                            ].format(graph)  # fmt: skip
+        assert entry["built_from"] == FILES[precision].format(graph)
         assert re.fullmatch(r"\d+\.\d+", entry["compute_capability"])
         assert entry["tensorrt"] == tensorrt.__version__
         profiles, outputs = _engine_io(tensorrt, bundle / entry["file"])

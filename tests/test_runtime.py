@@ -39,7 +39,7 @@ def video(synth_data) -> Path:
 
 def torch_masks(bundle: Path, frames: np.ndarray, texts: list[str], window: int):
     """The PyTorch reference: the model the bundle was exported from, eager, with
-    ``proxyformer.postprocess.select_masks`` (the inference rule of DESIGN.md)."""
+    ``proxyformer.postprocess.select_masks`` (the inference rule, runtime.selection)."""
     from export.onnx_export import load_model
     from proxyformer.postprocess import select_masks
     from proxyformer.text import encode_texts

@@ -26,7 +26,6 @@ from runtime.backends.base import (
     EngineMismatchError,
     InputError,
     check_feeds,
-    engine_precision,
 )
 from runtime.backends.gpu import gpu_info, gpu_status
 from runtime.backends.ort import PROVIDER_ALIASES, OnnxRuntimeBackend, tensorrt_ep_options
@@ -58,7 +57,6 @@ __all__ = [
     "check_feeds",
     "compute_capability",
     "describe_shape",
-    "engine_precision",
     "gpu_info",
     "gpu_status",
     "import_tensorrt",

@@ -17,19 +17,11 @@ from typing import Any, Protocol, Self, runtime_checkable
 import numpy as np
 
 from runtime.manifest import BundleError, Manifest, TensorSpec
+from runtime.precisions import PRECISIONS, precision_name
 from runtime.profiles import describe_shape
 
 AVAILABLE = "available"
-PRECISIONS = ("fp32", "fp16", "int8-tensorrt", "int8-cpu")
 BUILD_ENGINE = "python export/build_engine.py"
-# Engines are keyed by export/engine.py's precision names; the INT8 engine is built from the
-# "int8-tensorrt" Q/DQ variant and recorded as "int8".
-ENGINE_PRECISIONS = {"int8-tensorrt": "int8"}
-
-
-def engine_precision(precision: str) -> str:
-    """The manifest's engine key for a runtime precision ("int8-tensorrt" -> "int8")."""
-    return ENGINE_PRECISIONS.get(precision, precision)
 
 
 class InputError(ValueError):
@@ -176,7 +168,7 @@ class BaseBackend:
     def __init__(self, manifest: Manifest | str | Path, graph: str, precision: str) -> None:
         self.manifest = as_manifest(manifest)
         self.graph = graph
-        self.precision = precision
+        self.precision = precision_name(precision, PRECISIONS)
         self._input_specs = self.manifest.inputs(graph)
         self.input_names = tuple(spec.name for spec in self._input_specs)
         self.output_names = tuple(spec.name for spec in self.manifest.outputs(graph))

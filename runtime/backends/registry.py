@@ -19,12 +19,12 @@ from runtime.backends.base import (
     BackendUnavailable,
     EngineMismatchError,
     as_manifest,
-    engine_precision,
 )
 from runtime.backends.gpu import gpu_status, import_cudart
 from runtime.backends.ort import OnnxRuntimeBackend, import_onnxruntime
 from runtime.backends.trt import TensorRTBackend, import_tensorrt
 from runtime.manifest import BundleError, Manifest
+from runtime.precisions import PRECISIONS, precision_name
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def available_backends() -> dict[str, str]:
 
 def _has_engine(manifest: Manifest, precision: str, graph: str) -> bool:
     try:
-        manifest.engine(engine_precision(precision), graph)
+        manifest.engine(precision, graph)
     except BundleError:
         return False
     return True
@@ -132,6 +132,7 @@ def load_backend(
         The backend.
     """
     manifest = as_manifest(manifest)
+    precision = precision_name(precision, PRECISIONS)
     choice = backend.lower()
     if choice in ("onnxruntime", "ort"):
         logger.info("%s %s: onnxruntime (asked for by name)", graph, precision)

@@ -30,7 +30,6 @@ from runtime.backends.base import (
     CudaError,
     EngineMismatchError,
     InputError,
-    engine_precision,
 )
 from runtime.backends.gpu import load_cuda_api
 from runtime.manifest import BundleError, Manifest
@@ -212,8 +211,8 @@ class TensorRTBackend(BaseBackend):
     Args:
         manifest: the bundle's manifest (or the bundle directory).
         graph: "text_encoder" or "video".
-        precision: which engine: "fp32", "fp16", or "int8-tensorrt"/"int8" (the manifest
-            records engines under export/engine.py's names, see :func:`engine_precision`).
+        precision: which engine: "fp32", "fp16" or "int8-tensorrt" (an engine carries the name
+            of the variant it is built from, ``runtime.precisions``).
         device: CUDA device index.
         cuda_graph: capture and replay CUDA graphs (cuda-python only).
         allow_other_gpu: accept an engine built on another GPU of the same compute capability.
@@ -237,7 +236,7 @@ class TensorRTBackend(BaseBackend):
         trt = import_tensorrt()
         super().__init__(manifest, graph, precision)
         self.device = device
-        entry = self.manifest.engine(engine_precision(precision), graph)
+        entry = self.manifest.engine(self.precision, graph)
         plan = self.manifest.root / entry["file"]
 
         self._cuda = load_cuda_api(device)
@@ -254,7 +253,7 @@ class TensorRTBackend(BaseBackend):
             check_engine_entry(
                 entry,
                 graph,
-                engine_precision(precision),
+                self.precision,
                 self.manifest.root,
                 trt.__version__,
                 gpu_name,
@@ -270,7 +269,7 @@ class TensorRTBackend(BaseBackend):
                 raise BundleError(
                     f"TensorRT {trt.__version__} could not deserialize {plan} (see the "
                     f"tensorrt log above); rebuild with {BUILD_ENGINE} --bundle "
-                    f"{self.manifest.root} --precision {engine_precision(precision)}"
+                    f"{self.manifest.root} --precision {self.precision}"
                 )
             self._context = self._engine.create_execution_context()
             if self._context is None:

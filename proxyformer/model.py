@@ -261,6 +261,20 @@ def _tracing() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def build_encoders(
+    config: ProxyFormerConfig,
+    backbone_weights: str | Path | None = None,
+    text_weights: str | Path | None = None,
+) -> dict[str, nn.Module]:
+    """The visual backbone, the text encoder and CMIE, which every variant of the model shares,
+    built first and in this order (the random initialisation follows it)."""
+    return {
+        "backbone": build_backbone(config.backbone, backbone_weights),
+        "text_encoder": TextEncoder(config.text, config.hidden_dim, text_weights),
+        "cmie": CMIE(config.hidden_dim, config.num_queries, config.cmie),
+    }
+
+
 def build_proxyformer(
     config: ProxyFormerConfig,
     backbone_weights: str | Path | None = None,
@@ -283,9 +297,7 @@ def build_proxyformer(
     dim = config.hidden_dim
     return ProxyFormer(
         config,
-        backbone=build_backbone(config.backbone, backbone_weights),
-        text_encoder=TextEncoder(config.text, dim, text_weights),
-        cmie=CMIE(dim, config.num_queries, config.cmie),
+        **build_encoders(config, backbone_weights, text_weights),
         fpn=SegFPN(dim, len(STRIDES), config.decoder.mask_dim),
         decoder=QueryDecoder(
             dim, [DecoderLayer(dim, config.decoder) for _ in range(config.decoder.num_layers)]

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..backbone import STRIDES, build_backbone
-from ..cmie import CMIE
+from ..backbone import STRIDES
 from ..config import ProxyFormerConfig
 from ..decoder import SegFPN
 from ..heads import JointSemantics
-from ..model import ProxyFormer
-from ..text import TextEncoder
+from ..model import ProxyFormer, build_encoders
 from .decoder import ExtendedQueryDecoder, PositionalSegFPN, masked_attention_fn
 from .selection import ExtendedHeads, VideoSelection
 
@@ -41,9 +39,7 @@ def build_extended_proxyformer(
         )
     return ExtendedProxyFormer(
         config,
-        backbone=build_backbone(config.backbone, backbone_weights),
-        text_encoder=TextEncoder(config.text, dim, text_weights),
-        cmie=CMIE(dim, config.num_queries, config.cmie),
+        **build_encoders(config, backbone_weights, text_weights),
         fpn=fpn_type(dim, len(STRIDES), config.decoder.mask_dim),
         decoder=ExtendedQueryDecoder(dim, config.decoder, options),
         heads=ExtendedHeads(dim, config.decoder.mask_dim, options.mask_pool, selection),

@@ -1,7 +1,8 @@
 """Visual backbones: multi-scale features at strides 4/8/16/32 for every frame.
 
 - ``resnet50``: timm, ``features_only``, applied frame by frame, frozen batch norm.
-- ``video-swin-t`` / ``video-swin-b``: torchvision's ``SwinTransformer3d`` with temporal patch
+- ``video-swin-t`` / ``video-swin-b`` (and the small ``video-swin-mini`` for CI):
+  torchvision's ``SwinTransformer3d`` with temporal patch
   size 1 (as in ReferFormer), so every frame keeps its own feature map while windows of 8
   frames mix time.
 - ``tiny-cnn``: a small Conv-BN-ReLU network for the ``tiny`` preset.
@@ -97,6 +98,8 @@ class ResNet50(nn.Module):
 _SWIN_SIZES = {
     "video-swin-t": dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
     "video-swin-b": dict(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32]),
+    # The same four stages, one or two blocks each, at a third of T's width (paper-mini).
+    "video-swin-mini": dict(embed_dim=32, depths=[1, 1, 2, 1], num_heads=[1, 2, 4, 8]),
 }
 
 

@@ -27,7 +27,7 @@ from .extensions.config import (
     tiny_synthetic_options,
 )
 
-BACKBONES = ("resnet50", "video-swin-t", "video-swin-b", "tiny-cnn")
+BACKBONES = ("resnet50", "video-swin-t", "video-swin-b", "video-swin-mini", "tiny-cnn")
 TEXT_ENCODERS = ("roberta", "tiny-roberta")
 CMIE_MODES = ("decoupled", "full")
 
@@ -288,6 +288,23 @@ def tiny() -> ProxyFormerConfig:
     )
 
 
+def paper_mini() -> ProxyFormerConfig:
+    """The paper presets' layer structure at a width that exports and calibrates in seconds:
+    Video-Swin (``video-swin-mini``: embed 32, depths 1-1-2-1), K=4 CMIE modules, 3 decoder
+    layers, 8 heads, N=5, C=64, and the 2-layer text encoder of ``tiny``. CI carries this
+    model through export, parity, FP16, INT8 and the runtime with random weights."""
+    small = tiny()
+    return ProxyFormerConfig(
+        name="paper-mini",
+        hidden_dim=64,
+        num_queries=5,
+        backbone=BackboneConfig(name="video-swin-mini", drop_path_rate=0.1),
+        text=small.text,
+        cmie=CMIEConfig(num_layers=4, num_heads=8, ffn_dim=256),
+        decoder=DecoderConfig(num_layers=3, num_heads=8, ffn_dim=256, mask_dim=32),
+    )
+
+
 def tiny_synthetic() -> ProxyFormerConfig:
     """``tiny`` with every option of ``proxyformer/extensions`` on: the preset of the shipped
     demo checkpoint, trained from scratch on the synthetic set in minutes on a CPU."""
@@ -298,6 +315,7 @@ PRESETS = {
     "paper-r50": paper_r50,
     "paper-swin-t": paper_swin_t,
     "paper-swin-b": paper_swin_b,
+    "paper-mini": paper_mini,
     "tiny": tiny,
     "tiny-synthetic": tiny_synthetic,
 }

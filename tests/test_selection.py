@@ -35,9 +35,9 @@ def synth(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory):
-    """A stage-1 checkpoint as the recipe has it: the tiny model without video selection."""
+    """A stage-1 checkpoint as the recipe has it: tiny-synthetic without video selection."""
     torch.manual_seed(0)
-    config = get_preset("tiny", **{"decoder.video_select": False})
+    config = get_preset("tiny-synthetic", **{"extensions.video_select": False})
     out = tmp_path_factory.mktemp("stage1") / "final"
     save_checkpoint(build_proxyformer(config).eval(), out, tokenizer=load_tokenizer(config))
     return out
@@ -45,7 +45,7 @@ def stage1(tmp_path_factory):
 
 def selection_config(synth, stage1, out, **changes):
     base = dict(init_from=str(stage1), data=str(synth), out=str(out), epochs=3, batch_size=2,
-                overrides={"decoder.video_select": True}, seed=3)  # fmt: skip
+                overrides={"extensions.video_select": True}, seed=3)  # fmt: skip
     return SelectionConfig(**(base | changes))
 
 
@@ -122,7 +122,7 @@ def test_training_lowers_the_loss_and_resume_is_exact(synth, stage1, tmp_path):
     )
     # The result loads as a checkpoint with video selection and scores a cached split.
     model = load_checkpoint(final)
-    assert model.config.decoder.video_select
+    assert model.config.extensions.video_select
     items = straight.cache("valid", False)
     scores = selection_scores(straight.model, items)
     assert 0.0 <= scores["J"] <= scores["J_best_query"] <= 1.0
@@ -177,11 +177,11 @@ def test_bad_options_are_refused(synth, stage1, tmp_path):
         SelectionTrainer(selection_config(synth, tmp_path / "missing", tmp_path / "run"))
     # A checkpoint lacking tensors outside the class path (another architecture).
     other = tmp_path / "other"
-    small = get_preset("tiny", **{"decoder.video_select": False, "decoder.num_layers": 1})
+    small = get_preset("tiny-synthetic", **{"extensions.video_select": False, "decoder.num_layers": 1})
     save_checkpoint(build_proxyformer(small), other, tokenizer=load_tokenizer(small))
     with pytest.raises(ValueError, match="outside the class path"):
         SelectionTrainer(selection_config(synth, other, tmp_path / "run2",
-                                          overrides={"decoder.video_select": True,
+                                          overrides={"extensions.video_select": True,
                                                      "decoder.num_layers": 2}))  # fmt: skip
     # Resuming with other options.
     config = selection_config(synth, stage1, tmp_path / "run3", epochs=2, flip=False)
@@ -194,8 +194,8 @@ def test_bad_options_are_refused(synth, stage1, tmp_path):
 def test_command_line_parses_the_recipe(stage1):
     config, resume = parse_args([
         "--init-from", str(stage1), "--data", "d", "--out", "o", "--set",
-        "decoder.video_select=true", "--epochs", "5", "--no-flip", "--resume",
+        "extensions.video_select=true", "--epochs", "5", "--no-flip", "--resume",
     ])  # fmt: skip
-    assert config.overrides == {"decoder.video_select": True}
+    assert config.overrides == {"extensions.video_select": True}
     assert config.epochs == 5 and not config.flip and resume
     assert np.isclose(config.lr, 5e-4)

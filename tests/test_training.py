@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from training.config import TrainConfig
 from training.data.collate import RVOSCollate
 from training.data.synthetic import write_dataset
 from training.data.transforms import ClipTransform, flip_expression, reverse_expression
 from training.data.ytvos import RefYouTubeVOS, sample_clip_indices
-from training.config import TrainConfig
 from training.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -285,9 +285,11 @@ def test_gradient_accumulation_counts_optimizer_steps(synth, tmp_path):
 def test_fine_tuning_starts_from_a_checkpoints_weights(synth, tmp_path):
     """``--init-from`` a checkpoint without ``video_select``: its tensors are loaded, the new
     module's start fresh, and the run trains from there."""
-    plain = {"decoder.video_select": False}
-    first = train(small_config(synth, tmp_path / "first", max_steps=2, overrides=plain))
-    trainer = Trainer(small_config(synth, tmp_path / "second", max_steps=1, init_from=str(first)))
+    plain = {"extensions.video_select": False}
+    first = train(small_config(synth, tmp_path / "first", max_steps=2, overrides=plain,
+                               preset="tiny-synthetic"))  # fmt: skip
+    trainer = Trainer(small_config(synth, tmp_path / "second", max_steps=1, init_from=str(first),
+                                   preset="tiny-synthetic"))  # fmt: skip
     before = load_file(first / "model.safetensors")
     state = trainer.model.state_dict()
     assert any(k.startswith("heads.selection.") for k in state)
@@ -296,10 +298,11 @@ def test_fine_tuning_starts_from_a_checkpoints_weights(synth, tmp_path):
 
 
 def test_fine_tuning_refuses_a_checkpoint_that_does_not_fit(synth, tmp_path):
-    first = train(small_config(synth, tmp_path / "first", max_steps=1))
+    first = train(small_config(synth, tmp_path / "first", max_steps=1, preset="tiny-synthetic"))
     with pytest.raises(ValueError, match="has no tensors"):  # the model lacks video_select
         train(small_config(synth, tmp_path / "a", max_steps=1, init_from=str(first),
-                           overrides={"decoder.video_select": False}))  # fmt: skip
+                           preset="tiny-synthetic",
+                           overrides={"extensions.video_select": False}))  # fmt: skip
     with pytest.raises(FileNotFoundError, match="checkpoint directory not found"):
         train(small_config(synth, tmp_path / "c", max_steps=1, init_from=str(tmp_path / "none")))
 

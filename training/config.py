@@ -53,9 +53,9 @@ class TrainConfig:
     reverse_prob: float = 0.0  # clips played backwards, motion directions swapped (ytvos/davis)
     tensorboard: bool = False  # also log to OUT/tensorboard (needs the tensorboard package)
     pair_expressions: bool = False  # batches of two expressions per clip, different targets
-    # Fine-tuning: start from this checkpoint directory's weights. Tensors it lacks (modules the
-    # run's config adds, e.g. decoder.video_select) keep their fresh initialisation; a tensor of
-    # another shape or one the model does not have is an error.
+    # Fine-tuning: start from this checkpoint directory's weights. Tensors it lacks (modules
+    # the run's config adds, e.g. extensions.video_select) keep their fresh initialisation; a
+    # tensor of another shape or one the model does not have is an error.
     init_from: str | None = None
 
     def __post_init__(self) -> None:

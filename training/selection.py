@@ -1,7 +1,7 @@
 """Stage 2 on cached features: the class path of a frozen model (``training/train_selection.py``).
 
 The tiny recipe trains in two stages. Stage 1 trains the whole model; stage 2 adds the
-video-level selection module (``decoder.video_select``) and trains only the class path,
+video-level selection module (``extensions.video_select``) and trains only the class path,
 ``heads.selection``, ``heads.class_head`` and ``heads.pool_proj``, on the frozen rest. Every
 input of that path (each decoder layer's queries, F_seg pooled under each query's soft mask,
 the masks' geometry, the text features) and its target (each query's mask IoU in every frame)
@@ -12,7 +12,7 @@ time of a few hundred end-to-end steps, and clips of the same length as at infer
 The cache holds, per expression (and per horizontal flip of it, which swaps left and right in
 the expression), in float16: ``text`` (L, C), ``text_mask`` (L,), ``visible`` and
 ``annotated`` (T,), and per decoder layer ``queries`` (T, N, C), ``pooled`` (T, N, D),
-``geometry`` (T, N, 9; 17 with shape moments) and ``iou`` (T, N). It is written next to the run
+``geometry`` (T, N, 9) and ``iou`` (T, N). It is written next to the run
 (``cache-<split>.pt``) with the checkpoint's weight digest, the model config and the data
 options, and reused when they match.
 """
@@ -96,7 +96,7 @@ class SelectionConfig:
 
     def cache_key(self, split: str, flip: bool, weights_digest: str, model_config: dict) -> dict:
         """What a cache depends on; a cache on disk is reused only when all of it matches. The
-        model config decides what the class path reads (e.g. ``decoder.shape_moments``)."""
+        model config decides what the class path reads (``extensions``: pooling, geometry)."""
         return {
             "version": CACHE_VERSION, "weights": weights_digest, "model": model_config,
             "overrides": self.overrides,
@@ -107,7 +107,7 @@ class SelectionConfig:
 
 def build_stage2_model(config: SelectionConfig):
     """The stage-1 checkpoint's model with ``config.overrides`` applied (e.g.
-    ``decoder.video_select=true``), its weights loaded and everything but the class path
+    ``extensions.video_select=true``), its weights loaded and everything but the class path
     frozen. Class-path tensors the checkpoint lacks start from a seeded initialisation."""
     model_config = read_config(config.init_from)
     if config.overrides:

@@ -1,11 +1,11 @@
 """Stage 2: train the class path of a frozen stage-1 model on cached features.
 
     python training/train_selection.py --init-from runs/tiny/stage1/final --data data/synth \\
-        --out runs/tiny/stage2 --set decoder.video_select=true --epochs 20
+        --out runs/tiny/stage2 --set extensions.video_select=true --epochs 20
     python training/train_selection.py ... --resume      # continue after the last whole epoch
 
 Adds the modules the ``--set`` changes bring (the video-level selection module with
-``decoder.video_select=true``), freezes everything but ``heads.selection``,
+``extensions.video_select=true``), freezes everything but ``heads.selection``,
 ``heads.class_head`` and ``heads.pool_proj``, caches what they read on whole videos once
 (``OUT/cache-<split>.pt``, reused while the checkpoint and data options are the same) and
 trains them; the model is written to ``OUT/final``. See ``training.selection``.
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[SelectionConfig, bool]:
     parser = argparse.ArgumentParser(description="Train the class path of a frozen checkpoint.")
     parser.add_argument("--init-from", required=True, metavar="CKPT_DIR",
                         help="the stage-1 checkpoint whose weights are frozen")
-    add_run_arguments(parser, defaults, "decoder.video_select=true")
+    add_run_arguments(parser, defaults, "extensions.video_select=true")
     parser.add_argument("--dataset", default=defaults.dataset, choices=("ytvos", "davis"))
     parser.add_argument("--split", default=defaults.split)
     parser.add_argument("--valid-split", default=None,

@@ -66,9 +66,24 @@ def tiny_bundle(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def synth_data(tmp_path_factory):
-    """A small synthetic referring-video set at the test bundle's size (64x96)."""
+def make_synthetic(tmp_path_factory):
+    """The one builder of synthetic referring-video sets for the tests: ``make(videos, frames,
+    size, seed)`` writes a set once per session and returns its root."""
     from training.data.synthetic import write_dataset
 
-    root = tmp_path_factory.mktemp("synth")
-    return write_dataset(root, videos=16, frames=5, size=(64, 96), seed=3)
+    written = {}
+
+    def make(videos: int = 16, frames: int = 5, size=(64, 96), seed: int = 3):
+        key = (videos, frames, tuple(size), seed)
+        if key not in written:
+            root = tmp_path_factory.mktemp("synth")
+            written[key] = write_dataset(root, videos=videos, frames=frames, size=size, seed=seed)
+        return written[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def synth_data(make_synthetic):
+    """A small synthetic referring-video set at the test bundle's size (64x96)."""
+    return make_synthetic()

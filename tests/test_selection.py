@@ -11,7 +11,6 @@ from proxyformer.checkpoint import load_checkpoint, save_checkpoint
 from proxyformer.config import get_preset
 from proxyformer.model import build_proxyformer
 from proxyformer.text import encode_texts, load_tokenizer
-from training.data.synthetic import write_dataset
 from training.data.transforms import flip_expression
 from training.data.ytvos import RefYouTubeVOS
 from training.losses import LossWeights, RVOSCriterion, iou_class_loss
@@ -28,9 +27,8 @@ from training.train_selection import parse_args
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    return write_dataset(root, videos=4, frames=4, size=(64, 96), seed=2)
+def synth(make_synthetic):
+    return make_synthetic(videos=4, frames=4, seed=2)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data.synthetic import COLORS, SHAPES, generate_video, write_dataset
+from training.data.synthetic import COLORS, SHAPES, generate_video
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    return write_dataset(tmp_path_factory.mktemp("synth"), videos=12, frames=4, size=(64, 96), seed=3)
+def dataset(make_synthetic):
+    return make_synthetic(videos=12, frames=4, seed=3)
 
 
 def test_ref_youtube_vos_layout(dataset):

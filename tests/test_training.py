@@ -16,7 +16,6 @@ from safetensors.torch import load_file
 
 from training.config import TrainConfig
 from training.data.collate import RVOSCollate
-from training.data.synthetic import write_dataset
 from training.data.transforms import ClipTransform, flip_expression, reverse_expression
 from training.data.ytvos import RefYouTubeVOS, sample_clip_indices
 from training.trainer import Trainer, train
@@ -25,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory):
+def synth(make_synthetic):
     # 2 training videos, 1 validation video: a few steps per epoch, so runs cross epochs.
-    return write_dataset(tmp_path_factory.mktemp("synth"), videos=3, frames=4, size=(64, 96), seed=1)
+    return make_synthetic(videos=3, frames=4, seed=1)
 
 
 def small_config(data, out, **changes):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import numpy as np
 import onnx
 import pytest
+from conftest import calibrated_copy
 from onnx import numpy_helper
 
 from calibration.data import CalibrationDataError, CalibrationSet, build_calibration_set
@@ -29,11 +29,7 @@ MIN_MASK_IOU = {"tensorrt": 0.6, "cpu": 0.6}
 
 @pytest.fixture(scope="module")
 def calibrated(tiny_bundle, synth_data, tmp_path_factory):
-    bundle = tmp_path_factory.mktemp("calibrated") / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    calibrate_bundle(bundle, synth_data, ("tensorrt", "cpu"), "entropy", samples=6,
-                     check_samples=4, threads=2)  # fmt: skip
-    return bundle
+    return calibrated_copy(tiny_bundle, synth_data, tmp_path_factory)
 
 
 def test_both_targets_written_with_agreement(calibrated):

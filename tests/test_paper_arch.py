@@ -9,12 +9,11 @@ the runtime, which must agree with PyTorch eager on the masks and the chosen que
 
 from __future__ import annotations
 
-import shutil
-
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import calibrated_copy
 
 from proxyformer.config import get_preset
 from runtime.manifest import Manifest
@@ -38,20 +37,14 @@ def paper_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def paper_int8(paper_bundle, synth_data, tmp_path_factory):
-    from calibration.int8 import calibrate_bundle
-
-    bundle = tmp_path_factory.mktemp("paper-mini-int8") / "bundle"
-    shutil.copytree(paper_bundle, bundle)
-    calibrate_bundle(bundle, synth_data, ("tensorrt", "cpu"), "entropy", samples=6,
-                     check_samples=4, threads=2)  # fmt: skip
-    return bundle
+    return calibrated_copy(paper_bundle, synth_data, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def clip(synth_data) -> np.ndarray:
     from runtime.video import read_video
 
-    folder = sorted((synth_data / "valid" / "JPEGImages").iterdir())[0]
+    folder = min((synth_data / "valid" / "JPEGImages").iterdir())
     frames, _ = read_video(folder)
     return frames[:5]
 

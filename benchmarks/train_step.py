@@ -2,7 +2,7 @@
 
     python benchmarks/train_step.py --steps 20 --tag tiny-recipe -- \\
         --preset tiny --data data/synth --batch-size 4 --num-frames 4 --train-scales 128 \\
-        --pair-expressions --cls-target iou --set decoder.video_select=false --workers 0
+        --pair-expressions --cls-target iou --workers 0
 
 Everything after ``--`` is a ``training/train.py`` command line: the benchmark builds the same
 ``Trainer`` (model, data loader, criterion, optimizer), runs ``--warmup`` steps, then times

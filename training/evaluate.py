@@ -7,7 +7,7 @@ the synthetic set); P@0.5..0.9, overall and mean IoU and mAP for A2D/JHMDB-Sente
 
 Every video is read once and its backbone features computed once for all its expressions.
 Videos longer than ``--window`` frames run in consecutive windows. Predictions follow the
-inference rule of DESIGN.md (``proxyformer.postprocess.select_masks``) and are compared with
+inference rule of docs/design.md (``proxyformer.postprocess.select_masks``) and are compared with
 the annotations at the original resolution.
 """
 

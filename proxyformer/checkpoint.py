@@ -67,7 +67,7 @@ def save_checkpoint(
             (staging / name).write_bytes(data)
         for file in staging.iterdir():
             _fsync(file)
-        _replace_directory(staging, directory)
+        replace_directory(staging, directory)  # the old one is kept aside until the move
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -78,11 +78,6 @@ def save_checkpoint(
 def _fsync(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
-
-
-def _replace_directory(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an existing target is kept aside until the move is done."""
-    replace_directory(staging, target)
 
 
 def read_config(directory: str | Path) -> ProxyFormerConfig:

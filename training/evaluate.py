@@ -28,6 +28,7 @@ from tqdm import tqdm
 from proxyformer.checkpoint import load_checkpoint
 from proxyformer.postprocess import select_masks, upsample_mask_logits
 from proxyformer.text import encode_texts, load_tokenizer
+from runtime.selection import select_queries
 from training.data import DATASETS, build_dataset
 from training.data.transforms import ClipTransform, resize_clip, scaled_size, to_tensor_clip
 from training.metrics import (
@@ -179,9 +180,10 @@ def evaluate_frames(model, tokenizer, dataset, limit: int | None = None) -> dict
         height, width = item["orig_size"]
         full = upsample_mask_logits(outputs["pred_masks"][0, centre], size, (height, width))  # (N, H0, W0)
         query_masks = (full.sigmoid() > 0.5).cpu().numpy()
+        frame_logits = outputs["pred_logits"][:, centre : centre + 1].float().cpu().numpy()
         scores = outputs["pred_logits"][0, centre].sigmoid().cpu().numpy()
         gt = dataset.read_target(dataset.samples[index])
-        best = int(scores.argmax())
+        best = int(select_queries(frame_logits)[0][0])  # the inference rule on the one frame
         inter = int(np.logical_and(gt, query_masks[best]).sum())
         union = int(np.logical_or(gt, query_masks[best]).sum())
         ious.append(inter / union if union else 1.0)

@@ -35,6 +35,7 @@ from proxyformer.checkpoint import WEIGHTS_NAME, read_config
 from proxyformer.model import build_proxyformer
 from proxyformer.text import encode_texts, load_tokenizer
 from runtime.manifest import sha256_file
+from runtime.selection import select_queries
 from training.data import build_dataset
 from training.data.transforms import (
     ClipTransform,
@@ -279,7 +280,8 @@ def selection_scores(model, items: list[dict], batch_size: int = 64) -> dict[str
     for indices in length_batches(list(range(len(items))), lengths, batch_size):
         chunk = [items[i] for i in indices]
         batch = collate(chunk, last, next(model.parameters()).device)
-        choice = class_logits(model, batch).sigmoid().mean(1).argmax(-1)  # (B,)
+        logits = class_logits(model, batch).float().cpu().numpy()  # (B, T, N)
+        choice = torch.from_numpy(select_queries(logits)[0]).to(batch["iou"].device)  # (B,)
         weights = batch["annotated"] / batch["annotated"].sum(-1, keepdim=True).clamp(min=1)
         query_j = (batch["iou"] * weights[..., None]).sum(1)  # (B, N)
         picked.append(query_j.gather(1, choice[:, None])[:, 0])

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from proxyformer.checkpoint import TOKENIZER_NAME
 from proxyformer.config import ProxyFormerConfig
-from runtime.files import replace_directory
+from runtime.files import make_staging_dir, replace_directory
 from runtime.manifest import Manifest, installed_versions
 
 from .finish import EXTERNAL_DATA_MODES, convert_fp16, finish_graph, graph_metadata
@@ -137,7 +137,7 @@ def export_bundle(
                               opset)  # fmt: skip
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    staging = make_staging_dir(out_dir)
     work = Path(tempfile.mkdtemp(prefix="proxyformer-export-"))
     try:
         manifest = Manifest.new(

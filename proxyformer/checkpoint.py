@@ -11,14 +11,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from runtime.files import replace_directory
+from runtime.files import make_staging_dir, replace_directory
 
 from .config import ProxyFormerConfig, get_preset
 from .model import ProxyFormer, build_proxyformer
@@ -53,7 +52,7 @@ def save_checkpoint(
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    staging = make_staging_dir(directory)
     try:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         header = {"format": "pt", "preset": model.config.name, **(metadata or {})}

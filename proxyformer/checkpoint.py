@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from runtime.files import make_staging_dir, replace_directory
+from runtime.files import apply_umask, make_staging_dir, replace_directory
 
 from .config import ProxyFormerConfig, get_preset
 from .model import ProxyFormer, build_proxyformer
@@ -66,6 +66,7 @@ def save_checkpoint(
             (staging / name).write_bytes(data)
         for file in staging.iterdir():
             _fsync(file)
+            apply_umask(file)  # safetensors creates its file 0600
         replace_directory(staging, directory)  # the old one is kept aside until the move
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

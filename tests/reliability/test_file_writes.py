@@ -93,3 +93,18 @@ def test_leftovers_beside_an_intact_target_are_removed(tmp_path):
     assert recover_directory(target) is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["final"]
     assert (target / "weights").read_text() == "current"
+
+
+def test_a_saved_checkpoint_is_readable_by_others(tmp_path, umask_022):
+    import torch
+
+    from proxyformer.checkpoint import save_checkpoint
+    from proxyformer.config import get_preset
+    from proxyformer.model import build_proxyformer
+
+    torch.manual_seed(0)
+    directory = save_checkpoint(build_proxyformer(get_preset("tiny")), tmp_path / "ckpt")
+    assert mode(directory) == 0o755
+    assert {p.name: mode(p) for p in directory.iterdir()} == {
+        "model.safetensors": 0o644, "config.json": 0o644
+    }

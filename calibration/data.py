@@ -112,8 +112,6 @@ def build_calibration_set(
 
     Each video gives at most one sample; with fewer videos than ``samples`` a warning says so.
     """
-    from tokenizers import Tokenizer
-
     from training.data.ytvos import read_expressions
 
     root = Path(data)
@@ -132,7 +130,7 @@ def build_calibration_set(
     clip_length = max(profiles["T"]["min"], min(clip_length, profiles["T"]["max"]))
     max_expressions = profiles["E"]["max"]
     pre = manifest.preprocessing
-    tokenizer = Tokenizer.from_file(str(manifest.root / pre["tokenizer"]))
+    tokenizer = manifest.load_tokenizer()
     text_graph = load_backend(manifest, "text_encoder", "onnxruntime", "fp32")
     # Every sample has the same shapes (ONNX Runtime's histogram calibrators stack them):
     # E expressions (a video's own, repeated when it has fewer), padded to the longest one.

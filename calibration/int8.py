@@ -177,7 +177,7 @@ def _refresh_tensorrt_report(manifest: Manifest) -> None:
     from export.tensorrt_ops import tensorrt_report
 
     graphs = {
-        f"{name}.{precision}": onnx.load(str(manifest.root / v["file"]), load_external_data=False)
+        f"{name}.{precision}": onnx.load(str(manifest.path(v["file"])), load_external_data=False)
         for name, graph in manifest.data["graphs"].items()
         for precision, v in graph["variants"].items()
         if precision != "int8-cpu"  # ONNX Runtime's CPU form is not meant for TensorRT

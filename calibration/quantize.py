@@ -153,7 +153,7 @@ def quantize_video(
         local = work / "video.onnx"
         shutil.copy(source, local)
         for extra in manifest.variant("video", "fp32").get("external_data", []):
-            shutil.copy(manifest.root / extra, work / extra)
+            shutil.copy(manifest.path(extra), work / extra)
         tmp_output = work / output.name
         quantize_static(
             str(local),

@@ -208,7 +208,7 @@ def build_engines(
 
 def _build_engine(trt, logger, manifest: Manifest, plan: BuildPlan, gpu: dict,
                   workspace_gb: float | None, timing_cache: str | Path | None) -> dict:  # fmt: skip
-    onnx_path = manifest.root / plan.onnx_file
+    onnx_path = manifest.path(plan.onnx_file)
     log.info("building %s (%s) from %s", plan.engine_file, plan.precision, plan.onnx_file)
     start = time.perf_counter()
     builder = trt.Builder(logger)
@@ -240,7 +240,7 @@ def _build_engine(trt, logger, manifest: Manifest, plan: BuildPlan, gpu: dict,
     if timing_cache is not None:
         atomic_write_bytes(Path(timing_cache), memoryview(config.get_timing_cache().serialize()))
 
-    path = manifest.root / plan.engine_file
+    path = manifest.path(plan.engine_file, listed=False)  # engines/ must not lead outside
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, memoryview(serialized))
     manifest.add_file(plan.engine_file, "tensorrt engine")

@@ -24,9 +24,8 @@ import torch
 from torch import nn
 
 from proxyformer.model import ProxyFormer
-from runtime.manifest import TensorSpec
+from runtime.manifest import FRAME_FORMATS, TensorSpec
 
-FRAME_FORMATS = ("uint8-nhwc", "float-nchw")
 TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_OUTPUTS = ("text_features",)
 VIDEO_INPUTS = ("frames", "text_features", "attention_mask")

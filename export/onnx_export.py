@@ -255,7 +255,7 @@ def _add_tensorrt_report(manifest: Manifest) -> None:
     from .tensorrt_ops import format_tensorrt_report, tensorrt_report
 
     variant_files = {
-        f"{name}.{precision}": manifest.root / variant["file"]
+        f"{name}.{precision}": manifest.path(variant["file"], listed=False)
         for name, graph in manifest.data["graphs"].items()
         for precision, variant in graph["variants"].items()
     }

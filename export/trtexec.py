@@ -71,8 +71,8 @@ def _trtexec_entries(
         plan = plan_build(manifest, graph, precision, major)
         args = [
             "trtexec",
-            f"--onnx={manifest.root / plan.onnx_file}",
-            f"--saveEngine={manifest.root / plan.engine_file}",
+            f"--onnx={manifest.path(plan.onnx_file)}",
+            f"--saveEngine={manifest.path(plan.engine_file, listed=False)}",
         ]
         # --stronglyTyped: opt-in on TensorRT 10; on 11 strong typing is always on and the flag
         # is "no longer needed" (10.x -> 11.x trtexec migration guide), accepted as a no-op.

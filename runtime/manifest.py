@@ -18,6 +18,12 @@ FP16 and INT8 graphs keep float32 inputs and outputs), so a runtime feeds them a
 
 Schema versions: a reader accepts its own major version only; a newer minor version may add
 keys, which older readers ignore.
+
+The bundle is a boundary: ``Manifest.load`` checks the whole structure first
+(``runtime.manifest_schema``), every file name the manifest holds must stay inside the bundle
+(``Manifest.path``: no absolute paths, no ``..``, no symlink out), and everything the runtime
+reads (graphs, external data, tokenizer, engines) must be listed in ``files`` so that its size
+and sha256 are checked before it loads.
 """
 
 from __future__ import annotations
@@ -29,18 +35,21 @@ from pathlib import Path
 
 # Re-exported: importers of runtime.manifest's file helpers keep working.
 from runtime.files import atomic_write_bytes, atomic_write_text, sha256_file  # noqa: F401
+
+# The schema's names are defined with its checks and re-exported here, their usual home.
+from runtime.manifest_schema import (  # noqa: F401
+    AXES,
+    FORMAT,
+    FRAME_FORMATS,
+    GRAPHS,
+    SCHEMA_VERSION,
+    BundleError,
+    check_manifest,
+    check_relative,
+)
 from runtime.precisions import INT8_TENSORRT
 
-SCHEMA_VERSION = "1.0"
-FORMAT = "proxyformer-bundle"
 MANIFEST_NAME = "manifest.json"
-GRAPHS = ("text_encoder", "video")
-# Symbolic axes of the graphs and what they count.
-AXES = {"E": "expressions", "L": "text tokens", "T": "frames"}
-
-
-class BundleError(ValueError):
-    """A bundle that cannot be used: missing or tampered files, wrong schema, bad entries."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,8 @@ class Manifest:
 
     @classmethod
     def load(cls, root: str | Path, verify: bool = True) -> Manifest:
-        """Read ``root/manifest.json``; with ``verify`` check every file's size and sha256."""
+        """Read ``root/manifest.json`` and check its structure (``validate``); with
+        ``verify`` also check every listed file's size and sha256 (``verify_files``)."""
         root = Path(root)
         path = root / MANIFEST_NAME
         if not root.is_dir():
@@ -125,12 +135,13 @@ class Manifest:
             raise BundleError(f"{path} is missing: {root} is not a ProxyFormer bundle")
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise BundleError(f"{path} is not valid JSON: {error}") from None
-        engines = data.get("engines") if isinstance(data, dict) else None
-        if isinstance(engines, dict) and "int8" in engines:
-            # Earlier releases keyed the TensorRT INT8 engine "int8" (runtime.precisions).
-            engines.setdefault(INT8_TENSORRT, engines.pop("int8"))
+        if isinstance(data, dict):
+            engines = data.setdefault("engines", {})
+            if isinstance(engines, dict) and "int8" in engines:
+                # Earlier releases keyed the TensorRT INT8 engine "int8" (runtime.precisions).
+                engines.setdefault(INT8_TENSORRT, engines.pop("int8"))
         manifest = cls(root, data)
         manifest.validate()
         if verify:
@@ -144,40 +155,48 @@ class Manifest:
         return path
 
     def validate(self) -> None:
-        data = self.data
-        where = self.root / MANIFEST_NAME
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise BundleError(f"{where}: format is {data.get('format')!r}, expected {FORMAT!r}")
-        version = str(data.get("schema_version", ""))
-        if version.split(".")[0] != SCHEMA_VERSION.split(".")[0]:
+        """Check the whole structure (``runtime.manifest_schema``); BundleError names the
+        JSON path of the first bad field, and no file is touched, so a manifest that points
+        outside the bundle is refused before anything stats or hashes that path."""
+        check_manifest(self.data, str(self.root / MANIFEST_NAME))
+
+    def path(self, relative: str, listed: bool = True) -> Path:
+        """The path of a file the manifest names, checked to lie inside the bundle.
+
+        Every reader of bundle files goes through here (backends, predictor, calibration,
+        engine building). ``relative`` must be a relative POSIX name without ``..``; the
+        path, symlinks resolved, must be under the resolved bundle root. With ``listed``
+        (readers) the name must also be in ``files``, so that ``verify_files`` has checked
+        its size and sha256; writers creating a file pass ``listed=False``.
+
+        Raises:
+            BundleError: naming the file and why it is refused.
+        """
+        where = str(self.root / MANIFEST_NAME)
+        check_relative(relative, "a file name", where)
+        root = self.root.resolve()
+        resolved = (root / relative).resolve()
+        if not resolved.is_relative_to(root):
             raise BundleError(
-                f"{where}: schema version {version!r} is not readable by this runtime "
-                f"(reads {SCHEMA_VERSION.split('.')[0]}.x); re-export the bundle or update"
+                f"{where}: {relative} resolves to {resolved}, outside the bundle {root} (a "
+                "symlink out of the bundle?); a bundle reads only its own files"
             )
-        for key in ("model", "preprocessing", "profiles", "graphs", "files", "opset", "versions"):
-            if key not in data:
-                raise BundleError(f"{where}: required key {key!r} is missing")
-        for axis, bounds in data["profiles"].items():
-            if axis not in AXES:
-                raise BundleError(f"{where}: profile for unknown axis {axis!r}")
-            if not 1 <= bounds["min"] <= bounds["opt"] <= bounds["max"]:
-                raise BundleError(
-                    f"{where}: profile {axis} needs 1 <= min <= opt <= max, got {bounds}"
-                )
-        for name, graph in data["graphs"].items():
-            for key in ("inputs", "outputs", "variants"):
-                if key not in graph:
-                    raise BundleError(f"{where}: graph {name!r} has no {key!r}")
-            for precision, variant in graph["variants"].items():
-                if "file" not in variant:
-                    raise BundleError(f"{where}: {name} variant {precision!r} names no file")
+        if listed and relative not in self.data["files"]:
+            raise BundleError(
+                f"{where}: {relative} is not listed in files (its size and sha256 are "
+                "unknown, so the runtime will not read it)"
+            )
+        return self.root / relative
 
     def verify_files(self) -> None:
-        """Every listed file exists with its recorded size and sha256 (names the first bad one)."""
+        """Every listed file is a regular file inside the bundle with its recorded size and
+        sha256 (names the first bad one)."""
         for relative, entry in self.data["files"].items():
-            path = self.root / relative
+            path = self.path(relative)
             if not path.is_file():
-                raise BundleError(f"bundle file {path} listed in the manifest is missing")
+                raise BundleError(
+                    f"bundle file {path} listed in the manifest is missing (or not a file)"
+                )
             size = path.stat().st_size
             if size != entry["bytes"]:
                 raise BundleError(
@@ -190,20 +209,13 @@ class Manifest:
                     f"bundle file {path} has sha256 {digest[:16]}..., the manifest records "
                     f"{entry['sha256'][:16]}...: the file was changed after export"
                 )
-        for name, graph in self.data["graphs"].items():
-            for precision, variant in graph["variants"].items():
-                for relative in [variant["file"], *variant.get("external_data", [])]:
-                    if relative not in self.data["files"]:
-                        raise BundleError(
-                            f"{name} {precision} file {relative} has no sha256 in the manifest"
-                        )
 
     # -- writing ---------------------------------------------------------------------------
 
     def add_file(self, relative: str | Path, role: str) -> dict:
         """Record a file of the bundle (size and sha256); ``role`` says what it is."""
         relative = Path(relative).as_posix()
-        path = self.root / relative
+        path = self.path(relative, listed=False)
         entry = {"role": role, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
         self.data["files"][relative] = entry
         return entry
@@ -258,7 +270,37 @@ class Manifest:
         return variants[precision]
 
     def variant_path(self, graph: str, precision: str) -> Path:
-        return self.root / self.variant(graph, precision)["file"]
+        """The checked path of a variant's ONNX file (``path``)."""
+        return self.path(self.variant(graph, precision)["file"])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) the frames are resized to."""
+        height, width = self.preprocessing["size"]
+        return height, width
+
+    @property
+    def mask_threshold(self) -> float:
+        """The probability above which a mask pixel is foreground (strictly in (0, 1))."""
+        return float(self.preprocessing["mask_threshold"])
+
+    def tokenizer_path(self) -> Path:
+        """The checked path of the tokenizer (listed in ``files``, so hash-checked)."""
+        return self.path(self.preprocessing["tokenizer"])
+
+    def load_tokenizer(self):
+        """The bundle's Hugging Face ``tokenizers.Tokenizer``; BundleError naming the file
+        when it cannot be read (a file that is not a tokenizer, even with a listed hash)."""
+        from tokenizers import Tokenizer
+
+        path = self.tokenizer_path()
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception on any failure
+            raise BundleError(
+                f"tokenizer {path} could not be read by tokenizers ({error}); re-export the "
+                "bundle"
+            ) from None
 
     def engine(self, precision: str, graph: str) -> dict:
         try:
@@ -300,26 +342,7 @@ class Manifest:
             lines.append("  inputs:  " + "; ".join(s.describe() for s in self.inputs(name)))
             lines.append("  outputs: " + "; ".join(s.describe() for s in self.outputs(name)))
             for precision, variant in data["graphs"][name]["variants"].items():
-                parity = variant.get("parity", {})
-                error = parity.get("max_abs_error")
-                agreement = variant.get("agreement_vs_fp32")
-                note = ""
-                if error:
-                    worst = ", ".join(f"{k} {v:.2e}" for k, v in error.items())
-                    note = f" (max abs error vs {parity.get('reference')}: {worst}"
-                    if "quantile_abs_error" in parity:
-                        q = parity["tolerance"]["quantile"]
-                        held = ", ".join(
-                            f"{k} {v:.2e}" for k, v in parity["quantile_abs_error"].items()
-                        )
-                        note += f"; its {q} quantile, the one checked: {held}"
-                    note += ")"
-                elif agreement:
-                    note = (
-                        f" (mask IoU vs fp32 {agreement['mask_iou']:.4f}, same query "
-                        f"{agreement['same_query']:.3f} on {agreement['tracks']} held-out tracks)"
-                    )
-                lines.append(f"  {precision}: {variant['file']}{note}")
+                lines.append(f"  {precision}: {variant['file']}{_variant_note(variant)}")
         for precision, engines in data.get("engines", {}).items():
             for graph, entry in engines.items():
                 lines.append(
@@ -328,6 +351,32 @@ class Manifest:
                     f"{entry.get('gpu')}, sm {entry.get('compute_capability')})"
                 )
         return "\n".join(lines)
+
+
+def _variant_note(variant: dict) -> str:
+    """A variant's parity or INT8 agreement figures for ``summary``. They are informational
+    and not part of the checked schema, so a malformed figure is reported, not raised."""
+    try:
+        parity = variant.get("parity", {})
+        error = parity.get("max_abs_error")
+        agreement = variant.get("agreement_vs_fp32")
+        note = ""
+        if error:
+            worst = ", ".join(f"{k} {v:.2e}" for k, v in error.items())
+            note = f" (max abs error vs {parity.get('reference')}: {worst}"
+            if "quantile_abs_error" in parity:
+                q = parity["tolerance"]["quantile"]
+                held = ", ".join(f"{k} {v:.2e}" for k, v in parity["quantile_abs_error"].items())
+                note += f"; its {q} quantile, the one checked: {held}"
+            note += ")"
+        elif agreement:
+            note = (
+                f" (mask IoU vs fp32 {agreement['mask_iou']:.4f}, same query "
+                f"{agreement['same_query']:.3f} on {agreement['tracks']} held-out tracks)"
+            )
+        return note
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return " (its parity figures are malformed)"
 
 
 def load_manifest(bundle: str | Path, verify: bool = True) -> Manifest:

@@ -90,14 +90,14 @@ class RVOSPredictor:
         verify: bool = True,
         **backend_options,
     ) -> None:
-        from tokenizers import Tokenizer
-
         self.manifest = bundle if isinstance(bundle, Manifest) else Manifest.load(bundle, verify)
         pre = self.manifest.preprocessing
-        self.size = tuple(pre["size"])
+        self.size = self.manifest.size
         self.frame_format = pre["frame_format"]
-        self.threshold_logit = float(np.log(pre["mask_threshold"] / (1 - pre["mask_threshold"])))
-        self.tokenizer = Tokenizer.from_file(str(self.manifest.root / pre["tokenizer"]))
+        threshold = self.manifest.mask_threshold  # validated: strictly between 0 and 1
+        self.threshold_logit = float(np.log(threshold / (1 - threshold)))
+        # Through the manifest: inside the bundle, listed in files, hash-checked on load.
+        self.tokenizer = self.manifest.load_tokenizer()
         if text_precision is None:
             text_precision = (
                 precision if precision in self.manifest.precisions("text_encoder") else "fp32"

@@ -209,9 +209,18 @@ class OnnxRuntimeBackend(BaseBackend):
         if "CPUExecutionProvider" not in requested:
             provider_list.append("CPUExecutionProvider")
 
-        self._session = ort.InferenceSession(
-            str(path), sess_options=options, providers=provider_list
-        )
+        try:
+            self._session = ort.InferenceSession(
+                str(path), sess_options=options, providers=provider_list
+            )
+        except Exception as error:  # onnxruntime's pybind errors share no public base class
+            # The file's sha256 matched the manifest, so the bundle itself holds a graph that
+            # onnxruntime cannot read (or a manifest rewritten to match a bad file).
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise BundleError(
+                f"onnxruntime {ort.__version__} could not load {path} ({graph} {precision}): "
+                f"{reason}; re-export the bundle"
+            ) from error
         active = self._session.get_providers()
         if requested[0] not in active:
             # onnxruntime logs a warning and runs on the next provider when one fails to load

@@ -237,7 +237,7 @@ class TensorRTBackend(BaseBackend):
         super().__init__(manifest, graph, precision)
         self.device = device
         entry = self.manifest.engine(self.precision, graph)
-        plan = self.manifest.root / entry["file"]
+        plan = self.manifest.path(entry["file"])  # inside the bundle, listed, hash-checked
 
         self._cuda = load_cuda_api(device)
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, capacity in bytes)

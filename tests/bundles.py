@@ -1,8 +1,9 @@
-"""Toy bundles for the backend and engine tests: tiny ONNX graphs with the real graphs' input
-and output names, dtypes and named axes (T, E, L), and a manifest written through
-``runtime.manifest``. ``write_bundle`` takes the graphs (what they compute) and sizes; the
-"numpy toy" below (``write_numpy_toy``) is one such bundle whose outputs numpy repeats, for
-checking backends' results.
+"""Toy bundles for the backend, engine and manifest tests: tiny ONNX graphs with the real
+graphs' input and output names, dtypes and named axes (T, E, L), a real ``tokenizers`` file and
+a manifest written through ``runtime.manifest`` (so it passes the same checks as an exported
+one). ``write_bundle`` takes the graphs (what they compute) and sizes; the "numpy toy" below
+(``write_numpy_toy``) is one such bundle whose outputs numpy repeats, for checking backends'
+results.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ VARIANT_FILES = {
     "int8-tensorrt": "{}.int8-tensorrt.onnx",
 }
 Specs = tuple[list[TensorSpec], list[TensorSpec]]
+TOKENIZER = "tokenizer.json"
+# The toy tokenizer's words: ids 0..15, below the numpy toy's embedding rows (VOCAB).
+WORDS = ("<pad>", "<unk>", "the", "a", "red", "blue", "green", "small", "big", "circle",
+         "square", "triangle", "moving", "left", "right", "above")  # fmt: skip
 
 
 def graph_specs(
@@ -79,6 +84,35 @@ def make_model(
     return model
 
 
+def write_tokenizer(path: Path, max_length: int) -> None:
+    """A real Hugging Face ``tokenizers`` file: whitespace words over ``WORDS``, truncated at
+    ``max_length`` and padded to the longest expression, as an exported tokenizer is."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding(pad_id=0, pad_token="<pad>")
+    tokenizer.save(str(path))
+
+
+def toy_preprocessing(specs: dict[str, Specs], profiles: dict[str, dict[str, int]]) -> dict:
+    """The manifest's preprocessing for a toy bundle: size from the video graph's frames."""
+    frames = next(spec for spec in specs["video"][0] if spec.name == "frames")
+    return {
+        "size": [frames.shape[1], frames.shape[2]],
+        "frame_format": "uint8-nhwc",
+        "pixel_mean": [0.485, 0.456, 0.406],
+        "pixel_std": [0.229, 0.224, 0.225],
+        "pixel_scale": 255.0,
+        "tokenizer": TOKENIZER,
+        "max_text_length": profiles["L"]["max"],
+        "pad_token_id": 0,
+        "mask_stride": 4,
+        "mask_threshold": 0.5,
+    }
+
+
 def write_bundle(
     root: Path,
     specs: dict[str, Specs],
@@ -97,17 +131,19 @@ def write_bundle(
         profiles: the profile ranges of the named axes.
         opset: the opset the manifest records.
         precisions: which variants of every graph.
-        preprocessing: the manifest's preprocessing entry.
+        preprocessing: entries that replace those of :func:`toy_preprocessing`.
     """
     root.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.new(
         root,
         model={"name": "toy", "config": {}},
-        preprocessing=preprocessing or {},
+        preprocessing=toy_preprocessing(specs, profiles) | (preprocessing or {}),
         profiles=profiles,
         opset=opset,
         versions={"onnx": onnx.__version__},
     )
+    write_tokenizer(root / TOKENIZER, profiles["L"]["max"])
+    manifest.add_file(TOKENIZER, "tokenizer")
     for graph, (inputs, outputs) in specs.items():
         manifest.set_graph(graph, inputs, outputs)
         for precision in precisions:
@@ -207,10 +243,7 @@ MODELS = {"text_encoder": text_encoder_model, "video": video_model}
 def write_numpy_toy(root: Path) -> Manifest:
     """The numpy toy bundle in ``root``: fp32 graphs that :func:`text_reference` and
     :func:`video_reference` repeat."""
-    return write_bundle(
-        root, SPECS, lambda graph, _: MODELS[graph](), PROFILES, opset=17,
-        preprocessing={"height": HEIGHT, "width": WIDTH},
-    )  # fmt: skip
+    return write_bundle(root, SPECS, lambda graph, _: MODELS[graph](), PROFILES, opset=17)
 
 
 def text_feeds(expressions=2, tokens=5, seed=1):

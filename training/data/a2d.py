@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .files import DataFileError, read_rgb
 from .transforms import ClipTransform, mask_to_box, to_tensor_clip
 
 log = logging.getLogger(__name__)
@@ -117,8 +118,6 @@ class A2DSentences(_SentenceDataset):
     """A2D-Sentences; ``split`` is "train" or "test" ("valid" means "test")."""
 
     def __init__(self, root, split="train", num_frames=8, transform=None, seed=0) -> None:
-        import h5py
-
         split = "test" if split == "valid" else split
         if split not in ("train", "test"):
             raise ValueError(f"A2D-Sentences has train and test splits, not {split!r}")
@@ -147,35 +146,27 @@ class A2DSentences(_SentenceDataset):
                 if video not in lengths or not instance.strip().isdigit():
                     continue  # other split, or the dataset's one "1 (copy)" mistake
                 for h5 in sorted((self.mask_dir / video).glob("*.h5")):
-                    with h5py.File(h5, "r") as f:
-                        if int(instance) in np.atleast_1d(np.asarray(f["instance"])).tolist():
-                            self.samples.append(FrameSample(
-                                video, int(h5.stem), row["query"].lower(), int(instance), lengths[video]
-                            ))  # fmt: skip
+                    if int(instance) in read_instance_file(h5)[0]:
+                        self.samples.append(FrameSample(
+                            video, int(h5.stem), row["query"].lower(), int(instance), lengths[video]
+                        ))  # fmt: skip
         if not self.samples:
             raise ValueError(f"no A2D-Sentences samples for split {split!r} under {self.root}")
         log.info("A2D-Sentences %s: %d samples", split, len(self.samples))
 
     def read_frames(self, sample: FrameSample, numbers: list[int]) -> list[np.ndarray]:
-        from PIL import Image
-
         frame_dir = self.root / "Release" / "JPEGImages" / sample.video
         if frame_dir.is_dir():
-            frames = []
-            for n in numbers:
-                with Image.open(frame_dir / f"{n:05d}.jpg") as image:
-                    frames.append(np.asarray(image.convert("RGB")))
-            return frames
+            return [read_rgb(frame_dir / f"{n:05d}.jpg") for n in numbers]
         return read_video_frames(self.root / "Release" / "clips320H" / f"{sample.video}.mp4", numbers)
 
     def read_target(self, sample: FrameSample) -> np.ndarray:
-        import h5py
-
-        with h5py.File(self.mask_dir / sample.video / f"{sample.frame:05d}.h5", "r") as f:
-            instances = np.atleast_1d(np.asarray(f["instance"])).tolist()
-            masks = np.asarray(f["reMask"])
+        path = self.mask_dir / sample.video / f"{sample.frame:05d}.h5"
+        instances, masks = read_instance_file(path, masks=True)
         if masks.ndim == 2:
             masks = masks[None]
+        if instances.index(sample.instance) >= len(masks):
+            raise DataFileError(f"{path}: {len(instances)} instances but {len(masks)} masks in 'reMask'")
         return masks[instances.index(sample.instance)].T > 0  # stored transposed (W, H)
 
 
@@ -210,17 +201,22 @@ class JHMDBSentences(_SentenceDataset):
         if video not in self._masks:
             from scipy.io import loadmat
 
-            self._masks[video] = loadmat(str(self.mask_files[video]))["part_mask"].transpose(2, 0, 1)
+            path = self.mask_files[video]
+            try:
+                masks = np.asarray(loadmat(str(path))["part_mask"])
+            except KeyError:
+                raise DataFileError(f"puppet mask {path} has no 'part_mask' variable") from None
+            except (OSError, ValueError, TypeError, EOFError, NotImplementedError) as error:
+                raise DataFileError(
+                    f"cannot read puppet mask {path}: expected a MATLAB file, got {type(error).__name__}: {error}"
+                ) from error
+            if masks.ndim != 3:
+                raise DataFileError(f"puppet mask {path}: 'part_mask' should be (H, W, T), got shape {masks.shape}")
+            self._masks[video] = masks.transpose(2, 0, 1)
         return self._masks[video]
 
     def read_frames(self, sample: FrameSample, numbers: list[int]) -> list[np.ndarray]:
-        from PIL import Image
-
-        frames = []
-        for n in numbers:
-            with Image.open(self.frame_dirs[sample.video] / f"{n:05d}.png") as image:
-                frames.append(np.asarray(image.convert("RGB")))
-        return frames
+        return [read_rgb(self.frame_dirs[sample.video] / f"{n:05d}.png") for n in numbers]
 
     def read_target(self, sample: FrameSample) -> np.ndarray:
         return self.video_masks(sample.video)[sample.frame - 1] > 0
@@ -233,6 +229,9 @@ def read_video_frames(path: Path, numbers: list[int]) -> list[np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"video not found: {path}")
     capture = cv2.VideoCapture(str(path))
+    if not capture.isOpened():
+        capture.release()
+        raise DataFileError(f"cannot open video {path}: OpenCV reads no stream from it (corrupt or not a video)")
     try:
         wanted = sorted(set(numbers))
         frames: dict[int, np.ndarray] = {}
@@ -251,3 +250,21 @@ def read_video_frames(path: Path, numbers: list[int]) -> list[np.ndarray]:
     if missing:
         raise ValueError(f"{path} has no frames {missing} (it may be shorter than its metadata says)")
     return [frames[n] for n in numbers]
+
+
+def read_instance_file(path: Path, masks: bool = False) -> tuple[list[int], np.ndarray | None]:
+    """A2D's per-frame HDF5: the instance ids ("instance") and, with ``masks``, "reMask";
+    ``DataFileError`` naming the file when it is corrupt or lacks them."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            instances = np.atleast_1d(np.asarray(f["instance"])).astype(int).tolist()
+            stored = np.asarray(f["reMask"]) if masks else None
+    except KeyError as error:
+        raise DataFileError(f"A2D annotation {path} lacks a dataset: {error}") from None
+    except (OSError, ValueError, TypeError) as error:
+        raise DataFileError(
+            f"cannot read A2D annotation {path}: expected an HDF5 file, got {type(error).__name__}: {error}"
+        ) from error
+    return instances, stored

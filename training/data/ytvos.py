@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
+from .files import read_label_png, read_rgb
 from .transforms import ClipTransform, mask_to_box, reverse_expression, to_tensor_clip
 
 log = logging.getLogger(__name__)
@@ -135,18 +135,26 @@ class RefYouTubeVOS(Dataset):
         return len(self.records)
 
     def read_frame(self, video: str, frame: str) -> np.ndarray:
-        path = self.image_dir / video / f"{frame}.jpg"
-        if not path.is_file():
-            raise FileNotFoundError(f"frame not found: {path}")
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+        """RGB (H, W, 3) uint8; ``DataFileError`` naming the file if it is missing or corrupt."""
+        return read_rgb(self.image_dir / video / f"{frame}.jpg", "frame")
+
+    def label_path(self, video: str, frame: str) -> Path:
+        return self.label_dir / video / f"{frame}.png"
+
+    def is_annotated(self, video: str, frame: str) -> bool:
+        """Whether the frame has an annotation (Ref-YouTube-VOS annotates every 5th frame)."""
+        return self.label_path(video, frame).is_file()
+
+    def read_label(self, video: str, frame: str, shape: tuple[int, int] | None = None) -> np.ndarray:
+        """The frame's (H, W) id map as stored: 0 background, object ids, 255 void (DAVIS)."""
+        return read_label_png(self.label_path(video, frame), shape)
 
     def read_mask(self, video: str, frame: str, obj_id: int, shape: tuple[int, int]) -> np.ndarray:
-        path = self.label_dir / video / f"{frame}.png"
-        if not path.is_file():  # unannotated frame (Ref-YouTube-VOS annotates every 5th)
+        """The object's (H, W) bool mask; void counts as background here (the per-expression
+        protocol and training); an unannotated frame gives an empty mask of ``shape``."""
+        if not self.is_annotated(video, frame):
             return np.zeros(shape, bool)
-        with Image.open(path) as label:
-            return np.asarray(label.convert("P")) == obj_id
+        return self.read_label(video, frame, shape) == obj_id
 
     def __getitem__(self, index: int) -> dict:
         rng = random.Random(hash((self.seed, self.epoch, index)))

@@ -4,6 +4,12 @@ Ref-YouTube-VOS / Ref-DAVIS17 (DAVIS 2017 protocol): region similarity J (IoU) a
 accuracy F (boundary F-measure: one-pixel boundary maps, matched within a tolerance of
 ceil(0.008 * image diagonal) pixels by dilation with a disk), per frame, averaged per
 expression and then over expressions; J&F is their mean.
+
+``void`` (optional, a boolean map of the frame) excludes pixels from both measures as the
+official DAVIS 2017 code does (github.com/davisvideochallenge/davis2017-evaluation,
+davis2017/metrics.py): J counts intersection and union outside the void only; F takes the
+boundaries of both masks after removing their void pixels. The Ref-DAVIS17 protocol
+(training/davis.py) passes the annotations' 255 pixels; see docs/evaluation.md.
 """
 
 from __future__ import annotations
@@ -14,13 +20,21 @@ import numpy as np
 from scipy import ndimage
 
 
-def region_similarity(gt: np.ndarray, pred: np.ndarray) -> float:
-    """J: intersection over union of two boolean masks; 1 when both are empty."""
+def region_similarity(gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None) -> float:
+    """J: intersection over union of two boolean masks, outside ``void`` pixels; 1 when the
+    union (outside the void) is empty."""
     gt, pred = gt.astype(bool), pred.astype(bool)
-    union = np.logical_or(gt, pred).sum()
+    _check_void(gt, void)
+    keep = True if void is None else ~void.astype(bool)
+    union = (np.logical_or(gt, pred) & keep).sum()
     if union == 0:
         return 1.0
-    return float(np.logical_and(gt, pred).sum() / union)
+    return float((np.logical_and(gt, pred) & keep).sum() / union)
+
+
+def _check_void(gt: np.ndarray, void: np.ndarray | None) -> None:
+    if void is not None and void.shape != gt.shape:
+        raise ValueError(f"void map is {void.shape}, the masks {gt.shape}")
 
 
 def boundary_map(mask: np.ndarray) -> np.ndarray:
@@ -53,15 +67,32 @@ def boundary_tolerance(shape: tuple[int, int], bound_th: float = 0.008) -> int:
     return int(math.ceil(bound_th * math.hypot(*shape)))
 
 
-def contour_accuracy(gt: np.ndarray, pred: np.ndarray, bound_th: float = 0.008) -> float:
-    """F: boundary F-measure of ``pred`` against ``gt`` (DAVIS 2017's f_measure)."""
+def contour_accuracy(
+    gt: np.ndarray, pred: np.ndarray, bound_th: float = 0.008, void: np.ndarray | None = None
+) -> float:
+    """F: boundary F-measure of ``pred`` against ``gt`` (DAVIS 2017's f_measure); ``void``
+    pixels are removed from both masks before their boundaries are taken, as DAVIS does."""
     if gt.shape != pred.shape:
         raise ValueError(f"masks differ in shape: gt {gt.shape}, prediction {pred.shape}")
-    radius = boundary_tolerance(gt.shape, bound_th)
-    gt_boundary, pred_boundary = boundary_map(gt), boundary_map(pred)
-    structure = disk(radius)
-    gt_dilated = ndimage.binary_dilation(gt_boundary, structure=structure)
-    pred_dilated = ndimage.binary_dilation(pred_boundary, structure=structure)
+    _check_void(gt, void)
+    return boundary_f(boundaries(gt, void, bound_th), boundaries(pred, void, bound_th))
+
+
+def boundaries(
+    mask: np.ndarray, void: np.ndarray | None = None, bound_th: float = 0.008
+) -> tuple[np.ndarray, np.ndarray]:
+    """A mask's boundary map (void pixels removed first) and that map dilated by the tolerance
+    disk: the two things F needs of each mask, computed once when a mask meets many others."""
+    mask = mask.astype(bool)
+    if void is not None:
+        mask = mask & ~void.astype(bool)
+    boundary = boundary_map(mask)
+    return boundary, ndimage.binary_dilation(boundary, structure=disk(boundary_tolerance(mask.shape, bound_th)))
+
+
+def boundary_f(gt: tuple[np.ndarray, np.ndarray], pred: tuple[np.ndarray, np.ndarray]) -> float:
+    """F from the ``boundaries`` of the annotation and of the prediction."""
+    (gt_boundary, gt_dilated), (pred_boundary, pred_dilated) = gt, pred
     n_pred, n_gt = pred_boundary.sum(), gt_boundary.sum()
     if n_pred == 0 and n_gt == 0:
         return 1.0
@@ -74,12 +105,22 @@ def contour_accuracy(gt: np.ndarray, pred: np.ndarray, bound_th: float = 0.008) 
     return float(2 * precision * recall / (precision + recall))
 
 
-def video_jf(gt: np.ndarray, pred: np.ndarray, bound_th: float = 0.008) -> tuple[float, float]:
-    """Mean J and mean F over the frames of (T, H, W) masks."""
+def frame_jf(
+    gt: np.ndarray, pred: np.ndarray, void: np.ndarray | None = None, bound_th: float = 0.008
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame J and F (each (T,)) of (T, H, W) masks, ``void`` (T, H, W) excluded if given."""
     if gt.shape != pred.shape:
         raise ValueError(f"masks differ in shape: gt {gt.shape}, prediction {pred.shape}")
-    j = [region_similarity(g, p) for g, p in zip(gt, pred)]
-    f = [contour_accuracy(g, p, bound_th) for g, p in zip(gt, pred)]
+    _check_void(gt, void)
+    voids = [None] * len(gt) if void is None else void
+    j = [region_similarity(g, p, v) for g, p, v in zip(gt, pred, voids)]
+    f = [contour_accuracy(g, p, bound_th, v) for g, p, v in zip(gt, pred, voids)]
+    return np.asarray(j, float), np.asarray(f, float)
+
+
+def video_jf(gt: np.ndarray, pred: np.ndarray, bound_th: float = 0.008) -> tuple[float, float]:
+    """Mean J and mean F over the frames of (T, H, W) masks."""
+    j, f = frame_jf(gt, pred, bound_th=bound_th)
     return float(np.mean(j)), float(np.mean(f))
 
 

@@ -16,6 +16,10 @@ position, motion or its relation to another object ("the small red circle moving
 "the square above the green triangle"). Distractors share attributes with the target, and an
 expression is kept only if it picks out exactly one object, so the whole expression is
 needed. Generation is deterministic: video ``i`` depends only on (seed, split, i).
+
+``--ref-davis`` writes instead a small Ref-DAVIS17-like ``valid`` split (``write_ref_davis``:
+four annotator expression sets per object, void pixels) on which the ReferFormer protocol of
+``training/evaluate.py --dataset davis`` runs.
 """
 
 from __future__ import annotations
@@ -344,6 +348,80 @@ def write_dataset(
     return out
 
 
+# ----------------------------------------------------------------------------------------
+# A Ref-DAVIS17-like valid split (for the ReferFormer protocol, training/davis.py)
+# ----------------------------------------------------------------------------------------
+
+ANNOTATORS = 4
+VOID = 255
+
+
+def write_ref_davis(
+    out: str | Path,
+    videos: int = 3,
+    frames: int = 5,
+    size: tuple[int, int] = (64, 96),
+    seed: int = 0,
+    void_width: int = 1,
+    jpeg_quality: int = 92,
+) -> Path:
+    """A small ``valid`` split laid out as ReferFormer's conversion of Ref-DAVIS17 lays it out
+    (tools/data/convert_davis_to_ytvos.py in github.com/wjn922/ReferFormer): several objects per
+    video, every object visible in the first frame (DAVIS counts a video's objects there), four
+    expressions per object, one per annotator set, numbered object-major (expression
+    ``4 * k + a`` is object ``k + 1`` in annotator set ``a``), and a ring of void (255) pixels
+    ``void_width`` wide around the objects, as DAVIS marks uncertain boundaries. Separate from
+    ``write_dataset``, whose output it leaves unchanged. Returns ``out``."""
+    from scipy import ndimage
+
+    out = Path(out)
+    height, width = size
+    flat_palette = palette()
+    expression_videos = {}
+    for index in range(videos):
+        rng = np.random.default_rng([seed, 2, index])  # 2: neither train (0) nor valid (1)
+        for _ in range(50):
+            objects = sample_objects(rng, height, width, frames)
+            images, labels = render_video(objects, rng, frames, height, width)
+            options = [describe(obj, objects, labels, rng) for obj in objects]
+            first = set(np.unique(labels[0]).tolist())
+            if all(options) and first >= {o.obj_id for o in objects}:
+                break
+        else:
+            raise RuntimeError(f"could not generate a Ref-DAVIS-like scene for video {index}")
+        ring = np.stack([
+            ndimage.binary_dilation(frame > 0, iterations=void_width) & (frame == 0) for frame in labels
+        ])  # fmt: skip
+        labels = labels.copy()
+        labels[ring] = VOID
+        name = f"d{index:05d}"
+        frame_names = [f"{t:05d}" for t in range(frames)]
+        image_dir = out / "valid" / "JPEGImages" / name
+        label_dir = out / "valid" / "Annotations" / name
+        image_dir.mkdir(parents=True, exist_ok=True)
+        label_dir.mkdir(parents=True, exist_ok=True)
+        for frame_name, image, label in zip(frame_names, images, labels):
+            Image.fromarray(image).save(image_dir / f"{frame_name}.jpg", quality=jpeg_quality)
+            png = Image.fromarray(label, mode="P")
+            png.putpalette(flat_palette)
+            png.save(label_dir / f"{frame_name}.png")
+        expressions = {}
+        for k, (obj, texts) in enumerate(zip(objects, options)):
+            for a in range(ANNOTATORS):  # fewer wordings than annotators: some repeat one
+                expressions[str(ANNOTATORS * k + a)] = {"exp": texts[a % len(texts)], "obj_id": str(obj.obj_id)}
+        expression_videos[name] = {"expressions": expressions, "frames": frame_names}
+    exp_dir = out / "meta_expressions" / "valid"
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / "meta_expressions.json").write_text(json.dumps({"videos": expression_videos}, indent=1))
+    info = {
+        "generator": "training.data.synthetic.write_ref_davis", "videos": videos, "frames": frames,
+        "size": [height, width], "seed": seed, "void_width": void_width, "splits": {"valid": videos},
+    }  # fmt: skip
+    (out / "synthetic.json").write_text(json.dumps(info, indent=2))
+    log.info("wrote %s: a Ref-DAVIS-like valid split of %d videos", out, videos)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Generate the synthetic referring-video dataset.")
     parser.add_argument("--out", required=True, type=Path)
@@ -352,6 +430,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", default="128x224", help="HxW")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--valid-fraction", type=float, default=0.1)
+    parser.add_argument("--ref-davis", action="store_true",
+                        help="write instead a Ref-DAVIS17-like valid split of --videos videos (four "
+                             "annotator expression sets per object, void pixels), for "
+                             "training/evaluate.py --dataset davis")
     args = parser.parse_args(argv)
     try:
         height, width = (int(v) for v in args.size.lower().split("x"))
@@ -360,7 +442,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.videos < 2 or args.frames < 1 or min(height, width) < 32:
         parser.error("need --videos >= 2, --frames >= 1 and a size of at least 32x32")
     logging.basicConfig(level=logging.INFO)
-    write_dataset(args.out, args.videos, args.frames, (height, width), args.seed, args.valid_fraction)
+    if args.ref_davis:
+        write_ref_davis(args.out, args.videos, args.frames, (height, width), args.seed)
+    else:
+        write_dataset(args.out, args.videos, args.frames, (height, width), args.seed, args.valid_fraction)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def annotator_groups(video: str, records: list) -> list[list]:
         )
     objects = len(records) // ANNOTATORS
     if objects > MAX_PROPOSALS:
-        raise ValueError(f"video {video}: {objects} objects; the DAVIS evaluation takes at most {MAX_PROPOSALS}")
+        raise ValueError(
+            f"video {video}: {objects} objects; the DAVIS evaluation takes at most {MAX_PROPOSALS}"
+        )
     for k in range(objects):
         ids = {records[ANNOTATORS * k + a].obj_id for a in range(ANNOTATORS)}
         if len(ids) > 1:  # ReferFormer ignores obj_id; a mix suggests a shifted numbering
@@ -106,7 +108,9 @@ def proposals(labels: np.ndarray) -> np.ndarray:
     davis2017/results.py reads them."""
     count = int(labels.max())
     if count > MAX_PROPOSALS:
-        raise ValueError(f"{count} predicted objects; the DAVIS evaluation takes at most {MAX_PROPOSALS}")
+        raise ValueError(
+            f"{count} predicted objects; the DAVIS evaluation takes at most {MAX_PROPOSALS}"
+        )
     return labels[None] == np.arange(1, count + 1).reshape(-1, 1, 1, 1)
 
 
@@ -143,7 +147,9 @@ def match_objects(
     return j_out, f_out, matched
 
 
-def evaluate_referformer(dataset, predict, videos: list[str], submission: Path | None = None) -> dict:
+def evaluate_referformer(
+    dataset, predict, videos: list[str], submission: Path | None = None
+) -> dict:
     """The protocol on ``videos`` of a Ref-DAVIS17-layout ``dataset``.
 
     ``predict(frames, expressions)`` gives per-expression mask probabilities (E, T, H, W) in
@@ -153,7 +159,9 @@ def evaluate_referformer(dataset, predict, videos: list[str], submission: Path |
     ``per_object`` (one row per annotated object and annotator run).
     """
     by_video = records_by_video(dataset)
-    groups = {video: annotator_groups(video, by_video[video]) for video in videos}  # before any work
+    groups = {
+        video: annotator_groups(video, by_video[video]) for video in videos
+    }  # before any work
     rows = []
     for video in videos:
         names = list(by_video[video][0].frames)
@@ -161,7 +169,9 @@ def evaluate_referformer(dataset, predict, videos: list[str], submission: Path |
         size = frames[0].shape[:2]
         annotated = [i for i, n in enumerate(names) if dataset.is_annotated(video, n)]
         if not annotated:
-            raise FileNotFoundError(f"video {video} has no annotation under {dataset.label_dir / video}")
+            raise FileNotFoundError(
+                f"video {video} has no annotation under {dataset.label_dir / video}"
+            )
         labels = np.stack([dataset.read_label(video, names[i], size) for i in annotated])
         objects, void = ground_truth(labels)
         if len(objects) == 0:

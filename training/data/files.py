@@ -12,7 +12,14 @@ from PIL import Image
 # What PIL raises on a damaged image: UnidentifiedImageError (an OSError) for a file that is not
 # an image at all, OSError ("image file is truncated") or SyntaxError ("broken PNG file") for a
 # cut one, zlib.error/ValueError/EOFError for damaged compressed data.
-_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
+_IMAGE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    zlib.error,
+    Image.DecompressionBombError,
+)
 
 # Modes whose pixel values are the object ids themselves. Anything else (RGB, RGBA, LA, F, ...)
 # would have to be quantised to get ids, which silently invents them: refused.

@@ -2,7 +2,11 @@
 
 Writing is atomic: everything goes into a temporary sibling directory which then replaces the
 target with renames, so an interrupted save leaves the previous checkpoint intact. Loading
-rebuilds the model from ``config.json`` alone and never unpickles anything.
+rebuilds the model from ``config.json`` alone and never unpickles anything. Before a model is
+built, the shapes and dtypes in the safetensors header are checked against those its config
+implies (computed on the ``meta`` device, which allocates nothing), so a ``config.json`` that
+does not match its weights fails in milliseconds instead of allocating the model it
+describes; loaded weights must be finite.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from runtime.files import apply_umask, make_staging_dir, replace_directory
 
 from .config import ProxyFormerConfig, get_preset
 from .model import ProxyFormer, build_proxyformer
-from .state import load_state_checked
+from .state import TensorSpec, check_tensors, load_state_checked, specs_of
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +91,123 @@ def read_config(directory: str | Path) -> ProxyFormerConfig:
     return ProxyFormerConfig.from_json(directory / CONFIG_NAME)
 
 
+# safetensors' dtype names (the header's "dtype" strings) -> torch's.
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+_MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+
+
+def read_header(path: str | Path) -> tuple[dict[str, TensorSpec], dict[str, str]]:
+    """The tensors (dtype, shape) and metadata of a safetensors file, from its header alone.
+
+    The format is an 8-byte little-endian length, that many bytes of JSON, then the tensor
+    data. Raises ``ValueError`` naming ``path`` when the file is not one, or is shorter than
+    its header says (a truncated copy), or a tensor's byte range does not match its shape.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        length = int.from_bytes(handle.read(8), "little") if size >= 8 else -1
+        if not 0 < length <= min(size - 8, _MAX_HEADER):
+            raise ValueError(
+                f"{path} is not a safetensors file: {size} bytes, header length {length}"
+            )
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{path} is not a safetensors file: bad header ({error})") from None
+    metadata = header.pop("__metadata__", None) or {}
+    specs, end = {}, 0
+    for name, entry in header.items():
+        try:
+            dtype, shape = entry["dtype"], tuple(int(d) for d in entry["shape"])
+            begin, stop = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}: malformed header entry for {name!r}: {entry!r}") from None
+        torch_dtype = _DTYPES.get(dtype, dtype)
+        if isinstance(torch_dtype, torch.dtype):
+            numel = 1
+            for d in shape:
+                numel *= d
+            if stop - begin != numel * torch_dtype.itemsize:
+                raise ValueError(
+                    f"{path}: tensor {name!r} of shape {shape} ({dtype}) has "
+                    f"{stop - begin} bytes of data"
+                )
+        specs[name] = TensorSpec(torch_dtype, shape)
+        end = max(end, stop)
+    if 8 + length + end != size:
+        raise ValueError(
+            f"{path} is {size} bytes but its header describes {8 + length + end}: the file is "
+            "truncated or was not written whole"
+        )
+    return specs, metadata
+
+
+def expected_tensors(config: ProxyFormerConfig) -> dict[str, TensorSpec]:
+    """The dtype and shape of every tensor a model of ``config`` has, without allocating it:
+    the model is built on the ``meta`` device, whose tensors have shapes and no storage."""
+    with torch.device("meta"):
+        model = build_proxyformer(config)
+    return specs_of(model.state_dict())
+
+
+def _suspect_fields(config: ProxyFormerConfig, own: dict, found: dict) -> str:
+    """Which integer fields of ``config`` most likely set the sizes that differ from the
+    file's: those whose value is one of the model's differing dimensions (a hidden_dim of
+    2048 against weights of 64 gives 2048-wide tensors)."""
+    fields: dict[str, int] = {}
+
+    def flatten(data: dict, prefix: str) -> None:
+        for key, value in data.items():
+            if isinstance(value, dict):
+                flatten(value, f"{prefix}{key}.")
+            elif isinstance(value, int) and not isinstance(value, bool):
+                fields[f"{prefix}{key}"] = value
+
+    flatten(config.to_dict(), "")
+    sizes = set()
+    for name in sorted(set(own) & set(found)):
+        a, b = own[name].shape, found[name].shape
+        if len(a) == len(b):
+            sizes |= {x for x, y in zip(a, b) if x != y}
+    named = [f"{field}={value}" for field, value in fields.items() if value in sizes]
+    if not named:
+        return ""
+    return f"The config fields that set these sizes are probably: {', '.join(named)}"
+
+
+def check_weights_fit(
+    config: ProxyFormerConfig, directory: str | Path, strict: bool = True,
+    own: dict[str, TensorSpec] | None = None,
+) -> None:  # fmt: skip
+    """Compare the tensors in ``directory``'s safetensors header with those of a model of
+    ``config`` (``own`` when the model exists already), before any tensor is allocated.
+
+    Raises ``FileNotFoundError`` for missing weights and ``ValueError`` naming the first
+    mis-shaped or mistyped tensors (and, with ``strict``, missing or unexpected ones) and the
+    config fields that probably explain them.
+    """
+    weights = Path(directory) / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"checkpoint weights not found: {weights}")
+    found, _ = read_header(weights)
+    own = expected_tensors(config) if own is None else own
+    hint = _suspect_fields(config, own, found)
+    if hint:
+        hint += f" (from {Path(directory) / CONFIG_NAME})"
+    check_tensors(f"a {config.name!r} model", own, found, str(weights), strict, hint)
+
+
 def load_weights(model: nn.Module, directory: str | Path, strict: bool = True) -> None:
     """Load a checkpoint's weights into ``model``, refusing a checkpoint of another config.
 
-    Raises ``ValueError`` naming the config differences, or the missing, unexpected and
-    mis-shaped tensors.
+    Raises ``ValueError`` naming the config differences, or the missing, unexpected,
+    mis-shaped and mistyped tensors (checked on the file's header before its data is read),
+    or those holding NaN or infinity.
     """
     from safetensors.torch import load_file
 
@@ -105,9 +221,8 @@ def load_weights(model: nn.Module, directory: str | Path, strict: bool = True) -
             + "; ".join(differences[:8])
             + (" ..." if len(differences) > 8 else "")
         )
+    check_weights_fit(config, directory, strict, own=specs_of(model.state_dict()))
     weights = directory / WEIGHTS_NAME
-    if not weights.is_file():
-        raise FileNotFoundError(f"checkpoint weights not found: {weights}")
     load_state_checked(model, load_file(str(weights)), str(weights), strict)
 
 
@@ -131,6 +246,7 @@ def load_checkpoint(
                 f"checkpoint {directory} is preset {config.name!r}, not {expected.name!r}: "
                 + "; ".join(expected.diff(config, ("expected", "checkpoint"))[:8])
             )
+    check_weights_fit(config, directory)  # before the model of config.json is allocated
     model = build_proxyformer(config)
     load_weights(model, directory)
     return model.to(device).eval()

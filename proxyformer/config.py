@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +142,7 @@ class ProxyFormerConfig:
             )
         if self.num_queries < 1:
             raise ValueError(f"num_queries (N) must be >= 1, got {self.num_queries}")
+        _check_instance(self, "config")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,7 +165,10 @@ class ProxyFormerConfig:
             raise FileNotFoundError(f"config file not found: {path}") from None
         except json.JSONDecodeError as error:
             raise ValueError(f"{path} is not valid JSON: {error}") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def replace(self, **changes: Any) -> ProxyFormerConfig:
         """A copy with top-level fields or dotted sub-fields (``"cmie.use_p2v"``) changed."""
@@ -173,11 +179,13 @@ class ProxyFormerConfig:
                 section, name = key.split(".", 1)
                 nested.setdefault(section, {})[name] = value
             else:
-                top[key] = value
+                top[key] = _checked_field(type(self), key, value, key)
         for section, fields in nested.items():
             if not hasattr(self, section) or not dataclasses.is_dataclass(getattr(self, section)):
                 raise ValueError(f"unknown config section {section!r}")
             _check_moved(section, fields)
+            sub = type(getattr(self, section))
+            fields = {k: _checked_field(sub, k, v, f"{section}.{k}") for k, v in fields.items()}
             top[section] = dataclasses.replace(getattr(self, section), **fields)
         return dataclasses.replace(self, **top)
 
@@ -212,11 +220,94 @@ def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
         sub = _NESTED.get((cls, name))
         if sub is not None:
             kwargs[name] = _from_dict(sub, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            kwargs[name] = tuple(value)  # JSON has no tuples; the dataclasses use them
         else:
-            kwargs[name] = value
+            kwargs[name] = _checked_field(cls, name, value, f"{where}.{name}")
     return cls(**kwargs)
+
+
+# -- strict field types -------------------------------------------------------------------
+# A config is read from JSON files people edit (config.json, manifests) and from --set. Python
+# would take the string "false" for a bool as True and "64" for an int until some layer fails
+# far from the file, so every value is checked against its field's annotation, with no
+# coercion but two lossless ones: a JSON list becomes the tuple the dataclass holds, and an
+# integer is accepted for a float (JSON writes 0.0 as 0 in some tools).
+
+
+def _checked_field(cls: type, name: str, value: Any, where: str) -> Any:
+    """``value`` for field ``name`` of ``cls``, checked (``ValueError`` naming ``where``)."""
+    hints = typing.get_type_hints(cls)
+    if name not in hints:
+        known = sorted(f.name for f in dataclasses.fields(cls))
+        raise ValueError(f"unknown key {where!r} (known: {known})")
+    return _checked(value, hints[name], where)
+
+
+def _checked(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _checked(value, option, where)
+            except ValueError:
+                continue
+        raise ValueError(f"{where} must be {_describe(hint)}, got {value!r} ({_kind(value)})")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif origin is tuple:
+        if isinstance(value, (list, tuple)):
+            items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+            if len(items) == len(value):
+                return tuple(_checked(v, h, f"{where}[{i}]") for i, (v, h) in enumerate(zip(value, items)))
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+    else:  # a type this checker does not know: nothing to compare against
+        return value
+    raise ValueError(f"{where} must be {_describe(hint)}, got {value!r} ({_kind(value)})")
+
+
+def _describe(hint: Any) -> str:
+    """A field type in JSON's words: ``a boolean (true/false)``, ``a list of 3 numbers``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        plural = {bool: "booleans", int: "integers", float: "numbers", str: "strings"}
+        item = plural.get(args[0], _describe(args[0]))
+        count = "" if len(args) == 2 and args[1] is Ellipsis else f"{len(args)} "
+        return f"a list of {count}{item}"
+    names = {bool: "a boolean (true/false)", int: "an integer", float: "a number",
+             str: "a string", type(None): "null"}  # fmt: skip
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _kind(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "list",
+            tuple: "list", dict: "mapping", type(None): "null"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _check_instance(config: Any, where: str) -> None:
+    """Every field of a config dataclass, nested ones included, has its annotated type (a
+    config built in code, as the presets and ``dataclasses.replace`` do)."""
+    for name, hint in typing.get_type_hints(type(config)).items():
+        value = getattr(config, name)
+        if dataclasses.is_dataclass(value):
+            _check_instance(value, f"{where}.{name}")
+        else:
+            _checked(value, hint, f"{where}.{name}")
 
 
 def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str, names: tuple[str, str]) -> list[str]:

@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from proxyformer.checkpoint import WEIGHTS_NAME, read_config
-from proxyformer.state import load_state_checked
+from proxyformer.checkpoint import WEIGHTS_NAME, check_weights_fit, read_config, read_header
+from proxyformer.state import load_state_checked, specs_of
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,17 @@ def init_weights(model: torch.nn.Module, directory: str | Path) -> list[str]:
     weights = directory / WEIGHTS_NAME
     if not weights.is_file():
         raise FileNotFoundError(f"--init-from: checkpoint weights not found: {weights}")
-    state = load_file(str(weights))
-    unexpected = sorted(set(state) - set(model.state_dict()))
+    own = specs_of(model.state_dict())
+    found, _ = read_header(weights)  # names and shapes, before any tensor is read
+    unexpected = sorted(set(found) - set(own))
     if unexpected:
         raise ValueError(
             f"--init-from {directory}: the model has no tensors {unexpected[:10]}"
             f"{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)}); its config differs: "
             + "; ".join(getattr(model, "config", config).diff(config, ("model", "checkpoint")))
         )
+    check_weights_fit(config, directory, strict=False, own=own)
+    state = load_file(str(weights))
     load_state_checked(model, state, str(weights), strict=False)
     fresh = sorted(set(model.state_dict()) - set(state))
     log.info(

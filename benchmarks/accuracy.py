@@ -8,6 +8,11 @@ kernels; int8-cpu: ONNX Runtime's own x86 form). Every row is scored by the same
 (``training.evaluate.evaluate``) on the same frames: the bundle's size must be the split's
 native frame size, so no row pays for a resize the others do not. Writes JSON and a markdown
 table to ``benchmarks/results/accuracy/`` and prints the table.
+
+``--dataset davis`` scores a Ref-DAVIS17-layout split with ``--protocol referformer`` (its
+default; docs/evaluation.md). There every row, PyTorch included, is merged from binary masks
+(the runtime's predictor gives no probabilities), so the rows stay comparable with each other;
+``training/evaluate.py`` merges probabilities, as ReferFormer does.
 """
 
 from __future__ import annotations
@@ -29,15 +34,18 @@ log = logging.getLogger("accuracy")
 ROWS = ("pytorch", "fp32", "fp16", "int8-tensorrt", "int8-cpu")
 
 
-def _load_split(manifest, data: str | Path, split: str):
+def _load_split(manifest, data: str | Path, split: str, kind: str = "ytvos", protocol: str = ""):
     """The split as a dataset, checked to have the bundle's frame size: every row then scores the
     same frames, and none pays for a resize the others do not."""
     from training.data import build_dataset
     from training.data.transforms import ClipTransform
+    from training.davis import check_dataset
 
     dataset = build_dataset(
-        "ytvos", str(data), split, None, ClipTransform(train=False, eval_short_side=None)
+        kind, str(data), split, None, ClipTransform(train=False, eval_short_side=None)
     )
+    if protocol == "referformer":
+        check_dataset(dataset)
     first = dataset.records[0]
     native = dataset.read_frame(first.video, first.frames[0]).shape[:2]
     size = tuple(manifest.preprocessing["size"])
@@ -49,23 +57,34 @@ def _load_split(manifest, data: str | Path, split: str):
     return dataset
 
 
-def _score_pytorch(manifest, dataset, limit: int | None, threads: int | None) -> dict:
+def _score_pytorch(
+    manifest, dataset, limit: int | None, threads: int | None, protocol: str = "per-expression"
+) -> dict:
     """``evaluate`` of the checkpoint the bundle came from, PyTorch eager."""
     import torch
     from tokenizers import Tokenizer
 
     from export.source_model import bundle_model
-    from training.evaluate import evaluate
+    from training.evaluate import evaluate, segment_video
 
     if threads:
         torch.set_num_threads(threads)
     model = bundle_model(manifest)
     tokenizer = Tokenizer.from_file(str(manifest.root / manifest.preprocessing["tokenizer"]))
-    return evaluate(model, tokenizer, dataset, limit=limit)
+
+    def segment(frames, expressions):  # binary masks, as the runtime rows give
+        return segment_video(model, tokenizer, frames, expressions, None)
+
+    return evaluate(model, tokenizer, dataset, limit=limit, segment=segment, protocol=protocol)
 
 
 def _score_onnxruntime(
-    manifest, dataset, precision: str, limit: int | None, threads: int | None
+    manifest,
+    dataset,
+    precision: str,
+    limit: int | None,
+    threads: int | None,
+    protocol: str = "per-expression",
 ) -> dict:
     """``evaluate`` of one precision of the bundle, run by the onnxruntime predictor."""
     from runtime.predictor import RVOSPredictor
@@ -78,7 +97,7 @@ def _score_onnxruntime(
         out = predictor.segment(np.stack(frames), expressions)
         return out.masks, out.scores[:, None]
 
-    return evaluate(None, None, dataset, limit=limit, segment=segment)
+    return evaluate(None, None, dataset, limit=limit, segment=segment, protocol=protocol)
 
 
 def _add_deltas(results: dict[str, dict]) -> None:
@@ -96,26 +115,34 @@ def measure(
     rows: tuple[str, ...] = ROWS,
     limit: int | None = None,
     threads: int | None = None,
+    dataset_kind: str = "ytvos",
+    protocol: str | None = None,
 ) -> dict:
-    """J, F and J&F of each row; rows whose variant the bundle lacks are reported as skipped."""
+    """J, F and J&F of each row; rows whose variant the bundle lacks are reported as skipped.
+    ``protocol`` defaults to ``referformer`` for ``dataset_kind="davis"``, ``per-expression``
+    otherwise (docs/evaluation.md)."""
     from runtime.manifest import Manifest
 
+    protocol = protocol or ("referformer" if dataset_kind == "davis" else "per-expression")
+    if protocol == "referformer" and dataset_kind != "davis":
+        raise ValueError("the referformer protocol is Ref-DAVIS17's: use it with dataset_kind='davis'")
     manifest = Manifest.load(bundle)
-    dataset = _load_split(manifest, data, split)
+    dataset = _load_split(manifest, data, split, dataset_kind, protocol)
     results = {}
     for row in rows:
         started = time.perf_counter()
         if row == "pytorch":
-            result = _score_pytorch(manifest, dataset, limit, threads)
+            result = _score_pytorch(manifest, dataset, limit, threads, protocol)
         elif row not in manifest.precisions("video"):
             results[row] = {"skipped": f"bundle has no {row} variant of video.onnx"}
             log.warning("%s skipped: %s", row, results[row]["skipped"])
             continue
         else:
-            result = _score_onnxruntime(manifest, dataset, row, limit, threads)
+            result = _score_onnxruntime(manifest, dataset, row, limit, threads, protocol)
+        per_item = "per_expression" if protocol == "per-expression" else "per_object"
         results[row] = result["summary"] | {
             "seconds": round(time.perf_counter() - started, 1),
-            "per_expression_jf": [round(r["J&F"], 4) for r in result["per_expression"]],
+            f"{per_item}_jf": [round(r["J&F"], 4) for r in result[per_item]],
         }
         log.info("%s: J&F %.4f", row, result["summary"]["J&F"])
     _add_deltas(results)
@@ -123,6 +150,8 @@ def measure(
         "bundle": str(bundle),
         "model": manifest.data["model"].get("checkpoint") or manifest.data["model"]["name"],
         "data": str(data),
+        "dataset": dataset_kind,
+        "protocol": protocol,
         "split": split,
         "limit": limit,
         "rows": results,
@@ -139,7 +168,10 @@ def measure(
 def markdown(report: dict) -> str:
     """The J&F table of a ``measure`` report, one line per row."""
     lines = [
-        f"J&F on {report['data']} ({report['split']}), bundle {report['bundle']}",
+        (
+            f"J&F on {report['data']} ({report['split']}, "
+            f"{report.get('protocol', 'per-expression')} protocol), bundle {report['bundle']}"
+        ),
         "",
         "| row | J&F | J | F | Δ J&F vs ORT FP32 (points) | seconds |",
         "|---|---:|---:|---:|---:|---:|",
@@ -169,6 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="valid")
+    parser.add_argument("--dataset", default="ytvos", choices=("ytvos", "davis"))
+    parser.add_argument(
+        "--protocol",
+        default=None,
+        choices=("per-expression", "referformer"),
+        help="how J&F is computed (docs/evaluation.md); default: referformer for davis, "
+        "per-expression otherwise",
+    )
     parser.add_argument(
         "--rows", default=",".join(ROWS), help="comma-separated subset of " + ",".join(ROWS)
     )
@@ -179,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("runtime").setLevel(logging.WARNING)
+    if args.protocol == "referformer" and args.dataset != "davis":
+        parser.error("--protocol referformer is Ref-DAVIS17's protocol: use it with --dataset davis")
     report = measure(args.bundle, args.data, args.split, tuple(args.rows.split(",")), args.limit,
-                     args.threads)  # fmt: skip
+                     args.threads, args.dataset, args.protocol)  # fmt: skip
     table = markdown(report)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.tag or Path(args.bundle).name

@@ -299,3 +299,20 @@ def test_a_set_without_four_expressions_per_object_is_refused_before_the_model(
                 "davis",
             ]
         )
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_offers_the_protocol(davis_root, tiny_bundle, tmp_path):
+    """benchmarks/accuracy.py on a Ref-DAVIS-layout split: the protocol is recorded, and the
+    PyTorch and ONNX Runtime rows, both merged from binary masks, agree."""
+    from benchmarks.accuracy import markdown, measure
+
+    report = measure(tiny_bundle, davis_root, rows=("pytorch", "fp32"), dataset_kind="davis")
+    assert report["protocol"] == "referformer" and report["dataset"] == "davis"
+    rows = report["rows"]
+    assert (
+        len(rows["fp32"]["per_annotator"]) == 4
+        and len(rows["fp32"]["per_object_jf"]) == 4 * rows["fp32"]["objects"]
+    )
+    assert rows["pytorch"]["J&F"] == pytest.approx(rows["fp32"]["J&F"], abs=0.01)
+    assert "referformer protocol" in markdown(report).splitlines()[0]

@@ -22,7 +22,12 @@ def add_run_arguments(parser: argparse.ArgumentParser, defaults, set_example: st
     parser.add_argument("--clip-max-norm", type=float, default=defaults.clip_max_norm)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=defaults.device)
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its checkpoint (a directory with no "
+                        "run yet starts one)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (without this or --resume, an "
+                        "existing run is refused)")
 
 
 def parse_overrides(parser: argparse.ArgumentParser, items: list[str]) -> dict:

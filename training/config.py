@@ -5,9 +5,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-# Options that may differ between an interrupted run and its resumption.
-RESUMABLE_CHANGES = ("resume", "epochs", "max_steps", "save_every", "log_every", "workers",
-                     "tensorboard", "device")  # fmt: skip
+# Options that may differ between an interrupted run and its resumption. The output directory
+# is one: a run moved elsewhere resumes from where it is now.
+RESUMABLE_CHANGES = ("resume", "overwrite", "out", "epochs", "max_steps", "save_every",
+                     "log_every", "workers", "tensorboard", "device")  # fmt: skip
+# Options naming files or directories: saved and compared resolved (training.rundir).
+PATH_OPTIONS = ("data", "out", "backbone_weights", "text_weights", "init_from")
 
 
 @dataclass
@@ -42,7 +45,8 @@ class TrainConfig:
     log_every: int = 10
     amp: str = "auto"  # auto (on for CUDA), on, off
     device: str = "auto"
-    resume: bool = False
+    resume: bool = False  # continue the run in out (training.rundir: what it checks)
+    overwrite: bool = False  # replace a run already in out (otherwise it is refused)
     backbone_weights: str | None = None
     text_weights: str | None = None
     jsc_weight: float = 5.0
@@ -59,6 +63,8 @@ class TrainConfig:
     init_from: str | None = None
 
     def __post_init__(self) -> None:
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite replaces it: pass one")
         if self.lr_schedule not in ("step", "cosine"):
             raise ValueError(f"lr_schedule must be 'step' or 'cosine', got {self.lr_schedule!r}")
         if self.lr_schedule == "cosine" and self.lr_drop_steps:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from proxyformer.checkpoint import WEIGHTS_NAME, read_config
+from proxyformer.checkpoint import WEIGHTS_NAME, check_weights_fit, read_config
 from proxyformer.model import build_proxyformer
 from proxyformer.text import encode_texts, load_tokenizer
 from runtime.manifest import sha256_file
@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 CLASS_PATH = ("heads.selection", "heads.class_head", "heads.pool_proj")
 CACHE_VERSION = 2
 STATE_NAME = "selection_state.pt"
+# Options that may differ between an interrupted run and its resumption, and those naming
+# files or directories (compared resolved: training.rundir).
+RESUMABLE_CHANGES = ("device", "out", "overwrite")
+PATH_OPTIONS = ("init_from", "data", "out")
 _LAYER_KEYS = ("queries", "pooled", "geometry", "iou")
 
 
@@ -79,6 +83,7 @@ class SelectionConfig:
     max_size: int | None = 640
     seed: int = 42
     device: str = "cpu"
+    overwrite: bool = False  # replace a run already in out (otherwise it is refused)
 
     def __post_init__(self) -> None:
         if not self.init_from:
@@ -113,6 +118,9 @@ def build_stage2_model(config: SelectionConfig):
     model_config = read_config(config.init_from)
     if config.overrides:
         model_config = model_config.replace(**config.overrides)
+    # The checkpoint's tensors against the shapes its config implies, before that model is
+    # allocated (the class-path tensors the overrides add may be missing: not strict).
+    check_weights_fit(model_config, config.init_from, strict=False)
     torch.manual_seed(config.seed)
     model = build_proxyformer(model_config)
     fresh = init_weights(model, config.init_from)
@@ -305,7 +313,8 @@ class SelectionTrainer:
 
     def __init__(self, config: SelectionConfig) -> None:
         self.config = config
-        self.run = RunDirectory(config.out, "selection_config.json", STATE_NAME, "config", "epoch")
+        self.run = RunDirectory(config.out, "selection_config.json", STATE_NAME, "config", "epoch",
+                                path_options=PATH_OPTIONS)  # fmt: skip
         self.out = self.run.out
         self.device = torch.device(config.device)
         weights = Path(config.init_from) / WEIGHTS_NAME
@@ -360,9 +369,10 @@ class SelectionTrainer:
             options=asdict(self.config),
         )  # fmt: skip
 
-    def restore(self) -> None:
-        """Continue from ``OUT/checkpoint``: weights, optimizer and the epochs done."""
-        state = self.run.restore(self.model, asdict(self.config), may_change=("device",))
+    def restore(self, state: dict) -> None:
+        """Continue from ``OUT/checkpoint`` and its training ``state`` (``RunDirectory.open``
+        read and verified it): weights, optimizer and the epochs done."""
+        self.run.load_weights(self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = state["epoch"]
         log.info("resumed %s after epoch %d", self.run.checkpoint, self.epoch)
@@ -372,10 +382,13 @@ class SelectionTrainer:
         after that many epochs with only ``OUT/checkpoint`` written, as an interruption
         between epochs would (``resume`` then finishes it); it returns that directory."""
         config = self.config
-        self.run.begin(asdict(config))
-        if resume:
-            self.restore()
-        self.run.restart_metrics(self.epoch if resume else None)
+        # An existing run without --resume/--overwrite is refused, a resume checked, before
+        # the features are cached (``training.rundir``).
+        state = self.run.open(asdict(config), resume, config.overwrite, RESUMABLE_CHANGES)
+        if state is not None:
+            self.restore(state)
+        self.run.begin(asdict(config), fresh=state is None)
+        self.run.restart_metrics(self.epoch if state is not None else None)
         items = self.cache(config.split, config.flip)
         valid = self.cache(config.valid_split, False) if config.valid_split else None
         lengths = [len(item["visible"]) for item in items]

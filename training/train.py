@@ -5,6 +5,7 @@
         --out runs/swin-t --backbone-weights swin_tiny_patch244_window877_kinetics400_1k.pth \\
         --text-weights roberta-base
     python training/train.py ... --resume      # continue an interrupted run
+    python training/train.py ... --overwrite   # replace the run already in --out
 
 See ``training.trainer`` for what is saved and how resuming stays exact.
 """

@@ -3,6 +3,7 @@
     python training/train_selection.py --init-from runs/tiny/stage1/final --data data/synth \\
         --out runs/tiny/stage2 --set extensions.video_select=true --epochs 20
     python training/train_selection.py ... --resume      # continue after the last whole epoch
+    python training/train_selection.py ... --overwrite   # replace the run already in --out
 
 Adds the modules the ``--set`` changes bring (the video-level selection module with
 ``extensions.video_select=true``), freezes everything but ``heads.selection``,

@@ -29,7 +29,7 @@ from proxyformer.config import get_preset
 from proxyformer.model import build_proxyformer
 from proxyformer.text import load_tokenizer
 
-from .config import RESUMABLE_CHANGES, TrainConfig
+from .config import PATH_OPTIONS, RESUMABLE_CHANGES, TrainConfig
 from .data import build_dataset
 from .data.collate import RVOSCollate
 from .data.transforms import ClipTransform
@@ -84,10 +84,16 @@ class Trainer:
             torch.cuda.set_device(self.device)
         self.is_main = self.rank == 0
         self.run = RunDirectory(config.out, "train_config.json", STATE_NAME, "train_config",
-                                "step", writes=self.is_main)  # fmt: skip
+                                "step", writes=self.is_main, path_options=PATH_OPTIONS)  # fmt: skip
         self.out = self.run.out
         if config.accumulate < 1 or config.batch_size < 1:
             raise ValueError("batch_size and accumulate must be >= 1")
+        # Before anything expensive: refuse an existing run without --resume/--overwrite, and
+        # check (and read) the state a resume continues from.
+        self.resume_state = self.run.open(
+            config.to_dict(), config.resume, config.overwrite, RESUMABLE_CHANGES,
+            barrier=dist.barrier if self.world > 1 else lambda: None,
+        )  # fmt: skip
 
         random.seed(config.seed)
         torch.manual_seed(config.seed)
@@ -164,10 +170,9 @@ class Trainer:
         self.writer = None
         if config.tensorboard and self.is_main:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # noqa: F401 (train creates it)
             except ImportError:
                 raise ImportError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
 
     def _param_groups(self) -> list[dict]:
         groups = {"backbone": [], "text": [], "rest": []}
@@ -215,9 +220,10 @@ class Trainer:
             state=self._training_state() if with_state else None, options=self.config.to_dict(),
         )  # fmt: skip
 
-    def restore(self) -> None:
-        """Continue from ``OUT/checkpoint``: weights, optimizer, schedule, position, RNGs."""
-        state = self.run.restore(self.model, self.config.to_dict(), RESUMABLE_CHANGES)
+    def restore(self, state: dict) -> None:
+        """Continue from ``OUT/checkpoint`` and its training ``state`` (``RunDirectory.open``
+        read and verified it): weights, optimizer, schedule, position, RNGs."""
+        self.run.load_weights(self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -249,14 +255,17 @@ class Trainer:
     def train(self) -> Path:
         """Run (or resume) training; returns the directory of the final model."""
         config = self.config
-        self.run.begin(config.to_dict())
+        resumed = self.resume_state is not None
+        if resumed:  # loads and checks the weights before anything is written
+            self.restore(self.resume_state)
+            self.resume_state = None  # the optimizer holds it now
+        self.run.begin(config.to_dict(), fresh=not resumed)  # --overwrite: the old run goes
         checkpoint_dir = self.run.checkpoint
-        resumed = config.resume and self.run.has_state()
-        if resumed:
-            self.restore()
-        elif config.resume:
-            log.warning("--resume: no checkpoint in %s, starting from scratch", checkpoint_dir)
         self.run.restart_metrics(self.step if resumed else None)
+        if config.tensorboard and self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
 
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         total = self.total_steps()

@@ -156,17 +156,20 @@ def evaluate(
         originals = [dataset.read_frame(video, n) for n in names]
         height, width = originals[0].shape[:2]
         annotated = [i for i, n in enumerate(names) if dataset.is_annotated(video, n)]
-        # Every annotation is read (and a bad one reported by its path) before the model runs.
-        gts = [np.stack([dataset.read_mask(video, n, r.obj_id, (height, width)) for n in names]) for r in records]
+        # Each annotation is read once, and a bad one reported by its path, before the model
+        # runs; void (255) never equals an object id, so it counts as background here.
+        labels = np.stack([dataset.read_label(video, names[i], (height, width)) for i in annotated]
+                          or [np.zeros((height, width), np.uint8)])[: len(annotated)]  # fmt: skip
         masks, scores, *every = segment(_model_frames(dataset, originals), [r.expression for r in records])
         masks = _to_size(masks, (height, width))
-        for e, (record, gt, pred, score) in enumerate(zip(records, gts, masks, scores)):
-            j, f = video_jf(gt[annotated], pred[annotated])
+        for e, (record, pred, score) in enumerate(zip(records, masks, scores)):
+            gt = labels == record.obj_id  # (annotated frames, H, W)
+            j, f = video_jf(gt, pred[annotated])
             rows.append({"video": video, "exp_id": record.exp_id, "expression": record.expression,
                          "J": j, "F": f, "J&F": (j + f) / 2, "score": float(score.mean())})  # fmt: skip
             if every:
                 query_j = [
-                    float(np.mean([region_similarity(g, p) for g, p in zip(gt[annotated], q)]))
+                    float(np.mean([region_similarity(g, p) for g, p in zip(gt, q)]))
                     for q in _to_size(every[0][e], (height, width))[:, annotated]
                 ]
                 rows[-1] |= {

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
+from tqdm import tqdm
 
 from training.metrics import boundaries, boundary_f, region_similarity
 
@@ -163,7 +164,7 @@ def evaluate_referformer(
         video: annotator_groups(video, by_video[video]) for video in videos
     }  # before any work
     rows = []
-    for video in videos:
+    for video in tqdm(videos, desc="evaluate (referformer)", unit="video"):
         names = list(by_video[video][0].frames)
         frames = [dataset.read_frame(video, n) for n in names]
         size = frames[0].shape[:2]

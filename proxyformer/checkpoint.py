@@ -169,12 +169,17 @@ def _suspect_fields(config: ProxyFormerConfig, own: dict, found: dict) -> str:
                 fields[f"{prefix}{key}"] = value
 
     flatten(config.to_dict(), "")
-    sizes = set()
+    counts: dict[int, int] = {}  # a differing model dimension -> how many tensors have it
     for name in sorted(set(own) & set(found)):
         a, b = own[name].shape, found[name].shape
         if len(a) == len(b):
-            sizes |= {x for x, y in zip(a, b) if x != y}
-    named = [f"{field}={value}" for field, value in fields.items() if value in sizes]
+            for size in {x for x, y in zip(a, b) if x != y}:
+                counts[size] = counts.get(size, 0) + 1
+    score = {field: counts.get(value, 0) for field, value in fields.items()}
+    best = max(score.values(), default=0)
+    # The fields behind most of the mismatches; a field that merely shares a value with one
+    # odd tensor would only distract.
+    named = [f"{f}={fields[f]}" for f, n in score.items() if best and n * 2 >= best]
     if not named:
         return ""
     return f"The config fields that set these sizes are probably: {', '.join(named)}"
@@ -185,7 +190,8 @@ def check_weights_fit(
     own: dict[str, TensorSpec] | None = None,
 ) -> None:  # fmt: skip
     """Compare the tensors in ``directory``'s safetensors header with those of a model of
-    ``config`` (``own`` when the model exists already), before any tensor is allocated.
+    ``config`` (``own``, that model's tensors, when it exists already), before any tensor is
+    allocated.
 
     Raises ``FileNotFoundError`` for missing weights and ``ValueError`` naming the first
     mis-shaped or mistyped tensors (and, with ``strict``, missing or unexpected ones) and the
@@ -195,11 +201,13 @@ def check_weights_fit(
     if not weights.is_file():
         raise FileNotFoundError(f"checkpoint weights not found: {weights}")
     found, _ = read_header(weights)
-    own = expected_tensors(config) if own is None else own
+    own_given = own is not None
+    own = own if own_given else expected_tensors(config)
     hint = _suspect_fields(config, own, found)
-    if hint:
+    if hint and not own_given:
         hint += f" (from {Path(directory) / CONFIG_NAME})"
-    check_tensors(f"a {config.name!r} model", own, found, str(weights), strict, hint)
+    described = "the model" if own_given else f"the {config.name!r} model its config.json describes"
+    check_tensors(described, own, found, str(weights), strict, hint)
 
 
 def load_weights(model: nn.Module, directory: str | Path, strict: bool = True) -> None:

@@ -37,7 +37,7 @@ def init_weights(model: torch.nn.Module, directory: str | Path) -> list[str]:
             f"{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)}); its config differs: "
             + "; ".join(getattr(model, "config", config).diff(config, ("model", "checkpoint")))
         )
-    check_weights_fit(config, directory, strict=False, own=own)
+    check_weights_fit(getattr(model, "config", config), directory, strict=False, own=own)
     state = load_file(str(weights))
     load_state_checked(model, state, str(weights), strict=False)
     fresh = sorted(set(model.state_dict()) - set(state))

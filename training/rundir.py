@@ -174,7 +174,7 @@ class RunDirectory:
                 f"{error}); pass --overwrite to start the run again"
             ) from error
         if not isinstance(state, dict) or not isinstance(state.get(self.options_key), str):
-            raise ValueError(
+            raise ValueError(  # noqa: TRY004 (bad content, as the other refusals here)
                 f"--resume: {path} is not a training state of this trainer (no "
                 f"{self.options_key!r} entry)"
             )

@@ -98,8 +98,9 @@ def test_the_selection_trainer_refuses_an_existing_run_too(synth, tmp_path):
     torch.manual_seed(0)
     stage1 = save_checkpoint(build_proxyformer(config), tmp_path / "stage1",
                              tokenizer=load_tokenizer(config))  # fmt: skip
-    options = dict(init_from=str(stage1), data=str(synth), out=str(tmp_path / "stage2"), epochs=1,
-                   batch_size=2, flip=False, overrides={"extensions.video_select": True})  # fmt: skip
+    options = {"init_from": str(stage1), "data": str(synth), "out": str(tmp_path / "stage2"),
+               "epochs": 1, "batch_size": 2, "flip": False,
+               "overrides": {"extensions.video_select": True}}  # fmt: skip
     SelectionTrainer(SelectionConfig(**options)).train()
     before = contents(tmp_path / "stage2")
     with pytest.raises(FileExistsError, match="stage2 already holds a run"):
@@ -147,7 +148,7 @@ def crash_in_save(point: str, synth, out: Path) -> list[str]:
     argv = arguments(synth, out, "--max-steps", "3", "--save-every", "1")
     threads = str(torch.get_num_threads())
     crashed = subprocess.run([sys.executable, "-c", CRASH_IN_SAVE, point, str(out), *argv],
-                             cwd=ROOT, capture_output=True, text=True, timeout=600,
+                             cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
                              env=os.environ | {"OMP_NUM_THREADS": threads})  # fmt: skip
     assert crashed.returncode == 9, crashed.stderr[-3000:]
     return argv

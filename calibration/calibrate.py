@@ -18,7 +18,24 @@ import sys
 
 from calibration.int8 import calibrate_bundle, float_nodes_from_sensitivity, sensitivity
 from calibration.quantize import METHODS, TARGETS
+from runtime.manifest import BundleError
 from runtime.precisions import cli_type
+
+
+def count(minimum: int):
+    """An argparse type: an int >= ``minimum``, refused by argparse (usage, exit 2) otherwise,
+    so a count of 0 stops here rather than after the bundle and the data are read."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", required=True,
                         help="dataset root, Ref-YouTube-VOS layout (data/synth...)")  # fmt: skip
     parser.add_argument("--split", default="train", help="split the calibration clips come from")
-    parser.add_argument("--samples", type=int, default=64, help="calibration clips (one per video)")
+    parser.add_argument("--samples", type=count(1), default=64,
+                        help="calibration clips (one per video)")  # fmt: skip
     parser.add_argument("--method", default="entropy", choices=METHODS)
     parser.add_argument(
         "--target",
@@ -39,11 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--cpu-format", default="qdq", choices=("qdq", "qoperator"))
     parser.add_argument("--seed", type=int, default=0, help="which videos and clips")
-    parser.add_argument("--frames", type=int, default=None,
+    parser.add_argument("--frames", type=count(1), default=None,
                         help="frames per clip (default: the profile's optimum; fewer frames "
                         "need less memory to calibrate large models)")  # fmt: skip
     parser.add_argument("--check-split", default="valid", help="held-out clips for the agreement")
-    parser.add_argument("--check-samples", type=int, default=8)
+    parser.add_argument("--check-samples", type=count(1), default=8,
+                        help="held-out clips the INT8 graphs are compared with FP32 on")  # fmt: skip
     parser.add_argument("--exclude", nargs="*", default=[], help="node names to leave in float")
     parser.add_argument(
         "--quantize-class-path",
@@ -53,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--keep-float",
-        type=int,
+        type=count(0),
         default=0,
         help="leave the K most sensitive nodes (from --sensitivity) in float",
     )
@@ -65,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--recalibrate", action="store_true", help="rebuild the cached samples and ranges"
     )
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=count(1), default=None)
     return parser.parse_args(argv)
 
 
@@ -73,6 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("root").setLevel(logging.WARNING)
     args = parse_args(argv)
+    try:
+        return run(args)
+    except BundleError as error:
+        # A bundle that cannot be used is the user's to fix: its message, not a traceback.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     if args.sensitivity:
         for target in args.target:
             rows = sensitivity(args.bundle, target, args.method, args.data, args.check_split,

@@ -94,6 +94,7 @@ def calibrate_bundle(
     match) and so are the tensor ranges of each method; ``recalibrate`` rebuilds both.
     """
     targets = tuple(precision_name(target, TARGETS, "calibration target") for target in targets)
+    _check_counts(samples=samples, check_samples=check_samples, frames=frames)
     manifest = Manifest.load(bundle)
     calibration = _calibration_samples(
         manifest, data, split, samples, seed, recalibrate, method, frames
@@ -143,6 +144,16 @@ def calibrate_bundle(
     _refresh_tensorrt_report(manifest)
     manifest.save()
     return manifest
+
+
+def _check_counts(**counts: int | None) -> None:
+    """Refuse a count below 1 before the bundle, the data or a graph is read (``None`` is a
+    default left to the bundle, e.g. the profile's frames)."""
+    for name, value in counts.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _calibration_samples(

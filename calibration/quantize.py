@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.files import apply_umask
 from runtime.manifest import Manifest
 from runtime.precisions import INT8_PRECISIONS, INT8_TENSORRT, precision_name
 
@@ -167,6 +168,10 @@ def quantize_video(
             calibration_cache_path=str(cache),
             **options,
         )
+        # onnxruntime writes the range cache through mkstemp, which leaves it 0600 in the
+        # bundle: give it the mode an ordinary write has, so a shared bundle stays readable.
+        if cache.is_file():
+            apply_umask(cache, directory=False)
         tmp_output.replace(output)
     finally:
         logging.getLogger().removeFilter(hint)

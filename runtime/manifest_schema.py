@@ -132,7 +132,7 @@ def check_manifest(data: Any, where: str) -> None:
     major = SCHEMA_VERSION.split(".")[0]
     if not isinstance(version, str) or version.split(".")[0] != major:
         raise BundleError(
-            f"{where}: schema version {show(version)} is not readable by this runtime "
+            f"{where}: schema version {version!r} is not readable by this runtime "
             f"(reads {major}.x); re-export the bundle or update"
         )
     for key in REQUIRED_KEYS:

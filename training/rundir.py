@@ -85,7 +85,15 @@ class RunDirectory:
         for target in (self.checkpoint, self.final):
             found = leftovers(target)
             entries += found["tmp"] + found["old"]
-        return entries
+        return entries + self._partial_files()
+
+    def _partial_files(self) -> list[Path]:
+        """Temporary files of ``atomic_write_text`` calls a kill interrupted (the options
+        file, a rewritten ``metrics.csv``): never complete, so never worth keeping."""
+        if not self.out.is_dir():
+            return []
+        return [p for name in (self.options_name, "metrics.csv")
+                for p in self.out.glob(f".{name}.*.tmp") if p.is_file()]  # fmt: skip
 
     def existing(self) -> list[str]:
         """The names of the files and directories of an earlier run in ``out``."""
@@ -129,6 +137,9 @@ class RunDirectory:
         if self.writes:
             for target in (self.checkpoint, self.final):
                 recover_directory(target)
+            for partial in self._partial_files():
+                log.info("removing %s, left by an interrupted write", partial.name)
+                partial.unlink()
         barrier()
         if not self.checkpoint.is_dir():
             if self.existing():

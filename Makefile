@@ -51,8 +51,8 @@ data: setup
 	$(PY) -m training.data.synthetic --out $(SYNTH) --videos 400 --frames 12 --size 128x224 --seed 0
 
 checkpoint: data
-	$(PY) training/train.py --data $(SYNTH) --out $(CKPT_RUN)/stage1 $(TRAIN_RECIPE)
-	$(PY) training/train_selection.py --data $(SYNTH) --out $(CKPT_RUN)/stage2 $(SELECT_RECIPE) \
+	$(PY) training/train.py --data $(SYNTH) --out $(CKPT_RUN)/stage1 --overwrite $(TRAIN_RECIPE)
+	$(PY) training/train_selection.py --data $(SYNTH) --out $(CKPT_RUN)/stage2 --overwrite $(SELECT_RECIPE) \
 		--init-from $(CKPT_RUN)/stage1/final
 	$(PY) training/evaluate.py --checkpoint $(CKPT_RUN)/stage2/final --data $(SYNTH) \
 		--split valid --query-oracle --out $(CKPT_RUN)/eval_valid.json

@@ -174,8 +174,11 @@ class Manifest:
         """
         where = str(self.root / MANIFEST_NAME)
         check_relative(relative, "a file name", where)
-        root = self.root.resolve()
-        resolved = (root / relative).resolve()
+        try:
+            root = self.root.resolve()
+            resolved = (root / relative).resolve()
+        except (OSError, RuntimeError) as error:  # a symlink loop, say
+            raise BundleError(f"{where}: {relative} cannot be resolved: {error}") from None
         if not resolved.is_relative_to(root):
             raise BundleError(
                 f"{where}: {relative} resolves to {resolved}, outside the bundle {root} (a "

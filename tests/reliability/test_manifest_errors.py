@@ -160,3 +160,32 @@ def test_the_toy_bundle_itself_passes(toy, capsys):
     assert main(["info", "--bundle", str(toy)]) == 0
     assert "graph video:" in capsys.readouterr().out
     RVOSPredictor(toy, backend="onnxruntime").encode_text("the red circle")
+
+
+# -- calibration's counts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--samples", "0"], ["--samples", "-3"], ["--check-samples", "-1"],
+     ["--check-samples", "0"], ["--frames", "0"]],  # fmt: skip
+    ids=lambda argv: " ".join(argv),
+)
+def test_calibrate_refuses_a_count_below_one_before_any_work(argv, tmp_path, capsys):
+    """argparse's usage error (exit 2) naming the flag, before the bundle is even looked
+    for: the bundle and data given here do not exist."""
+    from calibration.calibrate import main as calibrate
+
+    missing = str(tmp_path / "no-bundle")
+    with pytest.raises(SystemExit) as raised:
+        calibrate(["--bundle", missing, "--data", missing, *argv])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[0]}: must be at least 1, got {int(argv[1])}" in err, err
+
+
+def test_calibrate_bundle_checks_its_counts_first(tmp_path):
+    from calibration.int8 import calibrate_bundle
+
+    with pytest.raises(ValueError, match="samples must be a positive int, got 0"):
+        calibrate_bundle(tmp_path / "no-bundle", tmp_path / "no-data", samples=0)

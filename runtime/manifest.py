@@ -303,7 +303,7 @@ class Manifest:
             raise BundleError(
                 f"tokenizer {path} could not be read by tokenizers ({error}); re-export the "
                 "bundle"
-            ) from None
+            ) from error
 
     def engine(self, precision: str, graph: str) -> dict:
         try:
@@ -331,8 +331,10 @@ class Manifest:
         data = self.data
         lines = [
             f"bundle {self.root} (schema {data['schema_version']}, opset {data['opset']})",
-            f"model: {data['model'].get('name')} "
-            f"({data['model'].get('parameters', '?')} parameters)",
+            (
+                f"model: {data['model'].get('name')} "
+                f"({data['model'].get('parameters', '?')} parameters)"
+            ),
             "preprocessing: " + json.dumps(data["preprocessing"]),
             "profiles: "
             + ", ".join(

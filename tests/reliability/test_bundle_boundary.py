@@ -15,11 +15,11 @@ import stat
 from pathlib import Path
 
 import pytest
-from bundles import write_numpy_toy
 
+from bundles import write_numpy_toy
+from calibration.int8 import calibrate_bundle
 from runtime.__main__ import main
 from runtime.backends import load_backend
-from calibration.int8 import calibrate_bundle
 from runtime.files import current_umask, sha256_file
 from runtime.manifest import BundleError, Manifest
 from runtime.predictor import RVOSPredictor

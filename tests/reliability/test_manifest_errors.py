@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from bundles import write_numpy_toy
 
+from bundles import write_numpy_toy
 from runtime.__main__ import main
 from runtime.files import sha256_file
 from runtime.manifest import BundleError
@@ -167,8 +167,8 @@ def test_the_toy_bundle_itself_passes(toy, capsys):
 
 @pytest.mark.parametrize(
     "argv",
-    [["--samples", "0"], ["--samples", "-3"], ["--check-samples", "-1"],
-     ["--check-samples", "0"], ["--frames", "0"]],  # fmt: skip
+    [["--samples", "0"], ["--samples", "-3"], ["--check-samples", "-1"], ["--check-samples", "0"],
+     ["--frames", "0"]],
     ids=lambda argv: " ".join(argv),
 )
 def test_calibrate_refuses_a_count_below_one_before_any_work(argv, tmp_path, capsys):

@@ -29,6 +29,7 @@ and sha256 are checked before it loads.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,26 @@ class Manifest:
                 "unknown, so the runtime will not read it)"
             )
         return self.root / relative
+
+    def read_verified(self, relative: str) -> bytes:
+        """A listed file's bytes, checked against its size and sha256 as read: for files read
+        whole into memory (TensorRT engines), so what is used is what was checked, whether or
+        not the manifest was loaded with ``verify``."""
+        path = self.path(relative)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise BundleError(f"bundle file {path} listed in the manifest cannot be read: "
+                              f"{error}") from None  # fmt: skip
+        entry = self.data["files"][relative]
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != entry["bytes"] or digest != entry["sha256"]:
+            raise BundleError(
+                f"bundle file {path} has {len(data)} bytes and sha256 {digest[:16]}..., the "
+                f"manifest records {entry['bytes']} and {entry['sha256'][:16]}...: the file was "
+                "changed after it was recorded"
+            )
+        return data
 
     def verify_files(self) -> None:
         """Every listed file is a regular file inside the bundle with its recorded size and

@@ -262,9 +262,10 @@ class TensorRTBackend(BaseBackend):
             )
             if not plan.is_file():
                 raise BundleError(f"engine {plan} listed in the manifest is missing")
+            serialized = self.manifest.read_verified(entry["file"])  # the bytes deserialized
             self._logger = tensorrt_logger()
             self._runtime = trt.Runtime(self._logger)
-            self._engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
+            self._engine = self._runtime.deserialize_cuda_engine(serialized)
             if self._engine is None:
                 raise BundleError(
                     f"TensorRT {trt.__version__} could not deserialize {plan} (see the "

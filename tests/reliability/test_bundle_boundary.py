@@ -135,6 +135,25 @@ def test_every_name_the_runtime_reads_is_inside_and_listed(bundle, change, messa
         Manifest.load(bundle, verify=False)
 
 
+def test_an_engine_is_hash_checked_as_it_is_read(bundle):
+    """The TensorRT backend deserializes the bytes ``read_verified`` checked: an engine changed
+    after the manifest was loaded (or loaded without ``verify``) is refused, not run."""
+    plan = bundle / "engines" / "video.fp16.plan"
+    plan.parent.mkdir()
+    plan.write_bytes(b"a serialized engine" * 50)
+
+    def add_engine(data):
+        data["files"]["engines/video.fp16.plan"] = listing(plan, "tensorrt engine")
+        data["engines"] = {"fp16": {"video": {"file": "engines/video.fp16.plan"}}}
+
+    edit(bundle, add_engine)
+    manifest = Manifest.load(bundle)
+    assert manifest.read_verified(manifest.engine("fp16", "video")["file"]) == plan.read_bytes()
+    plan.write_bytes(b"a serialized engine" * 49 + b"another engine!!!!!")  # same size
+    with pytest.raises(BundleError, match=r"video\.fp16\.plan has 950 bytes and sha256"):
+        manifest.read_verified("engines/video.fp16.plan")
+
+
 # -- item 12: permissions of an exported and calibrated bundle ------------------------------
 
 

@@ -62,7 +62,6 @@ def _score_pytorch(
 ) -> dict:
     """``evaluate`` of the checkpoint the bundle came from, PyTorch eager."""
     import torch
-    from tokenizers import Tokenizer
 
     from export.source_model import bundle_model
     from training.evaluate import evaluate, segment_video
@@ -70,7 +69,7 @@ def _score_pytorch(
     if threads:
         torch.set_num_threads(threads)
     model = bundle_model(manifest)
-    tokenizer = Tokenizer.from_file(str(manifest.root / manifest.preprocessing["tokenizer"]))
+    tokenizer = manifest.load_tokenizer()  # inside the bundle and hash-checked
 
     def segment(frames, expressions):  # binary masks, as the runtime rows give
         return segment_video(model, tokenizer, frames, expressions, None)

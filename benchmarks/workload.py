@@ -61,10 +61,8 @@ def _token_rows(
     manifest: Manifest, expressions: int, text_length: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``[E, L]`` token ids and attention mask of E distinct texts, each L real tokens."""
-    from tokenizers import Tokenizer
-
     pre = manifest.preprocessing
-    tokenizer = Tokenizer.from_file(str(manifest.root / pre["tokenizer"]))
+    tokenizer = manifest.load_tokenizer()  # inside the bundle and hash-checked
     tokenizer.no_truncation()
     tokenizer.no_padding()
     pad = int(pre.get("pad_token_id", 1))

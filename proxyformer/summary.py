@@ -5,9 +5,10 @@
 
 Compute is counted by ``torch.utils.flop_counter.FlopCounterMode`` on one real forward pass
 (batch 1, one expression): it counts matrix multiplications, convolutions and attention, two
-FLOPs per multiply-accumulate. Papers in this field (fvcore, as ReferFormer and ProxyFormer
-report) count one per multiply-accumulate, so the GMAC column is the one to hold next to the
-paper's "1341.6G FLOPs".
+FLOPs per multiply-accumulate. Attention is counted from its operand shapes whichever kernel
+torch runs it with (``proxyformer.flops``), so the total is the same on every torch release.
+Papers in this field (fvcore, as ReferFormer and ProxyFormer report) count one per
+multiply-accumulate, so the GMAC column is the one to hold next to the paper's "1341.6G FLOPs".
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import logging
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from .config import PRESETS, get_preset
+from .flops import flop_counter
 from .model import build_proxyformer
 
 COMPONENTS = (
@@ -75,7 +76,7 @@ def summarize(
     ids[:, 0], ids[:, -1] = 0, 2  # <s> ... </s>
     mask = torch.ones_like(ids)
     start = time.perf_counter()
-    with FlopCounterMode(display=False, depth=2) as counter:
+    with flop_counter(depth=2) as counter:
         model(video, ids, mask)
     seconds = time.perf_counter() - start
     counts = counter.get_flop_counts()

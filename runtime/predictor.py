@@ -30,6 +30,46 @@ from .video import read_video, resize_frames
 
 log = logging.getLogger(__name__)
 
+# How much of an expression a message shows: a 10,000-character text is not a log line.
+SHOWN_CHARACTERS = 60
+
+
+def shorten(text: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """``text`` quoted, cut to its first ``limit`` characters with its length when longer."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def check_expressions(expressions: list[str] | str) -> list[str]:
+    """The expressions as a list, each a non-empty string that encodes as UTF-8.
+
+    Python strings can hold lone surrogates ("\\ud800", or undecodable bytes of a command
+    line under ``surrogateescape``) that no tokenizer can encode; they are refused here with
+    the expression's index rather than failing inside the tokenizer.
+
+    Raises:
+        ValueError: naming the index of the first bad expression.
+    """
+    if isinstance(expressions, str):
+        expressions = [expressions]
+    expressions = list(expressions)
+    if not expressions:
+        raise ValueError("no expressions given")
+    for index, text in enumerate(expressions):
+        if not isinstance(text, str):
+            raise TypeError(f"expression {index} must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise ValueError(f"expression {index} is empty: {text!r}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"expression {index} cannot be encoded as UTF-8 ({error.reason}: "
+                f"{text[error.start]!r} at character {error.start}): {shorten(text)}"
+            ) from None
+    return expressions
+
 
 @dataclass
 class TextEmbedding:
@@ -118,20 +158,14 @@ class RVOSPredictor:
 
     def encode_text(self, expressions: list[str] | str) -> TextEmbedding:
         """Tokenize and encode expressions once; the result is reused for any video."""
-        if isinstance(expressions, str):
-            expressions = [expressions]
-        if not expressions:
-            raise ValueError("no expressions given")
-        for index, text in enumerate(expressions):
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"expression {index} is empty: {text!r}")
-        encodings = self.tokenizer.encode_batch(list(expressions))
+        expressions = check_expressions(expressions)
+        encodings = self.tokenizer.encode_batch(expressions)
         truncated = [bool(e.overflowing) for e in encodings]
-        for text, cut in zip(expressions, truncated):
+        for index, (text, cut) in enumerate(zip(expressions, truncated)):
             if cut:
                 log.warning(
-                    "expression truncated to %d tokens (the bundle's max text length): %r",
-                    self.max_text_length, text,
+                    "expression %d truncated to %d tokens (the bundle's max text length): %s",
+                    index, self.max_text_length, shorten(text),
                 )  # fmt: skip
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
@@ -144,9 +178,32 @@ class RVOSPredictor:
 
     # -- video ---------------------------------------------------------------------------
 
-    def prepare_frames(self, video) -> tuple[np.ndarray, list[str], tuple[int, int]]:
-        """Read and resize a video: (frames at the bundle size, frame names, original size)."""
-        frames, names = read_video(video)
+    def check_window(self, window: int | None) -> int:
+        """Frames per call: ``window``, or the profile's maximum when None.
+
+        Raises:
+            ValueError: naming the profile's limits, for a window outside them (0 and
+                negative windows included: none of them means "the maximum").
+        """
+        if window is None:
+            return self.max_frames
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)):
+            raise TypeError(f"window must be a whole number of frames, got {window!r}")
+        if not self.min_frames <= window <= self.max_frames:
+            raise ValueError(
+                f"window of {window} frames is outside the bundle's frame profile "
+                f"[{self.min_frames}, {self.max_frames}]"
+            )
+        return int(window)
+
+    def prepare_frames(
+        self, video, allow_partial: bool = False
+    ) -> tuple[np.ndarray, list[str], tuple[int, int]]:
+        """Read and resize a video: (frames at the bundle size, frame names, original size).
+
+        ``allow_partial``: use what decodes of a truncated or corrupt file (``read_video``).
+        """
+        frames, names = read_video(video, allow_partial=allow_partial)
         original = frames.shape[1:3]
         return resize_frames(frames, self.size), names, original
 
@@ -155,23 +212,25 @@ class RVOSPredictor:
         video,
         expressions: list[str] | str | TextEmbedding,
         window: int | None = None,
+        allow_partial: bool = False,
     ) -> Segmentation:
         """Masks ``[E, T, H0, W0]`` and scores for a video (file, folder or ``[T,H,W,3]`` array).
 
-        ``window`` frames per call (default and maximum: the profile's maximum frames).
+        ``window`` frames per call (default: the profile's maximum; see ``check_window``).
+        ``allow_partial``: segment what decodes of a truncated or corrupt video file instead
+        of raising ``VideoError`` (``runtime.video.read_video``).
         """
         started = time.perf_counter()
+        # Every input is checked before the first graph runs: window, video, expressions.
+        window = self.check_window(window)
+        if not isinstance(expressions, TextEmbedding):
+            expressions = check_expressions(expressions)
+        frames, names, original = self.prepare_frames(video, allow_partial)
+        tick = time.perf_counter()
         text = (
             expressions if isinstance(expressions, TextEmbedding) else self.encode_text(expressions)
         )
-        text_ms = (time.perf_counter() - started) * 1e3
-        frames, names, original = self.prepare_frames(video)
-        window = window or self.max_frames
-        if not self.min_frames <= window <= self.max_frames:
-            raise ValueError(
-                f"window of {window} frames is outside the bundle's frame profile "
-                f"[{self.min_frames}, {self.max_frames}]"
-            )
+        text_ms = (time.perf_counter() - tick) * 1e3
         count = len(text.expressions)
         masks = np.zeros((count, len(frames), *original), dtype=bool)
         scores, queries = [], []

@@ -7,7 +7,12 @@
 ``segment`` writes per-frame PNG masks in the Ref-YouTube-VOS submission layout
 (``OUT/Annotations/<video>/<expression index>/<frame>.png``), an overlay video with each
 expression in its own colour (``OUT/<video>_overlay.mp4``, or ``.gif`` with ``--gif``) and
-``OUT/<video>_result.json`` (expressions, scores, chosen queries, timings).
+``OUT/<video>_result.json`` (expressions, scores, chosen queries, timings, and every file
+the run wrote with its size; written last). An ``OUT`` that already holds outputs of the same
+video is refused unless ``--overwrite``, which replaces them as a whole once the new ones are
+written (``runtime.outputs``). A truncated or corrupt video is refused unless
+``--allow-partial``. Bad arguments and inputs are reported as ``error: ...`` with exit code 2,
+before the bundle is loaded where they do not depend on it.
 """
 
 from __future__ import annotations
@@ -45,29 +50,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     segment.add_argument("--name", default=None, help="video name in the output layout")
     segment.add_argument("--gif", action="store_true", help="write the overlay as a GIF")
-    segment.add_argument("--fps", type=float, default=10.0)
+    segment.add_argument("--fps", type=float, default=10.0, help="overlay frame rate (> 0)")
     segment.add_argument("--no-overlay", action="store_true")
+    segment.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the outputs of this video already in --out (refused otherwise)",
+    )
+    segment.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="segment the frames that decode of a truncated or corrupt video (recorded in the "
+        "result JSON) instead of refusing it",
+    )
     return parser.parse_args(argv)
 
 
 def run_segment(args: argparse.Namespace) -> dict:
-    from .predictor import RVOSPredictor
-    from .video import overlay, read_video, write_masks, write_video
+    from .outputs import RunOutput, default_name
+    from .predictor import RVOSPredictor, check_expressions
+    from .video import WriteError, check_fps, load_video, overlay, write_masks, write_video
+
+    # Everything that can be checked without the bundle is checked before it is loaded.
+    texts = check_expressions(args.text)
+    if not args.no_overlay:
+        check_fps(args.fps)
+    name = args.name if args.name is not None else default_name(args.video)
+    output = RunOutput(args.out, name, args.overwrite)
+    video = load_video(args.video, allow_partial=args.allow_partial)  # segmented, then overlaid
 
     options = {"threads": args.threads} if args.threads else {}
     predictor = RVOSPredictor(
         args.bundle, backend=args.backend, precision=args.precision, **options
     )
-    frames, names = read_video(args.video)  # read once: segmented, then overlaid
-    result = predictor.segment(frames, args.text, window=args.window)
-    name = args.name or Path(args.video).stem
-    for index, masks in enumerate(result.masks):
-        write_masks(masks, names, args.out / "Annotations" / name / str(index))
+    window = predictor.check_window(args.window)  # the bundle's frame profile: its limits
+    result = predictor.segment(video.frames, texts, window=window)
     summary = {
         "video": str(args.video),
+        "name": output.name,
         "bundle": str(args.bundle),
         "backend": predictor.video_backend.name,
-        "frames": len(names),
+        "frames": len(video.names),
         "expressions": [
             {
                 "index": i,
@@ -76,22 +99,36 @@ def run_segment(args: argparse.Namespace) -> dict:
                 "queries": result.queries[i].tolist(),
                 "foreground_fraction": float(result.masks[i].mean()),
             }  # fmt: skip
-            for i, (text, score) in enumerate(zip(args.text, result.scores))
+            for i, (text, score) in enumerate(zip(texts, result.scores))
         ],
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
     }
-    if not args.no_overlay:
-        path = args.out / f"{name}_overlay.{'gif' if args.gif else 'mp4'}"
-        summary["overlay"] = str(write_video(overlay(frames, result.masks), path, args.fps))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{name}_result.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+    if video.partial is not None:
+        summary["partial_video"] = video.partial
+    with output:
+        try:
+            for index, masks in enumerate(result.masks):
+                write_masks(masks, video.names, output.masks_dir / str(index))
+            if not args.no_overlay:
+                suffix = ".gif" if args.gif else ".mp4"
+                painted = overlay(video.frames, result.masks)
+                write_video(painted, output.overlay_path(suffix), args.fps)
+                summary["overlay"] = str(args.out / f"{output.name}_overlay{suffix}")
+        except WriteError as error:
+            target = output.destination(error.path) if error.path else "an output"
+            raise WriteError(
+                f"{target} was not written ({error}); nothing of {output.name!r} in {args.out} "
+                "was changed",
+                error.path,
+            ) from error
+        return output.commit(summary)
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from .manifest import BundleError, Manifest
+    from .predictor import shorten
     from .video import VideoError
 
     try:
@@ -100,11 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(manifest.data, indent=2) if args.json else manifest.summary())
             return 0
         summary = run_segment(args)
-    except (BundleError, VideoError, ValueError, FileNotFoundError) as error:
+    except (BundleError, VideoError, ValueError, OSError) as error:
+        # OSError: a write that failed (WriteError names the file), a missing path.
         print(f"error: {error}", file=sys.stderr)
         return 2
     for entry in summary["expressions"]:
-        print(f"[{entry['index']}] {entry['text']!r}: score {entry['score']:.3f}, "
+        print(f"[{entry['index']}] {shorten(entry['text'])}: score {entry['score']:.3f}, "
               f"{100 * entry['foreground_fraction']:.1f}% of pixels")  # fmt: skip
     print("timings (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in summary["timings_ms"].items()))
     print(f"masks in {args.out / 'Annotations'}" + (f", overlay {summary['overlay']}"

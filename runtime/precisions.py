@@ -7,6 +7,14 @@ calibration targets and every command line.
 - ``int8-cpu``: the Q/DQ (or QOperator) graph with uint8 activations for onnxruntime's CPU
   kernels.
 
+Besides these bundle variants there is one RUNTIME precision, a way of running a variant
+rather than a file of the bundle:
+
+- ``bf16``: the fp32 graph executed in BF16 (OpenVINO's ``INFERENCE_PRECISION_HINT``) on a
+  CPU with AVX512-BF16 or AMX. Only the OpenVINO backend (``runtime.backends.openvino``) runs
+  it; onnxruntime has no BF16 path for FP32 graphs on x86, and TensorRT builds from the fp16
+  variant instead. It is never a manifest variant, an engine or a calibration target.
+
 A TensorRT engine carries the name of the variant it is built from (``engines`` in the
 manifest, ``engines/{graph}.{precision}.plan``). Earlier releases called the TensorRT INT8
 engine ``int8`` and the calibration targets ``tensorrt`` and ``cpu``; those names are still
@@ -25,6 +33,10 @@ PRECISIONS = (FP32, FP16, INT8_TENSORRT, INT8_CPU)
 FLOAT_PRECISIONS = (FP32, FP16)  # written by export
 INT8_PRECISIONS = (INT8_TENSORRT, INT8_CPU)  # written by calibration (its targets)
 ENGINE_PRECISIONS = (FP32, FP16, INT8_TENSORRT)  # what TensorRT engines are built from
+BF16 = "bf16"
+RUNTIME_PRECISIONS = (BF16,)  # ways of running a variant (the fp32 one), not bundle files
+# The variant each runtime precision runs.
+RUNTIME_VARIANT = {BF16: FP32}
 # Names of earlier releases: the INT8 engine ("int8") and the calibration targets.
 OLD_NAMES = {"int8": INT8_TENSORRT, "tensorrt": INT8_TENSORRT, "cpu": INT8_CPU}
 
@@ -39,6 +51,12 @@ def precision_name(name: str, allowed: Iterable[str] = PRECISIONS, what: str = "
     if new in allowed:
         log.warning("%s %r is now called %r", what, name, new)
         return new
+    if name in RUNTIME_PRECISIONS:
+        raise ValueError(
+            f"{what} must be one of {list(allowed)}, got {name!r}: {name} is a runtime precision "
+            f"(the {RUNTIME_VARIANT[name]} graph run in {name.upper()}) that only the OpenVINO "
+            "backend runs (backend='openvino')"
+        )
     raise ValueError(f"{what} must be one of {list(allowed)}, got {name!r}")
 
 

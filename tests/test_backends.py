@@ -232,19 +232,50 @@ def test_tensorrt_ep_options_from_manifest(bundle, tmp_path):
     assert fp32["trt_profile_max_shapes"] == "input_ids:3x6,attention_mask:3x6"
 
 
-def test_load_backend_auto_picks_onnxruntime_cpu_here(bundle, caplog):
+def test_load_backend_auto_on_a_cpu(bundle, caplog):
+    """Without a GPU backend, "auto" is OpenVINO where it is installed, else onnxruntime CPU;
+    the log names the choice and why TensorRT was passed over."""
     backends = available_backends()
     if backends["tensorrt"] == AVAILABLE or backends["onnxruntime-cuda"] == AVAILABLE:
         pytest.skip("a GPU backend is available here")
     with caplog.at_level(logging.INFO, logger="runtime.backends"):
-        backend = load_backend(bundle, "text_encoder", threads=1, cuda_graph=True)
-    assert isinstance(backend, OnnxRuntimeBackend)
-    assert backend.name == "onnxruntime-cpu fp32"
-    assert "auto chose onnxruntime CPU" in caplog.text
+        backend = load_backend(bundle, "text_encoder", threads=1, cuda_graph=True, cache_dir=None)
+    if backends["openvino-cpu"] == AVAILABLE:
+        assert type(backend).__name__ == "OpenVINOBackend"
+        assert backend.name == "openvino-cpu fp32"
+        assert "auto chose OpenVINO CPU" in caplog.text
+    else:
+        assert isinstance(backend, OnnxRuntimeBackend)
+        assert backend.name == "onnxruntime-cpu fp32"
+        assert "auto chose onnxruntime CPU" in caplog.text
     assert "TensorRT:" in caplog.text  # the reason TensorRT was passed over
+    assert "cuda_graph" in caplog.text  # an option the chosen backend does not take, logged
     np.testing.assert_allclose(
         backend.infer(text_feeds())["text_features"], text_reference(**text_feeds()), atol=1e-6
     )
+
+
+def test_load_backend_auto_without_openvino_keeps_onnxruntime(bundle):
+    """A Python where ``import openvino`` fails (``sys.modules`` entry None: what Python does
+    for a package that is not there) keeps onnxruntime on the CPU and says why."""
+    if available_backends()["onnxruntime-cuda"] == AVAILABLE:
+        pytest.skip("onnxruntime CUDA comes before OpenVINO and onnxruntime CPU here")
+    code = (
+        "import logging, sys; sys.modules['openvino'] = None;"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout);"
+        "from runtime.backends import load_backend, available_backends;"
+        "assert 'openvino is not installed' in available_backends()['openvino-cpu'];"
+        f"b = load_backend({str(bundle.root)!r}, 'video', threads=1); print('CHOSEN', b.name);"
+        f"load_backend({str(bundle.root)!r}, 'video', precision='bf16')"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert "CHOSEN onnxruntime-cpu fp32" in run.stdout, run.stdout + run.stderr
+    assert "auto chose onnxruntime CPU" in run.stdout
+    assert "OpenVINO: openvino is not installed" in run.stdout
+    # bf16 has no fallback: only OpenVINO runs it.
+    assert run.returncode == 1
+    assert "BackendUnavailable: precision 'bf16' runs only on the OpenVINO backend" in run.stderr
 
 
 def test_load_backend_by_name(bundle):
@@ -252,8 +283,10 @@ def test_load_backend_by_name(bundle):
     assert isinstance(backend, OnnxRuntimeBackend)
     with pytest.raises(BundleError, match="no 'fp16' variant"):
         load_backend(bundle, "video", "onnxruntime", precision="fp16")
-    with pytest.raises(ValueError, match="not one of"):
-        load_backend(bundle, "video", "openvino")
+    with pytest.raises(ValueError, match="not one of .*'openvino'"):
+        load_backend(bundle, "video", "tflite")
+    with pytest.raises(ValueError, match="bf16 is a runtime precision .* only the OpenVINO"):
+        load_backend(bundle, "video", "onnxruntime", precision="bf16")
 
 
 def test_available_backends_explains_tensorrt(bundle):
@@ -263,6 +296,7 @@ def test_available_backends_explains_tensorrt(bundle):
         "onnxruntime-cuda",
         "onnxruntime-tensorrt",
         "tensorrt",
+        "openvino-cpu",
     }
     assert backends["onnxruntime-cpu"] == AVAILABLE
     try:

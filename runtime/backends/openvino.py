@@ -1,0 +1,296 @@
+"""OpenVINO backend: a graph of the bundle compiled for the CPU by OpenVINO (``pip install
+openvino``), at FP32 or, on a CPU with AVX512-BF16 or AMX, in BF16.
+
+Precisions (``OPENVINO_PRECISIONS``):
+
+- ``fp32``: the fp32 graph with ``INFERENCE_PRECISION_HINT`` f32. Set explicitly: on a CPU with
+  BF16 support OpenVINO otherwise runs FP32 graphs in BF16 by default.
+- ``bf16``: the fp32 graph with ``INFERENCE_PRECISION_HINT`` bf16, a runtime precision
+  (``runtime.precisions.BF16``), not a bundle variant. Refused, naming the CPU's
+  ``OPTIMIZATION_CAPABILITIES``, where "BF16" is not among them. On the tiny demo bundle its
+  largest error relative to FP32 was 2.4 % on the logits and 1.4 % on the masks, with the same
+  chosen queries and a stride-4 mask IoU of 1.0 (OpenVINO 2026.4, Xeon with AMX).
+- The fp16 graph is not run: OpenVINO on a CPU would compute its FP16-rounded weights in f32
+  or bf16, so it is never faster than ``bf16`` on the fp32 graph and less accurate.
+- The INT8 Q/DQ graphs (``int8-tensorrt``, ``int8-cpu``) are not run either: OpenVINO 2026.4
+  executes both, but on the tiny demo bundle its results disagreed with FP32 (stride-4 mask IoU
+  0.64 for ``int8-tensorrt`` and 0.48 for ``int8-cpu``, half the chosen queries different) where
+  onnxruntime's INT8 of the same graphs gives 0.98-0.99. Until that is understood they run in
+  onnxruntime only (``UNVERIFIED_PRECISIONS`` names them in the error).
+
+Compiled models are cached (``CACHE_DIR``) in a user cache directory by default, never inside
+the bundle unless asked, so a second start skips compilation. Two measured flaws of OpenVINO's
+own cache key (2026.4) are worked around: it keys a model compiled from a path on the path
+alone (a changed file at the same path reused the stale blob), so the model is compiled from
+the graph read into memory, which it keys on the content; and that key leaves out the inference
+precision (a bf16 compile loaded the f32 blob and returned NaN), so each compile configuration
+has its own sub-folder (:func:`cache_key`).
+
+``openvino`` is imported when a backend is created, not with this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import AVAILABLE, BackendUnavailable, BaseBackend
+from runtime.backends.ort import _default_cache_dir
+from runtime.manifest import BundleError, Manifest
+from runtime.precisions import (
+    BF16,
+    FP16,
+    FP32,
+    INT8_CPU,
+    INT8_TENSORRT,
+    PRECISIONS,
+    RUNTIME_PRECISIONS,
+    RUNTIME_VARIANT,
+)
+
+logger = logging.getLogger(__name__)
+
+OPENVINO_PRECISIONS = (FP32, BF16)
+# Variants OpenVINO loads but whose results were not verified (see the module docstring).
+UNVERIFIED_PRECISIONS = {
+    FP16: "OpenVINO would compute the fp16 graph's FP16-rounded weights in f32 or bf16 on a "
+    "CPU; use precision='bf16' (the fp32 graph in BF16) or 'fp32'",
+    INT8_TENSORRT: "OpenVINO's results on the calibrated Q/DQ graphs disagreed with FP32 "
+    "(mask IoU 0.64 on the tiny demo bundle, onnxruntime 0.99); run INT8 with "
+    "backend='onnxruntime'",
+    INT8_CPU: "OpenVINO's results on the calibrated Q/DQ graphs disagreed with FP32 "
+    "(mask IoU 0.48 on the tiny demo bundle, onnxruntime 0.98); run INT8 with "
+    "backend='onnxruntime'",
+}
+# What OPTIMIZATION_CAPABILITIES must list for a precision to run at that arithmetic.
+REQUIRED_CAPABILITY = {BF16: "BF16"}
+_INFERENCE_PRECISION = {FP32: "f32", BF16: "bf16"}
+_USE_DEFAULT = "default"
+
+
+def import_openvino() -> Any:
+    """``import openvino``, or BackendUnavailable saying which package to install."""
+    try:
+        return importlib.import_module("openvino")
+    except ImportError as error:
+        raise BackendUnavailable(
+            f"openvino is not installed ({error}); pip install openvino"
+        ) from None
+
+
+def openvino_status() -> str:
+    """AVAILABLE ("available") when openvino imports and sees a CPU device, else the reason."""
+    try:
+        ov = import_openvino()
+    except BackendUnavailable as error:
+        return str(error)
+    devices = ov.Core().available_devices
+    if "CPU" not in devices:
+        return f"openvino {ov.__version__} sees no CPU device (devices: {devices})"
+    return AVAILABLE
+
+
+def default_cache_dir() -> Path:
+    """``$PROXYFORMER_CACHE/openvino``, else ``$XDG_CACHE_HOME/proxyformer/openvino``, else
+    ``~/.cache/proxyformer/openvino``: the same root as the TensorRT EP's caches."""
+    return _default_cache_dir().parent / "openvino"
+
+
+def cpu_capabilities(core: Any) -> list[str]:
+    """The CPU device's ``OPTIMIZATION_CAPABILITIES`` (e.g. "FP32", "BF16", "INT8")."""
+    return [str(c) for c in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+
+
+def check_capabilities(precision: str, capabilities: Sequence[str], cpu: str = "this CPU") -> None:
+    """Raise BackendUnavailable when ``capabilities`` (OpenVINO's ``OPTIMIZATION_CAPABILITIES``
+    of the CPU) lack what ``precision`` needs, naming what was found and what runs instead."""
+    required = REQUIRED_CAPABILITY.get(precision)
+    if required is not None and required not in capabilities:
+        raise BackendUnavailable(
+            f"precision {precision!r} needs {required} in OpenVINO's CPU capabilities; "
+            f"{cpu} has {', '.join(capabilities) or 'none'} (BF16 needs AVX512-BF16 or AMX): "
+            f"use precision='fp32'"
+        )
+
+
+def cache_key(version: str, config: dict[str, Any]) -> str:
+    """The cache sub-folder of a compile configuration: its inference precision, then a hash of
+    the OpenVINO version and every option, e.g. "bf16-3f2a9c01d4e5"."""
+    text = json.dumps({"openvino": version, **{k: str(v) for k, v in config.items()}},
+                      sort_keys=True)  # fmt: skip
+    return f"{config['INFERENCE_PRECISION_HINT']}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def openvino_precision(precision: str) -> str:
+    """``precision`` checked against what this backend runs; ValueError naming the others."""
+    if precision in OPENVINO_PRECISIONS:
+        return precision
+    if precision in UNVERIFIED_PRECISIONS:
+        raise ValueError(
+            f"the OpenVINO backend runs {list(OPENVINO_PRECISIONS)}, not {precision!r}: "
+            f"{UNVERIFIED_PRECISIONS[precision]}"
+        )
+    raise ValueError(
+        f"precision must be one of {list(OPENVINO_PRECISIONS)} for the OpenVINO backend "
+        f"(bundle variants {list(PRECISIONS)}), got {precision!r}"
+    )
+
+
+class OpenVINOBackend(BaseBackend):
+    """A graph of the bundle compiled by OpenVINO for the CPU.
+
+    Args:
+        manifest: the bundle's manifest (or the bundle directory).
+        graph: "text_encoder" or "video".
+        precision: "fp32" or "bf16" (the fp32 graph executed in BF16).
+        threads: ``INFERENCE_NUM_THREADS`` (default: OpenVINO's choice, all cores).
+        cache_dir: where OpenVINO caches compiled models (default :func:`default_cache_dir`);
+            None or "" turns the cache off.
+        performance_hint: ``PERFORMANCE_HINT``: "LATENCY" (one request at a time, as the
+            predictor calls) or "THROUGHPUT".
+
+    Raises:
+        BackendUnavailable: openvino is missing, or the CPU cannot run ``precision`` (names
+            the CPU's capabilities).
+        ValueError: a precision this backend does not run (says why, and what does).
+        BundleError: the bundle lacks the variant (the manifest's error), or OpenVINO cannot
+            read it, or its inputs and outputs differ from the manifest's.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest | str | Path,
+        graph: str,
+        precision: str = "fp32",
+        threads: int | None = None,
+        cache_dir: str | Path | None = _USE_DEFAULT,
+        performance_hint: str = "LATENCY",
+    ) -> None:
+        ov = import_openvino()
+        precision = openvino_precision(precision)
+        if threads is not None and (isinstance(threads, bool) or int(threads) < 1):
+            raise ValueError(f"threads must be a whole number >= 1, got {threads!r}")
+        variant = RUNTIME_VARIANT.get(precision, precision)
+        super().__init__(manifest, graph, variant)
+        self.precision = precision
+        path = self.manifest.variant_path(graph, variant)  # the manifest's error when absent
+
+        core = ov.Core()
+        capabilities = cpu_capabilities(core)
+        check_capabilities(precision, capabilities, core.get_property("CPU", "FULL_DEVICE_NAME"))
+
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": _INFERENCE_PRECISION[precision],
+            "PERFORMANCE_HINT": performance_hint,
+        }
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        cache = default_cache_dir() if cache_dir == _USE_DEFAULT else cache_dir
+        # One folder per compile configuration: OpenVINO's key for a model leaves out the
+        # inference precision (a bf16 compile loaded the f32 blob and returned NaN).
+        self.cache_dir = Path(cache) / cache_key(ov.__version__, config) if cache else None
+        if self.cache_dir is not None:
+            try:
+                self.cache_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise OSError(
+                    f"OpenVINO cache directory {self.cache_dir} cannot be created ({error}); "
+                    "pass cache_dir=None to run without a cache, or another directory"
+                ) from error
+            config["CACHE_DIR"] = str(self.cache_dir)
+
+        started = time.perf_counter()
+        try:
+            # From the model, not the path: the cache is then keyed on the graph's content.
+            model = core.read_model(str(path))
+            self._bound_dynamic_axes(ov, model)
+            self._compiled = core.compile_model(model, "CPU", config)
+        except RuntimeError as error:  # OpenVINO's errors derive from RuntimeError
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise BundleError(
+                f"openvino {ov.__version__} could not compile {path} ({graph} {precision}): "
+                f"{reason}; re-export the bundle"
+            ) from error
+        self.compile_seconds = time.perf_counter() - started
+        self.loaded_from_cache = bool(self._compiled.get_property("LOADED_FROM_CACHE"))
+        self._outputs = self._output_ports(path)
+        self._request = self._compiled.create_infer_request()
+        self.capabilities = tuple(capabilities)
+        self.name = f"openvino-cpu {precision}"
+        logger.info(
+            "%s: compiled %s in %.2f s (%s; threads %s; inference precision %s)",
+            self.name,
+            path.name,
+            self.compile_seconds,
+            f"from the cache in {self.cache_dir}"
+            if self.loaded_from_cache
+            else f"cache {self.cache_dir or 'off'}",
+            threads or "default",
+            _INFERENCE_PRECISION[precision],
+        )
+
+    def _bound_dynamic_axes(self, ov: Any, model: Any) -> None:
+        """Give each named axis of the inputs its profile's [min, max] (check_feeds enforces
+        the same range), so OpenVINO sees bounded rather than unknown dimensions."""
+        profiles = self.manifest.profiles
+        shapes = {}
+        for spec in self._input_specs:
+            if not any(isinstance(d, str) and d in profiles for d in spec.shape):
+                continue
+            shapes[spec.name] = ov.PartialShape(
+                [
+                    ov.Dimension(profiles[d]["min"], profiles[d]["max"])
+                    if isinstance(d, str) and d in profiles
+                    else ov.Dimension(d)
+                    if isinstance(d, int)
+                    else ov.Dimension()
+                    for d in spec.shape
+                ]
+            )
+        if shapes:
+            model.reshape(shapes)
+
+    def _output_ports(self, path: Path) -> dict[str, Any]:
+        have_in = [sorted(port.get_names()) for port in self._compiled.inputs]
+        have_out = [sorted(port.get_names()) for port in self._compiled.outputs]
+        in_names = {name for names in have_in for name in names}
+        out_names = {name for names in have_out for name in names}
+        if set(self.input_names) - in_names or set(self.output_names) - out_names:
+            raise BundleError(
+                f"{path} has inputs {have_in} and outputs {have_out} in OpenVINO; the manifest "
+                f"records inputs {list(self.input_names)} and outputs {list(self.output_names)}:"
+                " re-export the bundle"
+            )
+        return {name: self._compiled.output(name) for name in self.output_names}
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # share_outputs=False (the default): the arrays returned are copies, not views of
+        # the request's buffers, which the next call overwrites.
+        results = self._request.infer({name: feeds[name] for name in self.input_names})
+        return {name: results[port] for name, port in self._outputs.items()}
+
+    def _release(self) -> None:
+        """Drop the request and the compiled model (OpenVINO frees them with the references)."""
+        self._request = None
+        self._compiled = None
+
+
+__all__ = [
+    "OPENVINO_PRECISIONS",
+    "RUNTIME_PRECISIONS",
+    "OpenVINOBackend",
+    "check_capabilities",
+    "cpu_capabilities",
+    "default_cache_dir",
+    "import_openvino",
+    "openvino_precision",
+    "openvino_status",
+]

@@ -131,21 +131,23 @@ def count_gflops(
 ) -> dict[str, float]:
     """GFLOPs of one call (text encoder + video graph) at the feeds' shapes.
 
-    Counted by ``torch.utils.flop_counter.FlopCounterMode`` on the eager graphs: matrix
-    multiplications, convolutions and attention, 2 FLOPs per multiply-accumulate.
+    Counted by ``proxyformer.flops.flop_counter`` (torch's ``FlopCounterMode`` with attention
+    counted from its operand shapes, so the figure does not depend on the torch release) on the
+    eager graphs: matrix multiplications, convolutions and attention, 2 FLOPs per
+    multiply-accumulate.
 
     Returns:
         ``{"text": ..., "video": ..., "total": ...}`` in GFLOP.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    from proxyformer.flops import flop_counter
 
     text_graph, video_graph = TextGraph(model).eval(), VideoGraph(model, frame_format).eval()
     tensors = {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
     with torch.no_grad():
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             features = text_graph(tensors["input_ids"], tensors["attention_mask"])
         text = counter.get_total_flops()
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             video_graph(tensors["frames"], features, tensors["attention_mask"])
         video = counter.get_total_flops()
     return {"text": text / 1e9, "video": video / 1e9, "total": (text + video) / 1e9}

@@ -268,8 +268,8 @@ def test_load_backend_auto_without_openvino_keeps_onnxruntime(bundle):
         f"b = load_backend({str(bundle.root)!r}, 'video', threads=1); print('CHOSEN', b.name);"
         f"load_backend({str(bundle.root)!r}, 'video', precision='bf16')"
     )
-    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    run = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
     assert "CHOSEN onnxruntime-cpu fp32" in run.stdout, run.stdout + run.stderr
     assert "auto chose onnxruntime CPU" in run.stdout
     assert "OpenVINO: openvino is not installed" in run.stdout

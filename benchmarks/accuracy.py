@@ -4,7 +4,9 @@
 
 Rows: PyTorch eager (the checkpoint the bundle came from), ONNX Runtime FP32, FP16 and the
 INT8 variants (int8-tensorrt: the Q/DQ graph TensorRT builds from, run in ONNX Runtime's CPU
-kernels; int8-cpu: ONNX Runtime's own x86 form). Every row is scored by the same code
+kernels; int8-cpu: ONNX Runtime's own x86 form), and OpenVINO on the CPU at each precision it
+runs (openvino-fp32; openvino-bf16: the fp32 graph in BF16, skipped with the reason on a CPU
+without BF16 or without openvino). Every row is scored by the same code
 (``training.evaluate.evaluate``) on the same frames: the bundle's size must be the split's
 native frame size, so no row pays for a resize the others do not. Writes JSON and a markdown
 table to ``benchmarks/results/accuracy/`` and prints the table.
@@ -31,7 +33,8 @@ from benchmarks.report import RESULTS_DIR
 
 log = logging.getLogger("accuracy")
 
-ROWS = ("pytorch", "fp32", "fp16", "int8-tensorrt", "int8-cpu")
+ROWS = ("pytorch", "fp32", "fp16", "int8-tensorrt", "int8-cpu", "openvino-fp32", "openvino-bf16")
+OPENVINO_ROW = "openvino-"  # prefix of the OpenVINO rows; the rest is the precision
 
 
 def _load_split(manifest, data: str | Path, split: str, kind: str = "ytvos", protocol: str = ""):
@@ -77,26 +80,53 @@ def _score_pytorch(
     return evaluate(model, tokenizer, dataset, limit=limit, segment=segment, protocol=protocol)
 
 
-def _score_onnxruntime(
+def _score_runtime(
     manifest,
     dataset,
     precision: str,
     limit: int | None,
     threads: int | None,
     protocol: str = "per-expression",
+    backend: str = "onnxruntime",
 ) -> dict:
-    """``evaluate`` of one precision of the bundle, run by the onnxruntime predictor."""
+    """``evaluate`` of one precision of the bundle, run by the predictor on ``backend``."""
     from runtime.predictor import RVOSPredictor
     from training.evaluate import evaluate
 
     options = {"threads": threads} if threads else {}
-    predictor = RVOSPredictor(manifest, backend="onnxruntime", precision=precision, **options)
+    predictor = RVOSPredictor(manifest, backend=backend, precision=precision, **options)
 
     def segment(frames, expressions):
         out = predictor.segment(np.stack(frames), expressions)
         return out.masks, out.scores[:, None]
 
     return evaluate(None, None, dataset, limit=limit, segment=segment, protocol=protocol)
+
+
+def _openvino_skip_reason(manifest, precision: str) -> str | None:
+    """Why an OpenVINO row cannot run here (not installed, a precision it does not run, a CPU
+    without BF16, a variant the bundle lacks), or None."""
+    from runtime.backends import AVAILABLE, BackendUnavailable, check_capabilities
+    from runtime.backends.openvino import (
+        cpu_capabilities,
+        import_openvino,
+        openvino_precision,
+        openvino_status,
+    )
+    from runtime.precisions import RUNTIME_VARIANT
+
+    status = openvino_status()
+    if status != AVAILABLE:
+        return status
+    try:
+        openvino_precision(precision)
+        check_capabilities(precision, cpu_capabilities(import_openvino().Core()))
+    except (ValueError, BackendUnavailable) as error:
+        return str(error)
+    variant = RUNTIME_VARIANT.get(precision, precision)
+    if variant not in manifest.precisions("video"):
+        return f"bundle has no {variant} variant of video.onnx"
+    return None
 
 
 def _add_deltas(results: dict[str, dict]) -> None:
@@ -132,12 +162,20 @@ def measure(
         started = time.perf_counter()
         if row == "pytorch":
             result = _score_pytorch(manifest, dataset, limit, threads, protocol)
+        elif row.startswith(OPENVINO_ROW):
+            reason = _openvino_skip_reason(manifest, row.removeprefix(OPENVINO_ROW))
+            if reason is not None:
+                results[row] = {"skipped": reason}
+                log.warning("%s skipped: %s", row, reason)
+                continue
+            result = _score_runtime(manifest, dataset, row.removeprefix(OPENVINO_ROW), limit,
+                                    threads, protocol, backend="openvino")  # fmt: skip
         elif row not in manifest.precisions("video"):
             results[row] = {"skipped": f"bundle has no {row} variant of video.onnx"}
             log.warning("%s skipped: %s", row, results[row]["skipped"])
             continue
         else:
-            result = _score_onnxruntime(manifest, dataset, row, limit, threads, protocol)
+            result = _score_runtime(manifest, dataset, row, limit, threads, protocol)
         per_item = "per_expression" if protocol == "per-expression" else "per_object"
         results[row] = result["summary"] | {
             "seconds": round(time.perf_counter() - started, 1),
@@ -181,6 +219,8 @@ def markdown(report: dict) -> str:
         "fp16": "ONNX Runtime FP16",
         "int8-tensorrt": "INT8 Q/DQ, TensorRT form (run in ONNX Runtime CPU)",
         "int8-cpu": "INT8, ONNX Runtime CPU form (u8s8)",
+        "openvino-fp32": "OpenVINO FP32 (CPU)",
+        "openvino-bf16": "OpenVINO BF16 (CPU, the fp32 graph)",
     }
     for row, result in report["rows"].items():
         if "skipped" in result:

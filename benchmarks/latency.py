@@ -1,7 +1,7 @@
-"""Latency of one video call per backend: PyTorch eager vs ONNX Runtime vs TensorRT, per precision.
+"""Latency of one video call per backend: PyTorch eager vs ONNX Runtime vs OpenVINO vs TensorRT.
 
     python benchmarks/latency.py --bundle bundles/paper-swin-t --frames 19 \\
-        --backends torch,ort,ort-fp16,ort-int8,trt-fp16,trt-int8
+        --backends torch,ort,ort-fp16,ort-int8,ov,ov-bf16,trt-fp16,trt-int8
     python benchmarks/latency.py --bundle bundles/tiny --runs 20 --profile
 
 One "call" is what serving one video costs: the text encoder on E expressions, then the video
@@ -21,6 +21,9 @@ Backends (each timed in the same process, one after another, so ratios compare l
     ort-int8      onnxruntime CPU, the int8-cpu Q/DQ video graph (text encoder fp32)
     ort-int8-trt  onnxruntime CPU, the int8-tensorrt Q/DQ video graph (added after ort-int8
                   when the bundle has it)
+    ov            OpenVINO CPU, fp32 graphs at f32 (no compiled-model cache)
+    ov-bf16       OpenVINO CPU, fp32 graphs executed in BF16 (CPUs with AVX512-BF16 or AMX;
+                  held against the BF16 GEMM peak)
     trt-fp32, trt-fp16, trt-int8   the native TensorRT engines (runtime.backends)
 
 A backend that cannot run here, or whose precision variant or engine is missing from the
@@ -90,7 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=None,
-        help="torch and onnxruntime intra-op threads (default: all cores)",
+        help="torch, onnxruntime and OpenVINO threads (default: all cores)",
     )
     parser.add_argument("--torch-device", default="auto", help="auto, cpu or cuda[:i]")
     parser.add_argument("--gemm-size", type=int, default=2048, help="n of the CPU GEMM peaks")

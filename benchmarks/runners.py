@@ -1,5 +1,5 @@
-"""The rows of the latency table: PyTorch eager, onnxruntime per precision and TensorRT, each as a
-runner whose call serves one video (text encoder on E expressions, then the video graph)."""
+"""The rows of the latency table: PyTorch eager, onnxruntime per precision, OpenVINO and TensorRT,
+each as a runner whose call serves one video (text encoder on E expressions, then the video graph)."""
 
 from __future__ import annotations
 
@@ -22,16 +22,17 @@ from runtime.backends import (
     load_backend,
 )
 from runtime.manifest import BundleError, Manifest
+from runtime.precisions import RUNTIME_PRECISIONS, RUNTIME_VARIANT
 
-DEFAULT_BACKENDS = ("torch", "ort", "ort-fp16", "ort-int8", "trt-fp16", "trt-int8")
+DEFAULT_BACKENDS = ("torch", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "trt-fp16", "trt-int8")
 
 
 @dataclass(frozen=True)
 class BackendSpec:
     """A benchmark row: which runtime, which graph variant, which arithmetic it mostly does."""
 
-    runtime: str  # "torch", "onnxruntime" or "tensorrt"
-    precision: str  # the video graph's variant (runtime.backends.PRECISIONS)
+    runtime: str  # "torch", "onnxruntime", "openvino" or "tensorrt"
+    precision: str  # the video graph's variant (runtime.backends.PRECISIONS) or "bf16"
     arithmetic: str  # "fp32", "fp16" or "int8": the GEMM peak it is held against
 
 
@@ -41,6 +42,10 @@ BACKENDS = {
     "ort-fp16": BackendSpec("onnxruntime", "fp16", "fp16"),
     "ort-int8": BackendSpec("onnxruntime", "int8-cpu", "int8"),
     "ort-int8-trt": BackendSpec("onnxruntime", "int8-tensorrt", "int8"),
+    "ov": BackendSpec("openvino", "fp32", "fp32"),
+    # Held against the CPU's BF16 GEMM peak: benchmarks.gemm.peak_for maps 16-bit arithmetic
+    # on a CPU ("fp16") to it.
+    "ov-bf16": BackendSpec("openvino", "bf16", "fp16"),
     "trt-fp32": BackendSpec("tensorrt", "fp32", "fp32"),
     "trt-fp16": BackendSpec("tensorrt", "fp16", "fp16"),
     "trt-int8": BackendSpec("tensorrt", "int8-tensorrt", "int8"),
@@ -116,8 +121,13 @@ class BundleRunner:
 def text_precision_for(manifest: Manifest, spec: BackendSpec) -> str:
     """The text encoder's variant for a row: the video's precision where the text graph has it
     (INT8 variants exist for the video graph only), else fp32. TensorRT's INT8 set of engines
-    includes a text encoder engine (built from its float graph), so it keeps the precision."""
-    if spec.runtime == "tensorrt" or spec.precision in manifest.precisions("text_encoder"):
+    includes a text encoder engine (built from its float graph), so it keeps the precision, and
+    so does a runtime precision (bf16: the fp32 text graph run in BF16 too)."""
+    if (
+        spec.runtime == "tensorrt"
+        or spec.precision in RUNTIME_PRECISIONS
+        or spec.precision in manifest.precisions("text_encoder")
+    ):
         return spec.precision
     return "fp32"
 
@@ -158,8 +168,12 @@ def _open_torch(manifest: Manifest, model: ProxyFormer, torch_device: str) -> tu
 def _timed_files(manifest: Manifest, spec: BackendSpec, text_precision: str) -> dict[str, dict]:
     """The manifest entries of the files a row times, or ``SkipBackend`` naming what is missing:
     ONNX variants for onnxruntime, engines for TensorRT (the INT8 set's text encoder engine is
-    built from a float graph, so it has no INT8 ONNX variant)."""
-    graphs = (("text_encoder", text_precision), ("video", spec.precision))
+    built from a float graph, so it has no INT8 ONNX variant); a runtime precision times the
+    variant it runs (bf16: fp32)."""
+    graphs = (
+        ("text_encoder", RUNTIME_VARIANT.get(text_precision, text_precision)),
+        ("video", RUNTIME_VARIANT.get(spec.precision, spec.precision)),
+    )
     try:
         return {
             graph: manifest.engine(precision, graph)
@@ -175,6 +189,10 @@ def _backend_options(
     spec: BackendSpec, threads: int, profile_dir: str | Path | None
 ) -> tuple[dict[str, Any], str]:
     """``load_backend`` options of a row and the device it runs on."""
+    if spec.runtime == "openvino":
+        # No compiled-model cache: a row times the backend, and its load must not depend on
+        # what an earlier run left in the user's cache.
+        return {"threads": threads, "cache_dir": None}, "cpu"
     if spec.runtime != "onnxruntime":
         return {}, "cuda"
     options: dict[str, Any] = {"threads": threads}
@@ -199,7 +217,8 @@ def open_runner(
         manifest: the bundle's manifest.
         model: the PyTorch baseline (for "torch").
         torch_device: where "torch" runs.
-        threads: onnxruntime ``intra_op_num_threads`` (torch's are set globally).
+        threads: onnxruntime ``intra_op_num_threads`` and OpenVINO's
+            ``INFERENCE_NUM_THREADS`` (torch's are set globally).
         status: ``available_backends()`` (computed when not given).
         profile_dir: enable onnxruntime's profiler, writing there (ORT rows only).
 
@@ -212,7 +231,9 @@ def open_runner(
     if spec.runtime == "torch":
         return _open_torch(manifest, model, torch_device)
     status = status if status is not None else available_backends()
-    key = "onnxruntime-cpu" if spec.runtime == "onnxruntime" else "tensorrt"
+    key = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}.get(
+        spec.runtime, "tensorrt"
+    )
     if status.get(key) != AVAILABLE:
         raise SkipBackend(f"{key} is not available here: {status.get(key)}")
     text_precision = text_precision_for(manifest, spec)

@@ -19,7 +19,7 @@ from benchmarks.suite import run_benchmark
 from benchmarks.targets import evaluate_targets
 from benchmarks.timing import summarize_times
 
-BACKENDS = ["torch", "ort", "ort-fp16", "ort-int8", "trt-fp16"]
+BACKENDS = ["torch", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "trt-fp16"]
 COMMITTED = sorted(RESULTS_DIR.glob("*/latency-*.json"))
 
 
@@ -75,6 +75,43 @@ def test_timed_rows_have_stats_and_ratios(results):
         assert row["gflops"] > 0 and row["gflops_per_s"] > 0 and row["fraction_of_peak"] > 0
     assert rows["torch"]["speedup_vs_torch"] == pytest.approx(1.0)
     assert rows["ort-fp16"]["peak"] == "cpu bf16"
+
+
+def test_openvino_rows(results):
+    """OpenVINO FP32 and BF16 rows in the same run, or skipped saying why (not installed, a CPU
+    without BF16); BF16 is held against the BF16 GEMM peak and runs both graphs in BF16."""
+    from runtime.backends import (
+        AVAILABLE,
+        BackendUnavailable,
+        available_backends,
+        check_capabilities,
+    )
+
+    rows = _rows(results)
+    status = available_backends()["openvino-cpu"]
+    if status != AVAILABLE:
+        assert rows["ov"]["status"] == rows["ov-bf16"]["status"] == "skipped"
+        assert "openvino" in rows["ov"]["reason"]
+        return
+    ov, bf16 = rows["ov"], rows["ov-bf16"]
+    assert ov["status"] == "timed", ov.get("reason")
+    assert ov["runtime"] == "openvino" and ov["device"] == "cpu" and ov["peak"] == "cpu fp32"
+    assert (ov["text_precision"], ov["video_precision"]) == ("fp32", "fp32")
+    assert ov["latency"]["total"]["p50"] > 0 and ov["fraction_of_peak"] > 0
+    import openvino
+
+    from runtime.backends.openvino import cpu_capabilities
+
+    try:
+        check_capabilities("bf16", cpu_capabilities(openvino.Core()))
+    except BackendUnavailable as error:  # a CPU without BF16: skipped, naming its capabilities
+        assert bf16["status"] == "skipped" and str(error) in bf16["reason"]
+        return
+    assert bf16["status"] == "timed", bf16.get("reason")
+    assert (bf16["text_precision"], bf16["video_precision"]) == ("bf16", "bf16")
+    assert bf16["peak"] == "cpu bf16"
+    # The files timed are the fp32 graphs (bf16 is a way of running them).
+    assert bf16["sha256"] == ov["sha256"] == rows["ort"]["sha256"]
 
 
 def test_e_sweep(results):

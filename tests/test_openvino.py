@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import onnx
 import pytest
+import test_paper_arch as paper
 from onnx import numpy_helper
 
 from bundles import (
@@ -276,7 +277,7 @@ def predictor_feeds(bundle) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def clip(synth_data) -> np.ndarray:
+def two_videos(synth_data) -> np.ndarray:
     from runtime.video import read_video
 
     folders = sorted((synth_data / "valid" / "JPEGImages").iterdir())
@@ -284,23 +285,23 @@ def clip(synth_data) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def onnxruntime_fp32(tiny_bundle, clip):
+def onnxruntime_fp32(tiny_bundle, two_videos):
     from runtime.predictor import RVOSPredictor
 
     predictor = RVOSPredictor(tiny_bundle, backend="onnxruntime", threads=1)
-    return predictor.segment(clip, TEXTS, window=5)
+    return predictor.segment(two_videos, TEXTS, window=5)
 
 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
 def test_predictor_masks_and_queries_agree_with_onnxruntime(
-    tiny_bundle, clip, onnxruntime_fp32, precision, tmp_path
+    tiny_bundle, two_videos, onnxruntime_fp32, precision, tmp_path
 ):
     from runtime.predictor import RVOSPredictor
 
     predictor = RVOSPredictor(tiny_bundle, backend="openvino", precision=precision, threads=1,
                               cache_dir=tmp_path)  # fmt: skip
     assert predictor.video_backend.name == f"openvino-cpu {precision}"
-    result = predictor.segment(clip, TEXTS, window=5)
+    result = predictor.segment(two_videos, TEXTS, window=5)
     np.testing.assert_array_equal(result.queries, onnxruntime_fp32.queries)
     for e in range(len(TEXTS)):
         assert iou(result.masks[e], onnxruntime_fp32.masks[e]) > (
@@ -373,3 +374,32 @@ def test_accuracy_benchmark_has_a_row_per_openvino_precision(tiny_bundle, synth_
         assert "needs BF16" in rows["openvino-bf16"]["skipped"]
     table = markdown(report)
     assert "| OpenVINO FP32 (CPU) |" in table and "| OpenVINO BF16 (CPU, the fp32 graph) |" in table
+
+
+# -- the paper architecture (paper-mini, random weights) -----------------------------------
+
+# test_paper_arch's fixtures (module scope: the bundle is exported once for this module).
+paper_bundle, clip = paper.paper_bundle, paper.clip
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=needs_bf16)])
+def test_paper_mini_masks_and_query_agree_with_onnxruntime(paper_bundle, clip, precision, tmp_path):
+    """The paper's layer structure through OpenVINO: the chosen query is onnxruntime FP32's
+    (in BF16, wherever PyTorch's two best scores are further apart than 2e-3, the rule of
+    test_paper_arch's FP16 check) and the masks agree."""
+    from runtime.predictor import RVOSPredictor
+
+    reference = RVOSPredictor(paper_bundle, backend="onnxruntime", threads=1)
+    want = reference.segment(clip, paper.EXPRESSIONS)
+    predictor = RVOSPredictor(paper_bundle, backend="openvino", precision=precision, threads=1,
+                              cache_dir=tmp_path)  # fmt: skip
+    got = predictor.segment(clip, paper.EXPRESSIONS)
+    logits, _ = paper.pytorch_reference(paper_bundle, clip)
+    probabilities = np.sort(1 / (1 + np.exp(-logits.astype(np.float64))).mean(1), axis=1)
+    margin = probabilities[:, -1] - probabilities[:, -2]
+    for e in range(len(paper.EXPRESSIONS)):
+        if precision == "fp32" or margin[e] > 2e-3:
+            assert got.queries[e, 0] == want.queries[e, 0], (precision, e, margin[e])
+        if got.queries[e, 0] == want.queries[e, 0]:
+            assert iou(got.masks[e], want.masks[e]) > (0.99 if precision == "fp32" else 0.9)

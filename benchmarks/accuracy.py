@@ -33,7 +33,10 @@ from benchmarks.report import RESULTS_DIR
 
 log = logging.getLogger("accuracy")
 
-ROWS = ("pytorch", "fp32", "fp16", "int8-tensorrt", "int8-cpu", "openvino-fp32", "openvino-bf16")
+ROWS = (
+    "pytorch", "fp32", "fp16", "int8-tensorrt", "int8-cpu",
+    "openvino-fp32", "openvino-bf16", "openvino-int8-cpu",
+)  # fmt: skip
 OPENVINO_ROW = "openvino-"  # prefix of the OpenVINO rows; the rest is the precision
 
 
@@ -221,6 +224,7 @@ def markdown(report: dict) -> str:
         "int8-cpu": "INT8, ONNX Runtime CPU form (u8s8)",
         "openvino-fp32": "OpenVINO FP32 (CPU)",
         "openvino-bf16": "OpenVINO BF16 (CPU, the fp32 graph)",
+        "openvino-int8-cpu": "OpenVINO INT8 (CPU, the int8-cpu Q/DQ graph)",
     }
     for row, result in report["rows"].items():
         if "skipped" in result:

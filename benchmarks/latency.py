@@ -1,7 +1,7 @@
 """Latency of one video call per backend: PyTorch eager vs ONNX Runtime vs OpenVINO vs TensorRT.
 
     python benchmarks/latency.py --bundle bundles/paper-swin-t --frames 19 \\
-        --backends torch,ort,ort-fp16,ort-int8,ov,ov-bf16,trt-fp16,trt-int8
+        --backends torch,ort,ort-fp16,ort-int8,ov,ov-bf16,ov-int8,trt-fp16,trt-int8
     python benchmarks/latency.py --bundle bundles/tiny --runs 20 --profile
 
 One "call" is what serving one video costs: the text encoder on E expressions, then the video
@@ -24,6 +24,7 @@ Backends (each timed in the same process, one after another, so ratios compare l
     ov            OpenVINO CPU, fp32 graphs at f32 (no compiled-model cache)
     ov-bf16       OpenVINO CPU, fp32 graphs executed in BF16 (CPUs with AVX512-BF16 or AMX;
                   held against the BF16 GEMM peak)
+    ov-int8       OpenVINO CPU, the int8-cpu Q/DQ video graph (text encoder fp32)
     trt-fp32, trt-fp16, trt-int8   the native TensorRT engines (runtime.backends)
 
 A backend that cannot run here, or whose precision variant or engine is missing from the

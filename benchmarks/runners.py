@@ -24,7 +24,9 @@ from runtime.backends import (
 from runtime.manifest import BundleError, Manifest
 from runtime.precisions import RUNTIME_PRECISIONS, RUNTIME_VARIANT
 
-DEFAULT_BACKENDS = ("torch", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "trt-fp16", "trt-int8")
+DEFAULT_BACKENDS = (
+    "torch", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "ov-int8", "trt-fp16", "trt-int8",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ BACKENDS = {
     # Held against the CPU's BF16 GEMM peak: benchmarks.gemm.peak_for maps 16-bit arithmetic
     # on a CPU ("fp16") to it.
     "ov-bf16": BackendSpec("openvino", "bf16", "fp16"),
+    "ov-int8": BackendSpec("openvino", "int8-cpu", "int8"),
     "trt-fp32": BackendSpec("tensorrt", "fp32", "fp32"),
     "trt-fp16": BackendSpec("tensorrt", "fp16", "fp16"),
     "trt-int8": BackendSpec("tensorrt", "int8-tensorrt", "int8"),

@@ -105,9 +105,9 @@ def test_feeds_are_checked_against_the_manifest(toy, tmp_path):
 
 
 def test_precisions_it_does_not_run_say_why_and_what_does(toy):
-    with pytest.raises(ValueError, match=r"not 'int8-cpu': .* backend='onnxruntime'"):
-        OpenVINOBackend(toy, "video", "int8-cpu")
-    with pytest.raises(ValueError, match=r"not 'int8-tensorrt': .*disagreed with FP32"):
+    with pytest.raises(ValueError, match=r"not 'int8-tensorrt': .*wrongly .*'int8-cpu'"):
+        OpenVINOBackend(toy, "video", "int8-tensorrt")
+    with pytest.raises(ValueError, match=r"not 'int8-tensorrt': .* backend='onnxruntime'"):
         load_backend(toy, "video", "openvino", "int8-tensorrt")
     with pytest.raises(ValueError, match=r"not 'fp16': .*precision='bf16'"):
         load_backend(toy, "video", "openvino", "fp16")
@@ -116,7 +116,8 @@ def test_precisions_it_does_not_run_say_why_and_what_does(toy):
 
 
 def test_a_bundle_without_the_fp32_variant_gives_the_manifests_error(tmp_path):
-    """bf16 runs the fp32 graph: a bundle with only an fp16 graph lacks it."""
+    """bf16 runs the fp32 graph: a bundle with only an fp16 graph lacks it (and int8-cpu its
+    own variant)."""
 
     def build(graph: str, _precision: str) -> onnx.ModelProto:
         return {"text_encoder": text_encoder_model, "video": video_model}[graph]()
@@ -125,6 +126,8 @@ def test_a_bundle_without_the_fp32_variant_gives_the_manifests_error(tmp_path):
     for precision in ("fp32", "bf16"):
         with pytest.raises(BundleError, match="no 'fp32' variant"):
             OpenVINOBackend(bundle, "video", precision, cache_dir=tmp_path / "cache")
+    with pytest.raises(BundleError, match="no 'int8-cpu' variant"):
+        OpenVINOBackend(bundle, "video", "int8-cpu", cache_dir=tmp_path / "cache")
     assert not (tmp_path / "cache").exists()  # refused before anything was compiled
 
 
@@ -137,7 +140,9 @@ def test_bf16_error_names_the_cpu_capabilities():
         "'bf16' needs BF16" in message
         and "Intel(R) Core(TM) i7 has WINOGRAD, FP32, INT8" in message
     )
-    assert "precision='fp32'" in message
+    assert "AVX512-BF16 or AMX" in message and "precision='fp32'" in message
+    with pytest.raises(BackendUnavailable, match="'int8-cpu' needs INT8 .* has FP32 "):
+        check_capabilities("int8-cpu", ["FP32"])
     check_capabilities("bf16", ["FP32", "BF16"])  # present: no error
     check_capabilities("fp32", ["FP32"])
 
@@ -255,7 +260,7 @@ def test_auto_chooses_openvino_on_a_cpu_and_says_why(tiny_bundle, caplog):
         # fp16: a variant OpenVINO does not run; onnxruntime, with the reason.
         fp16 = load_backend(tiny_bundle, "video", precision="fp16", threads=1, cache_dir=None)
         assert isinstance(fp16, OnnxRuntimeBackend)
-        assert "OpenVINO: runs fp32, bf16, not fp16" in caplog.text
+        assert "OpenVINO: runs fp32, bf16, int8-cpu, not fp16" in caplog.text
         assert "options ['cache_dir'] do not apply to OnnxRuntimeBackend" in caplog.text
     # A precision the bundle lacks: the manifest's own error, whichever backend is asked.
     with pytest.raises(BundleError, match="no 'int8-cpu' variant"):
@@ -355,6 +360,16 @@ def test_bf16_outputs_within_tolerance_of_fp32(tiny_bundle, tmp_path):
     )
 
 
+def test_the_cpu_runs_the_arithmetic_asked_for(tiny_bundle, tmp_path):
+    """OpenVINO's runtime model: fp32 keeps every GEMM in f32 (on a CPU with BF16 OpenVINO's
+    default would be bf16), bf16 runs them all in bf16."""
+    fp32 = OpenVINOBackend(tiny_bundle, "video", "fp32", threads=1, cache_dir=tmp_path)
+    assert set(fp32.gemm_precisions()) == {"f32"}, fp32.gemm_precisions()
+    if has_bf16():
+        bf16 = OpenVINOBackend(tiny_bundle, "video", "bf16", threads=1, cache_dir=tmp_path)
+        assert set(bf16.gemm_precisions()) == {"bf16"}, bf16.gemm_precisions()
+
+
 # -- benchmarks ----------------------------------------------------------------------------
 
 
@@ -378,8 +393,8 @@ def test_accuracy_benchmark_has_a_row_per_openvino_precision(tiny_bundle, synth_
 
 # -- the paper architecture (paper-mini, random weights) -----------------------------------
 
-# test_paper_arch's fixtures (module scope: the bundle is exported once for this module).
-paper_bundle, clip = paper.paper_bundle, paper.clip
+# test_paper_arch's fixtures (module scope: the bundles are made once for this module).
+paper_bundle, paper_int8, clip = paper.paper_bundle, paper.paper_int8, paper.clip
 
 
 @pytest.mark.slow
@@ -403,3 +418,28 @@ def test_paper_mini_masks_and_query_agree_with_onnxruntime(paper_bundle, clip, p
             assert got.queries[e, 0] == want.queries[e, 0], (precision, e, margin[e])
         if got.queries[e, 0] == want.queries[e, 0]:
             assert iou(got.masks[e], want.masks[e]) > (0.99 if precision == "fp32" else 0.9)
+
+
+@pytest.mark.slow
+def test_paper_mini_int8_cpu_runs_in_int8_and_agrees_with_onnxruntime(paper_int8, clip, tmp_path):
+    """The calibrated int8-cpu graph: OpenVINO executes its convolutions and linear layers in
+    8 bits, and where it picks onnxruntime INT8's query (of the same graph), or FP32's, the
+    masks overlap as test_paper_arch requires of onnxruntime INT8 (random weights: close query
+    scores). int8-tensorrt is refused."""
+    from runtime.predictor import RVOSPredictor
+
+    predictor = RVOSPredictor(paper_int8, backend="openvino", precision="int8-cpu", threads=1,
+                              cache_dir=tmp_path)  # fmt: skip
+    executed = predictor.video_backend.gemm_precisions()
+    assert executed.get("u8", 0) + executed.get("i8", 0) > 0, executed
+    got = predictor.segment(clip, paper.EXPRESSIONS)
+    for reference in (
+        RVOSPredictor(paper_int8, backend="onnxruntime", precision="int8-cpu", threads=1),
+        RVOSPredictor(paper_int8, backend="onnxruntime", threads=1),
+    ):
+        want = reference.segment(clip, paper.EXPRESSIONS)
+        assert got.masks.shape == want.masks.shape
+        same = got.queries[:, 0] == want.queries[:, 0]
+        assert all(iou(got.masks[e], want.masks[e]) >= 0.5 for e in np.flatnonzero(same))
+    with pytest.raises(ValueError, match="not 'int8-tensorrt'"):
+        RVOSPredictor(paper_int8, backend="openvino", precision="int8-tensorrt")

@@ -8,7 +8,8 @@ against the manifest (:func:`check_feeds`) before inference.
 
 - ``base``: the errors, :func:`check_feeds` and :class:`BaseBackend`.
 - ``ort``: :class:`OnnxRuntimeBackend` and the TensorRT EP's options.
-- ``openvino``: :class:`OpenVINOBackend` (fp32, and bf16 on CPUs with AVX512-BF16 or AMX).
+- ``openvino``: :class:`OpenVINOBackend` (fp32, int8-cpu, and bf16 on CPUs with AVX512-BF16
+  or AMX).
 - ``trt``: :class:`TensorRTBackend`, the ``tensorrt`` import and the shared TensorRT logger.
 - ``gpu``: CUDA memory, streams and graphs (cuda-python or pycuda) and the GPU probes.
 - ``registry``: :func:`available_backends` and :func:`load_backend` (by name or ``"auto"``).

@@ -127,8 +127,9 @@ def load_backend(
     the manifest has an engine for this precision and graph (and that engine matches this
     machine); else onnxruntime with the CUDA provider when onnxruntime-gpu and a GPU are
     there; else OpenVINO on the CPU when openvino is installed and runs the precision
-    ("fp32", "bf16"); else onnxruntime on CPU. The choice and its reason are logged. "bf16"
-    is OpenVINO's alone: without OpenVINO (or a CPU with BF16) it is an error, not a fallback.
+    ("fp32", "bf16", "int8-cpu"); else onnxruntime on CPU. The choice and its reason are
+    logged. "bf16" is OpenVINO's alone: without OpenVINO (or a CPU with BF16) it is an error,
+    not a fallback.
 
     Args:
         manifest: the bundle's manifest (or the bundle directory).

@@ -112,9 +112,9 @@ def _openvino_skip_reason(manifest, precision: str) -> str | None:
     from runtime.backends import AVAILABLE, BackendUnavailable, check_capabilities
     from runtime.backends.openvino import (
         cpu_capabilities,
-        import_openvino,
         openvino_precision,
         openvino_status,
+        shared_core,
     )
     from runtime.precisions import RUNTIME_VARIANT
 
@@ -123,7 +123,7 @@ def _openvino_skip_reason(manifest, precision: str) -> str | None:
         return status
     try:
         openvino_precision(precision)
-        check_capabilities(precision, cpu_capabilities(import_openvino().Core()))
+        check_capabilities(precision, cpu_capabilities(shared_core()))
     except (ValueError, BackendUnavailable) as error:
         return str(error)
     variant = RUNTIME_VARIANT.get(precision, precision)

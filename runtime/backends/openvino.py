@@ -44,6 +44,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -95,13 +96,27 @@ def import_openvino() -> Any:
         ) from None
 
 
+@lru_cache(maxsize=1)
+def shared_core():
+    """The process's one ``openvino.Core``, kept until exit.
+
+    OpenVINO recommends one Core per application, and more than that is unsafe here: each Core
+    loads its own CPU plugin, which installs an alternate signal stack for the thread that
+    creates it and, when destroyed, puts back the one it found. Two Cores destroyed in the order
+    they were made leave the thread pointing at a freed stack, and the next signal that Python
+    handles (Ctrl-C, a scheduler's SIGTERM to a training run) kills the process with SIGSEGV.
+    ``tests/test_openvino.py`` reproduces it in a subprocess.
+    """
+    return import_openvino().Core()
+
+
 def openvino_status() -> str:
     """AVAILABLE ("available") when openvino imports and sees a CPU device, else the reason."""
     try:
         ov = import_openvino()
     except BackendUnavailable as error:
         return str(error)
-    devices = ov.Core().available_devices
+    devices = shared_core().available_devices
     if "CPU" not in devices:
         return f"openvino {ov.__version__} sees no CPU device (devices: {devices})"
     return AVAILABLE
@@ -192,7 +207,7 @@ class OpenVINOBackend(BaseBackend):
         self.precision = precision
         path = self.manifest.variant_path(graph, variant)  # the manifest's error when absent
 
-        core = ov.Core()
+        core = shared_core()
         capabilities = cpu_capabilities(core)
         check_capabilities(precision, capabilities, core.get_property("CPU", "FULL_DEVICE_NAME"))
 

@@ -38,13 +38,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     segment.add_argument("--text", action="append", required=True,
                          help="a referring expression (repeat for several)")  # fmt: skip
     segment.add_argument("--out", required=True, type=Path)
-    segment.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
+    segment.add_argument(
+        "--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "openvino")
+    )
     segment.add_argument(
         "--precision",
         default="fp32",
-        help="fp32, fp16, int8-cpu or int8-tensorrt (the video graph's variant)",
+        help="fp32, fp16, int8-cpu or int8-tensorrt (the video graph's variant), or bf16 "
+        "(OpenVINO only: the fp32 graphs run in BF16)",
     )
-    segment.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    segment.add_argument(
+        "--threads", type=int, default=None, help="onnxruntime intra-op / OpenVINO threads"
+    )
     segment.add_argument(
         "--window", type=int, default=None, help="frames per call (default: the bundle's maximum)"
     )

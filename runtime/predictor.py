@@ -25,6 +25,7 @@ import numpy as np
 
 from .backends import load_backend
 from .manifest import Manifest
+from .precisions import RUNTIME_PRECISIONS
 from .selection import chosen_tracks, select_queries
 from .video import read_video, resize_frames
 
@@ -113,8 +114,10 @@ class RVOSPredictor:
 
     Args:
         bundle: the bundle directory (``python export/to_onnx.py``).
-        backend: "auto", "onnxruntime" or "tensorrt" (see ``runtime.backends.load_backend``).
-        precision: the video graph's variant: "fp32", "fp16", "int8-cpu", "int8-tensorrt".
+        backend: "auto", "onnxruntime", "tensorrt" or "openvino" (see
+            ``runtime.backends.load_backend``).
+        precision: the video graph's variant: "fp32", "fp16", "int8-cpu", "int8-tensorrt"; or
+            "bf16", OpenVINO's way of running the fp32 graphs.
         text_precision: the text graph's variant (default: ``precision`` when the bundle has
             it for the text graph, else fp32 — INT8 variants exist for the video graph only).
         verify: check the sha256 of every bundle file first.
@@ -139,9 +142,10 @@ class RVOSPredictor:
         # Through the manifest: inside the bundle, listed in files, hash-checked on load.
         self.tokenizer = self.manifest.load_tokenizer()
         if text_precision is None:
-            text_precision = (
-                precision if precision in self.manifest.precisions("text_encoder") else "fp32"
-            )
+            # The text encoder follows the video graph where it can: its own variant of that
+            # precision, or a runtime precision (bf16 runs the fp32 graph), else fp32.
+            same = precision in self.manifest.precisions("text_encoder")
+            text_precision = precision if same or precision in RUNTIME_PRECISIONS else "fp32"
         self.text_backend = load_backend(
             self.manifest, "text_encoder", backend, text_precision, **backend_options
         )

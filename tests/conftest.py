@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,21 @@ from proxyformer.model import build_proxyformer
 from proxyformer.text import encode_texts, load_tokenizer
 
 EXPRESSIONS = ["the small red circle moving left", "the square above the green triangle"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Compiled-model caches (OpenVINO, onnxruntime's TensorRT provider) go to this session's
+    temporary directory, not the user's ~/.cache, which nothing would ever clean."""
+    import os
+
+    previous = os.environ.get("PROXYFORMER_CACHE")
+    os.environ["PROXYFORMER_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("PROXYFORMER_CACHE", None)
+    else:
+        os.environ["PROXYFORMER_CACHE"] = previous
 
 
 @pytest.fixture(autouse=True)
@@ -101,3 +117,31 @@ def make_synthetic(tmp_path_factory):
 def synth_data(make_synthetic):
     """A small synthetic referring-video set at the test bundle's size (64x96)."""
     return make_synthetic()
+
+
+@pytest.fixture(scope="session")
+def paper_bundle(tmp_path_factory):
+    """paper-mini with random weights, exported once per session (FP32 and FP16): the
+    paper-architecture tests and the OpenVINO tests share it."""
+    from export.onnx_export import export_bundle
+
+    out = tmp_path_factory.mktemp("paper-mini") / "bundle"
+    export_bundle(
+        None, out, preset="paper-mini", size=(64, 96), frames="1:3:6", expressions="1:1:4",
+        max_text_len=12, precisions=("fp32", "fp16"), seed=0,
+    )  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="session")
+def paper_int8(paper_bundle, synth_data, tmp_path_factory):
+    return calibrated_copy(paper_bundle, synth_data, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def clip(synth_data) -> np.ndarray:
+    from runtime.video import read_video
+
+    folder = min((synth_data / "valid" / "JPEGImages").iterdir())
+    frames, _ = read_video(folder)
+    return frames[:5]

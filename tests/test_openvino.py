@@ -424,8 +424,7 @@ def test_accuracy_benchmark_has_a_row_per_openvino_precision(tiny_bundle, synth_
 
 # -- the paper architecture (paper-mini, random weights) -----------------------------------
 
-# test_paper_arch's fixtures (module scope: the bundles are made once for this module).
-paper_bundle, paper_int8, clip = paper.paper_bundle, paper.paper_int8, paper.clip
+# paper_bundle, paper_int8 and clip are conftest's session fixtures, shared with test_paper_arch.
 
 
 @pytest.mark.slow

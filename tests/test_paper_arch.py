@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import calibrated_copy
 
 from proxyformer.config import get_preset
 from runtime.manifest import Manifest
@@ -21,32 +20,6 @@ from runtime.manifest import Manifest
 pytestmark = pytest.mark.slow
 
 EXPRESSIONS = ["the small red circle moving left", "the square above the green triangle"]
-
-
-@pytest.fixture(scope="module")
-def paper_bundle(tmp_path_factory):
-    from export.onnx_export import export_bundle
-
-    out = tmp_path_factory.mktemp("paper-mini") / "bundle"
-    export_bundle(
-        None, out, preset="paper-mini", size=(64, 96), frames="1:3:6", expressions="1:1:4",
-        max_text_len=12, precisions=("fp32", "fp16"), seed=0,
-    )  # fmt: skip
-    return out
-
-
-@pytest.fixture(scope="module")
-def paper_int8(paper_bundle, synth_data, tmp_path_factory):
-    return calibrated_copy(paper_bundle, synth_data, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def clip(synth_data) -> np.ndarray:
-    from runtime.video import read_video
-
-    folder = min((synth_data / "valid" / "JPEGImages").iterdir())
-    frames, _ = read_video(folder)
-    return frames[:5]
 
 
 def test_paper_mini_has_the_paper_structure():

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from bundles import write_numpy_toy
 from calibration.int8 import calibrate_bundle
 from runtime.__main__ import main
 from runtime.backends import load_backend
@@ -24,17 +23,7 @@ from runtime.files import current_umask, sha256_file
 from runtime.manifest import BundleError, Manifest
 from runtime.predictor import RVOSPredictor
 
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory) -> Path:
-    return write_numpy_toy(tmp_path_factory.mktemp("toy") / "bundle").root
-
-
-@pytest.fixture
-def bundle(toy, tmp_path) -> Path:
-    copy = tmp_path / "bundle"
-    shutil.copytree(toy, copy)
-    return copy
+# toy and bundle (a fresh copy of the toy per test) are tests/reliability/conftest.py's.
 
 
 def edit(root: Path, change) -> None:

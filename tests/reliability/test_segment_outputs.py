@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bundles import write_numpy_toy
 from runtime.__main__ import main
 from runtime.predictor import RVOSPredictor
 
@@ -29,11 +28,11 @@ REPO = Path(__file__).parents[2]
 TEXTS = ["the small red circle", "the big blue square"]
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory) -> Path:
-    """The numpy toy (tests/bundles.py): real ONNX graphs with the exported graphs' inputs and
-    outputs, a real tokenizer (6 tokens at most) and frame profile 1..4."""
-    return write_numpy_toy(tmp_path_factory.mktemp("toy") / "bundle").root
+@pytest.fixture
+def bundle(toy) -> Path:
+    """The session's numpy toy (tests/bundles.py, never edited here): real ONNX graphs with the
+    exported graphs' inputs and outputs, a real tokenizer (6 tokens at most), frames 1..4."""
+    return toy
 
 
 def frame_folder(root: Path, frames: int, seed: int = 0) -> Path:

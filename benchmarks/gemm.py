@@ -222,11 +222,12 @@ def _cuda_peaks(size: int, repeats: int, budget_s: float) -> dict:
 def peak_for(peaks: dict, device: str, arithmetic: str) -> tuple[float | None, str]:
     """The measured peak a backend is held against, and which one it is.
 
-    FP16 graphs on a CPU are held against the BF16 GEMM peak: CPUs without AVX512-FP16/AMX-FP16
-    have no FP16 GEMM, so BF16 is the fastest 16-bit arithmetic there.
+    Arithmetic: "fp32", "fp16", "bf16" (BF16 execution: OpenVINO's bf16, torch's BF16 autocast)
+    or "int8". FP16 graphs on a CPU are held against the BF16 GEMM peak too: CPUs without
+    AVX512-FP16/AMX-FP16 have no FP16 GEMM, so BF16 is the fastest 16-bit arithmetic there.
     """
     if device == "cuda":
         entry = peaks.get("cuda", {}).get(arithmetic, {})
         return entry.get("gflops"), f"cuda {arithmetic}"
-    key = {"fp32": "fp32", "fp16": "bf16", "int8": "int8"}[arithmetic]
+    key = {"fp32": "fp32", "fp16": "bf16", "bf16": "bf16", "int8": "int8"}[arithmetic]
     return peaks.get("cpu", {}).get(key, {}).get("gflops"), f"cpu {key}"

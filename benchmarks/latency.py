@@ -16,6 +16,9 @@ exported, eager, under ``torch.inference_mode()``.
 Backends (each timed in the same process, one after another, so ratios compare like with like):
 
     torch         PyTorch eager FP32 (CUDA when available, else CPU; --torch-device)
+    torch-bf16    the same, under BF16 autocast on a CPU (FP16 autocast on CUDA)
+    torch-compile the same, torch.compile'd (compile time not timed, reported; skipped with
+                  the reason where inductor cannot compile, e.g. no C++ compiler)
     ort           onnxruntime CPU, fp32 graphs
     ort-fp16      onnxruntime CPU, fp16 graphs
     ort-int8      onnxruntime CPU, the int8-cpu Q/DQ video graph (text encoder fp32)
@@ -34,8 +37,8 @@ Reported: warm-up, then ``--runs`` timed calls; mean, p50/p90/p99, min, max, std
 (p90 - p50) / p50; GFLOPs of one call (torch's FlopCounterMode on the eager graphs, 2 FLOPs per
 multiply-accumulate) and the achieved GFLOP/s at p50; the fraction of this machine's measured
 GEMM peak for the backend's arithmetic (FP32, BF16 for FP16 graphs on a CPU, FP16 on a GPU,
-INT8); the speed-up over PyTorch eager; the time for E = 1, 2, 4 expressions on one video; the
-issue's targets with pass/fail and the paper's 109 ms (NVIDIA A40, a GPU) beside the device
+INT8); the speed-up over PyTorch eager FP32 and over the best PyTorch row of the run; the
+time for E = 1, 2, 4 expressions on one video; the issue's targets with pass/fail and the paper's 109 ms (NVIDIA A40, a GPU) beside the device
 measured here. ``--profile`` runs onnxruntime's profiler once per ORT backend and tabulates the
 node time by operator type.
 

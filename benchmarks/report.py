@@ -84,7 +84,7 @@ def _work_and_peaks(results: dict) -> list[str]:
     return lines + [peak_text + ".", ""]
 
 
-def _backend_line(row: dict) -> str:
+def _backend_line(row: dict, best_torch: bool = False) -> str:
     total = row["latency"]["total"]
     fraction = row.get("fraction_of_peak")
     return (
@@ -95,23 +95,50 @@ def _backend_line(row: dict) -> str:
         f"{row['gflops_per_s']:.1f} | "
         f"{fmt(None if fraction is None else 100 * fraction, 1, '%')} ({row['peak']}) | "
         f"{fmt(row.get('speedup_vs_torch'), 2, '×')} |"
+        + (f" {fmt(row.get('speedup_vs_best_torch'), 2, '×')} |" if best_torch else "")
     )
 
 
 def _backend_table(results: dict) -> list[str]:
+    # Results written before the PyTorch BF16/compiled rows have no "best_torch" key: they
+    # render as they were committed, without the column.
+    best_torch = "best_torch" in results
     lines = [
         (
             "| backend | device | precision (text/video) | p50 ms | p90 | p99 | spread | "
             "text ms | video ms | GFLOP/s | % of peak | × vs torch |"
+            + (" × vs best torch |" if best_torch else "")
         ),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        + ("---:|" if best_torch else ""),
     ]
-    lines += [_backend_line(row) for row in results["backends"] if row["status"] == "timed"]
+    lines += [
+        _backend_line(row, best_torch) for row in results["backends"] if row["status"] == "timed"
+    ]
+    if best_torch:
+        lines += ["", _torch_note(results)]
     skipped = [row for row in results["backends"] if row["status"] != "timed"]
     if skipped:
         lines += ["", "Not timed:"]
         lines += [f"- {row['backend']} ({row['status']}): {row['reason']}" for row in skipped]
     return lines
+
+
+def _torch_note(results: dict) -> str:
+    """What the PyTorch rows ran, which was fastest, and torch.compile's compile time."""
+    note = (
+        "PyTorch rows run the export wrappers (TextGraph + VideoGraph); "
+        "× vs torch is against FP32 eager, × vs best torch against the fastest PyTorch row ("
+        + (results["best_torch"] or "none timed")
+        + ")."
+    )
+    for row in results["backends"]:
+        if row.get("compile_s"):
+            note += (
+                f" {row['backend']}: compiling took {sum(row['compile_s'].values()):.1f} s "
+                f"over {len(row['compile_s'])} shape(s), not timed."
+            )
+    return note
 
 
 def _sweep_table(results: dict) -> list[str]:

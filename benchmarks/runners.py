@@ -1,8 +1,9 @@
-"""The rows of the latency table: PyTorch eager, onnxruntime per precision, OpenVINO and TensorRT,
+"""The rows of the latency table: PyTorch (eager, BF16 autocast, compiled), onnxruntime per precision, OpenVINO and TensorRT,
 each as a runner whose call serves one video (text encoder on E expressions, then the video graph)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from runtime.manifest import BundleError, Manifest
 from runtime.precisions import RUNTIME_PRECISIONS, RUNTIME_VARIANT
 
 DEFAULT_BACKENDS = (
-    "torch", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "ov-int8", "trt-fp16", "trt-int8",
+    "torch", "torch-bf16", "torch-compile", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "ov-int8", "trt-fp16", "trt-int8",
 )  # fmt: skip
 
 
@@ -35,19 +36,21 @@ class BackendSpec:
 
     runtime: str  # "torch", "onnxruntime", "openvino" or "tensorrt"
     precision: str  # the video graph's variant (runtime.backends.PRECISIONS) or "bf16"
-    arithmetic: str  # "fp32", "fp16" or "int8": the GEMM peak it is held against
+    arithmetic: str  # "fp32", "fp16", "bf16" or "int8": the GEMM peak it is held against
+    mode: str = ""  # torch rows: "eager" or "compile"
 
 
 BACKENDS = {
-    "torch": BackendSpec("torch", "fp32", "fp32"),
+    "torch": BackendSpec("torch", "fp32", "fp32", "eager"),
+    # BF16 autocast on a CPU; on CUDA FP16 autocast (held against the GPU's FP16 peak).
+    "torch-bf16": BackendSpec("torch", "bf16", "bf16", "eager"),
+    "torch-compile": BackendSpec("torch", "fp32", "fp32", "compile"),
     "ort": BackendSpec("onnxruntime", "fp32", "fp32"),
     "ort-fp16": BackendSpec("onnxruntime", "fp16", "fp16"),
     "ort-int8": BackendSpec("onnxruntime", "int8-cpu", "int8"),
     "ort-int8-trt": BackendSpec("onnxruntime", "int8-tensorrt", "int8"),
     "ov": BackendSpec("openvino", "fp32", "fp32"),
-    # Held against the CPU's BF16 GEMM peak: benchmarks.gemm.peak_for maps 16-bit arithmetic
-    # on a CPU ("fp16") to it.
-    "ov-bf16": BackendSpec("openvino", "bf16", "fp16"),
+    "ov-bf16": BackendSpec("openvino", "bf16", "bf16"),
     "ov-int8": BackendSpec("openvino", "int8-cpu", "int8"),
     "trt-fp32": BackendSpec("tensorrt", "fp32", "fp32"),
     "trt-fp16": BackendSpec("tensorrt", "fp16", "fp16"),
@@ -60,22 +63,63 @@ class SkipBackend(Exception):
 
 
 class TorchRunner:
-    """PyTorch eager: ``TextGraph`` then ``VideoGraph``, under ``torch.inference_mode()``.
+    """PyTorch: the export wrappers ``TextGraph`` then ``VideoGraph`` (the same callables that
+    were exported), under ``torch.inference_mode()``; eager or ``torch.compile``d, in FP32 or
+    under autocast (``autocast``: BF16 on a CPU, FP16 on CUDA).
+
+    With ``compile``, the first call at each input shape compiles (and runs once) outside the
+    timed span: its seconds are kept in ``compile_seconds`` (shape -> s) and reported, not timed.
 
     On CUDA the host-to-device copies of the inputs and the copies of the outputs back to the
     host are inside the timed call (as in the TensorRT backend), and the device is synchronised
     before each clock reading.
     """
 
-    def __init__(self, model: ProxyFormer, frame_format: str, device: str) -> None:
+    def __init__(
+        self,
+        model: ProxyFormer,
+        frame_format: str,
+        device: str,
+        autocast: torch.dtype | None = None,
+        compile: bool = False,
+    ) -> None:
         self.device = torch.device(device)
-        self.text_graph = TextGraph(model).eval()
-        self.video_graph = VideoGraph(model, frame_format).eval()
-        self.name = f"torch eager fp32 ({self.device.type})"
+        self.text_graph: Any = TextGraph(model).eval()
+        self.video_graph: Any = VideoGraph(model, frame_format).eval()
+        self.autocast = autocast
+        self.compile = compile
+        self.compile_seconds: dict[str, float] = {}
+        if compile:
+            self.text_graph = torch.compile(self.text_graph)
+            self.video_graph = torch.compile(self.video_graph)
+        dtype = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+        mode = "compiled" if compile else "eager"
+        self.name = f"torch {mode} {dtype[autocast]} ({self.device.type}, export wrappers)"
+
+    def _context(self) -> Any:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def outputs(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One call's outputs (logits, boxes, masks) as FP32 host arrays."""
+        with torch.inference_mode(), self._context():
+            ids = torch.from_numpy(feeds["input_ids"]).to(self.device)
+            mask = torch.from_numpy(feeds["attention_mask"]).to(self.device)
+            features = self.text_graph(ids, mask)
+            frames = torch.from_numpy(feeds["frames"]).to(self.device)
+            outputs = self.video_graph(frames, features, mask)
+        return [output.float().cpu().numpy() for output in outputs]
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
         """Run one call; return (text seconds, video seconds)."""
-        with torch.inference_mode():
+        if self.compile:
+            shape = str({k: tuple(v.shape) for k, v in feeds.items()})
+            if shape not in self.compile_seconds:
+                start = time.perf_counter()
+                self.outputs(feeds)
+                self.compile_seconds[shape] = time.perf_counter() - start
+        with torch.inference_mode(), self._context():
             synchronize(self.device)
             start = time.perf_counter()
             ids = torch.from_numpy(feeds["input_ids"]).to(self.device)
@@ -160,11 +204,39 @@ def resolve_torch_device(choice: str = "auto") -> str:
     return choice
 
 
-def _open_torch(manifest: Manifest, model: ProxyFormer, torch_device: str) -> tuple[Any, dict]:
-    runner = TorchRunner(model, manifest.preprocessing["frame_format"], torch_device)
+def check_torch_compile(device: str) -> None:
+    """Raise ``SkipBackend`` when ``torch.compile`` (inductor) cannot compile here, e.g. with
+    no C++ compiler for CPU kernels: a one-line function is compiled and run as a probe."""
+    try:
+        probe = torch.compile(lambda x: torch.relu(x) * 2 + 1)
+        probe(torch.ones(8, device=device))
+    except Exception as error:  # noqa: BLE001 - any failure is the reason shown
+        raise SkipBackend(
+            f"torch.compile cannot compile here: {type(error).__name__}: {error}"
+        ) from None
+
+
+def _open_torch(
+    manifest: Manifest, model: ProxyFormer, torch_device: str, spec: BackendSpec
+) -> tuple[Any, dict]:
+    device = torch.device(torch_device).type
+    compile = spec.mode == "compile"
+    if compile:
+        check_torch_compile(torch_device)
+    autocast, arithmetic = None, spec.arithmetic
+    if spec.precision == "bf16":  # BF16 autocast on a CPU, FP16 on CUDA
+        autocast = torch.float16 if device == "cuda" else torch.bfloat16
+        arithmetic = "fp16" if device == "cuda" else "bf16"
+    runner = TorchRunner(
+        model, manifest.preprocessing["frame_format"], torch_device, autocast, compile
+    )
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast]
+    kind = "compiled" if compile else "eager"
+    kind += "" if autocast is None else f", {precision} autocast"
     return runner, {
-        "runtime": "torch", "device": torch.device(torch_device).type, "arithmetic": "fp32",
-        "text_precision": "fp32", "video_precision": "fp32 (eager)",
+        "runtime": "torch", "device": device, "arithmetic": arithmetic,
+        "text_precision": precision, "video_precision": f"{precision} ({kind})",
+        "callable": "export wrappers (TextGraph + VideoGraph)",
     }  # fmt: skip
 
 
@@ -232,7 +304,7 @@ def open_runner(
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     spec = BACKENDS[name]
     if spec.runtime == "torch":
-        return _open_torch(manifest, model, torch_device)
+        return _open_torch(manifest, model, torch_device, spec)
     status = status if status is not None else available_backends()
     key = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}.get(
         spec.runtime, "tensorrt"

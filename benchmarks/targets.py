@@ -49,9 +49,7 @@ def _ort_vs_torch(by_name: dict[str, dict]) -> dict:
 
 
 def _int8_vs_ort(by_name: dict[str, dict]) -> dict:
-    int8_rows = [
-        by_name[n] for n in INT8_ROWS if p50_of(by_name.get(n)) is not None
-    ]
+    int8_rows = [by_name[n] for n in INT8_ROWS if p50_of(by_name.get(n)) is not None]
     target = {
         "name": "int8_vs_ort_fp32",
         "description": "best INT8 (CPU: ORT or OpenVINO) speed-up over ORT FP32",

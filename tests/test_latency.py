@@ -19,7 +19,7 @@ from benchmarks.suite import run_benchmark
 from benchmarks.targets import evaluate_targets
 from benchmarks.timing import summarize_times
 
-BACKENDS = ["torch", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "trt-fp16"]
+BACKENDS = ["torch", "torch-bf16", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "trt-fp16"]
 COMMITTED = sorted(RESULTS_DIR.glob("*/latency-*.json"))
 
 
@@ -223,3 +223,120 @@ def test_targets_pass_miss_and_not_evaluated():
     gpu = evaluate_targets([_row("torch", 3.0, "cuda"), _row("ort", 10.0)], {}, setting)
     first = gpu["targets"][0]
     assert first["passed"] is None and "cuda" in first["reason"]
+
+
+def test_torch_rows_and_best_torch_ratio(results):
+    """torch-bf16 is held against the BF16 peak; every row's "× vs best torch" is against the
+    fastest timed PyTorch row of the run."""
+    rows = _rows(results)
+    bf16 = rows["torch-bf16"]
+    assert bf16["status"] == "timed", bf16.get("reason")
+    assert bf16["runtime"] == "torch" and bf16["arithmetic"] == "bf16"
+    assert bf16["peak"] == "cpu bf16" and bf16["text_precision"] == "bf16"
+    assert rows["torch"]["peak"] == "cpu fp32"
+    assert "export wrappers" in rows["torch"]["callable"]
+    torch_rows = [rows["torch"], bf16]
+    best = min(torch_rows, key=lambda row: row["latency"]["total"]["p50"])
+    assert results["best_torch"] == best["backend"]
+    best_p50 = best["latency"]["total"]["p50"]
+    for row in results["backends"]:
+        if row["status"] == "timed":
+            expected = best_p50 / row["latency"]["total"]["p50"]
+            assert row["speedup_vs_best_torch"] == pytest.approx(expected)
+    assert best["speedup_vs_best_torch"] == pytest.approx(1.0)
+    markdown = format_markdown(results)
+    assert (
+        "× vs best torch |" in markdown and f"fastest PyTorch row ({best['backend']})" in markdown
+    )
+
+
+def test_add_speedups_picks_the_fastest_torch_row():
+    from benchmarks.suite import add_speedups
+
+    rows = [
+        _row("torch", 30.0) | {"runtime": "torch"},
+        _row("torch-bf16", 20.0) | {"runtime": "torch"},
+        _row("torch-compile", 15.0) | {"runtime": "torch"},
+        _row("ort", 10.0) | {"runtime": "onnxruntime"},
+        {"backend": "ov", "status": "skipped", "reason": "x"},
+    ]
+    assert add_speedups(rows) == "torch-compile"
+    by_name = {row["backend"]: row for row in rows}
+    assert by_name["ort"]["speedup_vs_torch"] == pytest.approx(3.0)
+    assert by_name["ort"]["speedup_vs_best_torch"] == pytest.approx(1.5)
+    assert by_name["torch"]["speedup_vs_best_torch"] == pytest.approx(0.5)
+
+
+def test_peak_for_bf16():
+    from benchmarks.gemm import peak_for
+    from benchmarks.runners import BACKENDS as SPECS
+
+    peaks = {"cpu": {"fp32": {"gflops": 1.0}, "bf16": {"gflops": 6.0}, "int8": {"gflops": 9.0}},
+             "cuda": {"bf16": {"gflops": 100.0}}}  # fmt: skip
+    assert peak_for(peaks, "cpu", "bf16") == (6.0, "cpu bf16")
+    assert peak_for(peaks, "cpu", "fp16") == (6.0, "cpu bf16")
+    assert peak_for(peaks, "cuda", "bf16") == (100.0, "cuda bf16")
+    assert SPECS["ov-bf16"].arithmetic == SPECS["torch-bf16"].arithmetic == "bf16"
+
+
+def test_torch_bf16_agrees_with_fp32(tiny_bundle):
+    """BF16 autocast picks the same query as FP32 and its outputs stay close (loosely)."""
+    import numpy as np
+    import torch
+
+    from benchmarks.runners import TorchRunner
+    from benchmarks.workload import load_baseline_model, make_feeds
+    from runtime.manifest import Manifest
+
+    manifest = Manifest.load(tiny_bundle)
+    model = load_baseline_model(manifest, "cpu")
+    feeds = make_feeds(manifest, 3, 1, 12)
+    frame_format = manifest.preprocessing["frame_format"]
+    fp32 = TorchRunner(model, frame_format, "cpu").outputs(feeds)
+    bf16 = TorchRunner(model, frame_format, "cpu", autocast=torch.bfloat16).outputs(feeds)
+    for reference, value in zip(fp32, bf16):
+        assert value.shape == reference.shape and np.isfinite(value).all()
+    logits_32, logits_16 = fp32[0], bf16[0]  # (E, T, N)
+    chosen = logits_32.mean(axis=1).argmax(axis=-1)
+    assert (logits_16.mean(axis=1).argmax(axis=-1) == chosen).all()
+    scale = np.abs(logits_32).max() + 1e-6
+    assert np.abs(logits_16 - logits_32).max() / scale < 0.1
+    masks_32, masks_16 = fp32[2], bf16[2]
+    assert np.abs(masks_16 - masks_32).max() / (np.abs(masks_32).max() + 1e-6) < 0.1
+
+
+def test_torch_compile_listed_and_skipped_with_reason(tiny_bundle, monkeypatch):
+    """torch-compile is a default row; where inductor cannot compile it is skipped, saying why
+    (compiling is slow, so the real compile runs in the slow test)."""
+    import torch
+
+    from benchmarks.runners import BACKENDS as SPECS
+    from benchmarks.runners import DEFAULT_BACKENDS
+    from runtime.manifest import Manifest
+
+    assert "torch-compile" in DEFAULT_BACKENDS and "torch-bf16" in DEFAULT_BACKENDS
+    assert SPECS["torch-compile"].mode == "compile" and SPECS["torch-compile"].arithmetic == "fp32"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(SkipBackend, match="torch.compile cannot compile here.*no C\\+\\+"):
+        open_runner("torch-compile", Manifest.load(tiny_bundle), None, "cpu", 1)
+
+
+@pytest.mark.slow
+def test_torch_compile_row(tiny_bundle):
+    """The compiled row is timed (or skipped with the reason), its compile time reported apart."""
+    results = run_benchmark(
+        tiny_bundle, ["torch", "torch-compile"], e_sweep=(1,), warmup=0, runs=1,
+        torch_device="cpu", gemm_size=256, write=False, command="pytest",
+    )  # fmt: skip
+    row = _rows(results)["torch-compile"]
+    if row["status"] == "skipped":
+        assert "torch.compile" in row["reason"]
+        return
+    assert row["status"] == "timed", row.get("reason")
+    assert row["peak"] == "cpu fp32" and "compiled" in row["video_precision"]
+    assert row["compile_s"] and all(s > 0 for s in row["compile_s"].values())
+    assert "compiling took" in format_markdown(results)

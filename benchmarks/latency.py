@@ -16,8 +16,10 @@ exported, eager, under ``torch.inference_mode()``.
 Backends (each timed in the same process, one after another, so ratios compare like with like):
 
     torch         PyTorch eager FP32 (CUDA when available, else CPU; --torch-device)
-    torch-bf16    the same, under BF16 autocast on a CPU (FP16 autocast on CUDA)
-    torch-compile the same, torch.compile'd (compile time not timed, reported; skipped with
+    torch-model   PyTorch eager FP32, the model's own forward as trained, model(frames, ids,
+                  mask), one video per expression (no text/video split)
+    torch-bf16    the torch row, under BF16 autocast on a CPU (FP16 autocast on CUDA)
+    torch-compile the torch row, torch.compile'd (compile time not timed, reported; skipped with
                   the reason where inductor cannot compile, e.g. no C++ compiler)
     ort           onnxruntime CPU, fp32 graphs
     ort-fp16      onnxruntime CPU, fp16 graphs

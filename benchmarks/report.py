@@ -127,7 +127,8 @@ def _backend_table(results: dict) -> list[str]:
 def _torch_note(results: dict) -> str:
     """What the PyTorch rows ran, which was fastest, and torch.compile's compile time."""
     note = (
-        "PyTorch rows run the export wrappers (TextGraph + VideoGraph); "
+        "PyTorch rows run the export wrappers (TextGraph + VideoGraph), except torch-model: "
+        "model(frames, ids, mask), one video per expression; "
         "× vs torch is against FP32 eager, × vs best torch against the fastest PyTorch row ("
         + (results["best_torch"] or "none timed")
         + ")."

@@ -26,7 +26,7 @@ from runtime.manifest import BundleError, Manifest
 from runtime.precisions import RUNTIME_PRECISIONS, RUNTIME_VARIANT
 
 DEFAULT_BACKENDS = (
-    "torch", "torch-bf16", "torch-compile", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "ov-int8", "trt-fp16", "trt-int8",
+    "torch", "torch-model", "torch-bf16", "torch-compile", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "ov-int8", "trt-fp16", "trt-int8",
 )  # fmt: skip
 
 
@@ -37,7 +37,7 @@ class BackendSpec:
     runtime: str  # "torch", "onnxruntime", "openvino" or "tensorrt"
     precision: str  # the video graph's variant (runtime.backends.PRECISIONS) or "bf16"
     arithmetic: str  # "fp32", "fp16", "bf16" or "int8": the GEMM peak it is held against
-    mode: str = ""  # torch rows: "eager" or "compile"
+    mode: str = ""  # torch rows: "eager", "compile" or "model" (the model's own forward)
 
 
 BACKENDS = {
@@ -45,6 +45,8 @@ BACKENDS = {
     # BF16 autocast on a CPU; on CUDA FP16 autocast (held against the GPU's FP16 peak).
     "torch-bf16": BackendSpec("torch", "bf16", "bf16", "eager"),
     "torch-compile": BackendSpec("torch", "fp32", "fp32", "compile"),
+    # The model's own forward as trained, model(frames, ids, mask), FP32 eager.
+    "torch-model": BackendSpec("torch", "fp32", "fp32", "model"),
     "ort": BackendSpec("onnxruntime", "fp32", "fp32"),
     "ort-fp16": BackendSpec("onnxruntime", "fp16", "fp16"),
     "ort-int8": BackendSpec("onnxruntime", "int8-cpu", "int8"),
@@ -139,6 +141,40 @@ class TorchRunner:
         """Nothing to release (the model is shared)."""
 
 
+class ModelForwardRunner:
+    """PyTorch eager FP32, the model's own forward as trained: ``model(frames, ids, mask)`` with
+    one video per expression (B = E; the frames normalised first, as ``VideoGraph`` does), so
+    the backbone runs E times and the auxiliary decoder outputs are computed. The forward has no
+    text/video split: the whole call is reported as video time (text 0)."""
+
+    def __init__(self, model: ProxyFormer, frame_format: str, device: str) -> None:
+        self.model = model.eval()
+        self.frame_format = frame_format
+        self.device = torch.device(device)
+        self.name = f"torch eager fp32 ({self.device.type}, model forward)"
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
+        """Run one call; return (0, seconds)."""
+        with torch.inference_mode():
+            synchronize(self.device)
+            start = time.perf_counter()
+            ids = torch.from_numpy(feeds["input_ids"]).to(self.device)
+            mask = torch.from_numpy(feeds["attention_mask"]).to(self.device)
+            frames = torch.from_numpy(feeds["frames"]).to(self.device)
+            if self.frame_format == "uint8-nhwc":
+                frames = self.model.normalize(frames.permute(0, 3, 1, 2))
+            frames = frames[None].expand(ids.shape[0], -1, -1, -1, -1)
+            out = self.model(frames, ids, mask)
+            if self.device.type == "cuda":
+                out = [out[key].cpu() for key in ("pred_logits", "pred_boxes", "pred_masks")]
+            synchronize(self.device)
+            end = time.perf_counter()
+        return 0.0, end - start
+
+    def close(self) -> None:
+        """Nothing to release (the model is shared)."""
+
+
 class BundleRunner:
     """The bundle's two graphs on ``runtime`` backends: text encoder, then video graph."""
 
@@ -220,6 +256,13 @@ def _open_torch(
     manifest: Manifest, model: ProxyFormer, torch_device: str, spec: BackendSpec
 ) -> tuple[Any, dict]:
     device = torch.device(torch_device).type
+    if spec.mode == "model":
+        runner = ModelForwardRunner(model, manifest.preprocessing["frame_format"], torch_device)
+        return runner, {
+            "runtime": "torch", "device": device, "arithmetic": "fp32",
+            "text_precision": "fp32", "video_precision": "fp32 (eager, model forward)",
+            "callable": "model(frames, ids, mask), one video per expression (text time in video)",
+        }  # fmt: skip
     compile = spec.mode == "compile"
     if compile:
         check_torch_compile(torch_device)

@@ -19,7 +19,17 @@ from benchmarks.suite import run_benchmark
 from benchmarks.targets import evaluate_targets
 from benchmarks.timing import summarize_times
 
-BACKENDS = ["torch", "torch-bf16", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "trt-fp16"]
+BACKENDS = [
+    "torch",
+    "torch-model",
+    "torch-bf16",
+    "ort",
+    "ort-fp16",
+    "ort-int8",
+    "ov",
+    "ov-bf16",
+    "trt-fp16",
+]
 COMMITTED = sorted(RESULTS_DIR.glob("*/latency-*.json"))
 
 
@@ -235,7 +245,11 @@ def test_torch_rows_and_best_torch_ratio(results):
     assert bf16["peak"] == "cpu bf16" and bf16["text_precision"] == "bf16"
     assert rows["torch"]["peak"] == "cpu fp32"
     assert "export wrappers" in rows["torch"]["callable"]
-    torch_rows = [rows["torch"], bf16]
+    model = rows["torch-model"]
+    assert model["status"] == "timed", model.get("reason")
+    assert model["callable"].startswith("model(frames, ids, mask)") and model["peak"] == "cpu fp32"
+    assert model["latency"]["video"]["p50"] > 0
+    torch_rows = [rows["torch"], model, bf16]
     best = min(torch_rows, key=lambda row: row["latency"]["total"]["p50"])
     assert results["best_torch"] == best["backend"]
     best_p50 = best["latency"]["total"]["p50"]

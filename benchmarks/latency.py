@@ -20,7 +20,8 @@ Backends (each timed in the same process, one after another, so ratios compare l
                   mask), one video per expression (no text/video split)
     torch-bf16    the torch row, under BF16 autocast on a CPU (FP16 autocast on CUDA)
     torch-compile the torch row, torch.compile'd (compile time not timed, reported; skipped with
-                  the reason where inductor cannot compile, e.g. no C++ compiler)
+                  the reason where inductor cannot compile, e.g. no C++ compiler); by name only,
+                  not in the default rows (compiling takes minutes)
     ort           onnxruntime CPU, fp32 graphs
     ort-fp16      onnxruntime CPU, fp16 graphs
     ort-int8      onnxruntime CPU, the int8-cpu Q/DQ video graph (text encoder fp32)

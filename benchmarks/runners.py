@@ -25,8 +25,12 @@ from runtime.backends import (
 from runtime.manifest import BundleError, Manifest
 from runtime.precisions import RUNTIME_PRECISIONS, RUNTIME_VARIANT
 
+# torch-compile is asked for by name (--backends ...,torch-compile): inductor compiles every
+# input shape of a run first, minutes on 2 cores, which the default run (make demo) should not
+# pay.
 DEFAULT_BACKENDS = (
-    "torch", "torch-model", "torch-bf16", "torch-compile", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16", "ov-int8", "trt-fp16", "trt-int8",
+    "torch", "torch-model", "torch-bf16", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16",
+    "ov-int8", "trt-fp16", "trt-int8",
 )  # fmt: skip
 
 

@@ -94,21 +94,20 @@ class _Checker:
         received = f", got {show(value)}" if got else ""
         return BundleError(f"{self.where}: {field} must be {expected}{received}")
 
-    def mapping(self, parent: dict, key: str, field: str) -> dict:
+    def entry(self, parent: dict, key: str, field: str, kind: type, expected: str) -> Any:
+        """``parent[key]``, present and of type ``kind`` (``expected`` names it)."""
         if key not in parent:
             raise BundleError(f"{self.where}: {field} is missing")
         value = parent[key]
-        if not isinstance(value, dict):
-            raise self.fail(field, "an object", value)
+        if not isinstance(value, kind):
+            raise self.fail(field, expected, value)
         return value
 
+    def mapping(self, parent: dict, key: str, field: str) -> dict:
+        return self.entry(parent, key, field, dict, "an object")
+
     def listing(self, parent: dict, key: str, field: str) -> list:
-        if key not in parent:
-            raise BundleError(f"{self.where}: {field} is missing")
-        value = parent[key]
-        if not isinstance(value, list):
-            raise self.fail(field, "a list", value)
-        return value
+        return self.entry(parent, key, field, list, "a list")
 
     def listed(self, name: Any, field: str, files: dict) -> str:
         check_relative(name, field, self.where)

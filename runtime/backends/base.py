@@ -10,6 +10,8 @@ runtime.
 
 from __future__ import annotations
 
+import importlib
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, Self, runtime_checkable
@@ -30,6 +32,27 @@ class InputError(ValueError):
 
 class BackendUnavailable(RuntimeError):
     """A backend or execution provider that this machine cannot run (says what is missing)."""
+
+
+def import_package(
+    module: str, install: str, errors: tuple[type[BaseException], ...] = (ImportError,)
+) -> Any:
+    """``import module``, or BackendUnavailable naming the error and ``install`` (the command
+    that installs it): the one rule for a backend whose package may be absent."""
+    try:
+        return importlib.import_module(module)
+    except errors as error:
+        raise BackendUnavailable(f"{module} is not installed ({error}); {install}") from None
+
+
+def user_cache_dir(name: str) -> Path:
+    """``$PROXYFORMER_CACHE/<name>``, else ``$XDG_CACHE_HOME/proxyformer/<name>``, else
+    ``~/.cache/proxyformer/<name>``: where backends keep compiled models by default (never
+    inside a bundle, which may be read-only)."""
+    root = os.environ.get("PROXYFORMER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "proxyformer"
+    )
+    return Path(root) / name
 
 
 class EngineMismatchError(BundleError):

@@ -39,7 +39,6 @@ has its own sub-folder (:func:`cache_key`).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import time
@@ -50,8 +49,13 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import AVAILABLE, BackendUnavailable, BaseBackend
-from runtime.backends.ort import _default_cache_dir
+from runtime.backends.base import (
+    AVAILABLE,
+    BackendUnavailable,
+    BaseBackend,
+    import_package,
+    user_cache_dir,
+)
 from runtime.manifest import BundleError, Manifest
 from runtime.precisions import (
     BF16,
@@ -88,12 +92,7 @@ _GEMM_LAYERS = ("Convolution", "FullyConnected", "MatMul")
 
 def import_openvino() -> Any:
     """``import openvino``, or BackendUnavailable saying which package to install."""
-    try:
-        return importlib.import_module("openvino")
-    except ImportError as error:
-        raise BackendUnavailable(
-            f"openvino is not installed ({error}); pip install openvino"
-        ) from None
+    return import_package("openvino", "pip install openvino")
 
 
 @lru_cache(maxsize=1)
@@ -125,7 +124,7 @@ def openvino_status() -> str:
 def default_cache_dir() -> Path:
     """``$PROXYFORMER_CACHE/openvino``, else ``$XDG_CACHE_HOME/proxyformer/openvino``, else
     ``~/.cache/proxyformer/openvino``: the same root as the TensorRT EP's caches."""
-    return _default_cache_dir().parent / "openvino"
+    return user_cache_dir("openvino")
 
 
 def cpu_capabilities(core: Any) -> list[str]:

@@ -7,16 +7,19 @@ so that it does not shadow the ``onnxruntime`` package).
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import BackendUnavailable, BaseBackend
+from runtime.backends.base import (
+    BackendUnavailable,
+    BaseBackend,
+    import_package,
+    user_cache_dir,
+)
 from runtime.manifest import BundleError, Manifest
 from runtime.profiles import PROFILE_POINTS, profile_shapes, shape_list
 
@@ -46,20 +49,11 @@ _OPTIMIZATION_LEVELS = {
 
 def import_onnxruntime() -> Any:
     """``import onnxruntime``, or BackendUnavailable saying which package to install."""
-    try:
-        return importlib.import_module("onnxruntime")
-    except ImportError as error:
-        raise BackendUnavailable(
-            f"onnxruntime is not installed ({error}); pip install onnxruntime "
-            "(or onnxruntime-gpu for the CUDA and TensorRT execution providers)"
-        ) from None
-
-
-def _default_cache_dir() -> Path:
-    root = os.environ.get("PROXYFORMER_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "proxyformer"
+    return import_package(
+        "onnxruntime",
+        "pip install onnxruntime (or onnxruntime-gpu for the CUDA and TensorRT execution "
+        "providers)",
     )
-    return Path(root) / "ort-tensorrt"
 
 
 def tensorrt_ep_options(
@@ -87,7 +81,7 @@ def tensorrt_ep_options(
     Returns:
         The provider options dict.
     """
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else user_cache_dir("ort-tensorrt")
     options = {
         "device_id": str(device_id),
         "trt_engine_cache_enable": "True",

@@ -13,7 +13,8 @@ baseline is rebuilt from the manifest (the checkpoint, or the config with the re
 speed does not depend on the weights) and runs the same ``TextGraph`` + ``VideoGraph`` that were
 exported, eager, under ``torch.inference_mode()``.
 
-Backends (each timed in the same process, one after another, so ratios compare like with like):
+Backends (timed one after another, so ratios compare like with like; each in a child process of
+its own, whose peak RSS is reported, unless ``--in-process``):
 
     torch         PyTorch eager FP32 (CUDA when available, else CPU; --torch-device)
     torch-model   PyTorch eager FP32, the model's own forward as trained, model(frames, ids,
@@ -120,6 +121,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="check that the bundle's frame size is HxW (the bundle decides)",
     )
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="time every row in this process (faster to start; no per-row peak RSS, and rows "
+        "inherit each other's memory)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
@@ -167,6 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
             out_dir=args.out,
             tag=args.tag,
             command=shlex.join(["python", "benchmarks/latency.py", *(argv or sys.argv[1:])]),
+            isolate=not args.in_process,
         )
     except (ValueError, BundleError) as error:
         raise SystemExit(f"error: {error}") from None

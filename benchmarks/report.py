@@ -84,7 +84,19 @@ def _work_and_peaks(results: dict) -> list[str]:
     return lines + [peak_text + ".", ""]
 
 
-def _backend_line(row: dict, best_torch: bool = False) -> str:
+# Columns that results written by older versions lack: (header, present in the results when,
+# the cell of a row). Older committed results render as they were, without them.
+_OPTIONAL_COLUMNS = (
+    ("× vs best torch", lambda r: "best_torch" in r,
+     lambda row: fmt(row.get("speedup_vs_best_torch"), 2, "×")),
+    ("× vs ort", lambda r: any("speedup_vs_ort" in row for row in r["backends"]),
+     lambda row: fmt(row.get("speedup_vs_ort"), 2, "×")),
+    ("peak RSS GB", lambda r: any("memory" in row for row in r["backends"]),
+     lambda row: fmt((row.get("memory") or {}).get("peak_rss_mb", 0) / 1024 or None, 2)),
+)  # fmt: skip
+
+
+def _backend_line(row: dict, columns: list) -> str:
     total = row["latency"]["total"]
     fraction = row.get("fraction_of_peak")
     return (
@@ -95,33 +107,46 @@ def _backend_line(row: dict, best_torch: bool = False) -> str:
         f"{row['gflops_per_s']:.1f} | "
         f"{fmt(None if fraction is None else 100 * fraction, 1, '%')} ({row['peak']}) | "
         f"{fmt(row.get('speedup_vs_torch'), 2, '×')} |"
-        + (f" {fmt(row.get('speedup_vs_best_torch'), 2, '×')} |" if best_torch else "")
+        + "".join(f" {cell(row)} |" for _, _, cell in columns)
     )
 
 
 def _backend_table(results: dict) -> list[str]:
-    # Results written before the PyTorch BF16/compiled rows have no "best_torch" key: they
-    # render as they were committed, without the column.
-    best_torch = "best_torch" in results
+    columns = [column for column in _OPTIONAL_COLUMNS if column[1](results)]
     lines = [
         (
             "| backend | device | precision (text/video) | p50 ms | p90 | p99 | spread | "
             "text ms | video ms | GFLOP/s | % of peak | × vs torch |"
-            + (" × vs best torch |" if best_torch else "")
+            + "".join(f" {header} |" for header, _, _ in columns)
         ),
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-        + ("---:|" if best_torch else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(columns),
     ]
     lines += [
-        _backend_line(row, best_torch) for row in results["backends"] if row["status"] == "timed"
+        _backend_line(row, columns) for row in results["backends"] if row["status"] == "timed"
     ]
-    if best_torch:
+    if "best_torch" in results:
         lines += ["", _torch_note(results)]
+    isolated = results["setting"].get("isolated")  # absent from results of older versions
+    if isolated is not None:
+        lines += ["", _memory_note(isolated)]
     skipped = [row for row in results["backends"] if row["status"] != "timed"]
     if skipped:
         lines += ["", "Not timed:"]
         lines += [f"- {row['backend']} ({row['status']}): {row['reason']}" for row in skipped]
     return lines
+
+
+def _memory_note(isolated: bool) -> str:
+    if isolated:
+        return (
+            "Each row ran in a process of its own; peak RSS is that process's peak resident "
+            "memory (interpreter, inputs, backend, and the model for PyTorch rows). "
+            "× vs ort is against onnxruntime FP32."
+        )
+    return (
+        "Memory: every row ran in this one process (--in-process), so rows inherit each "
+        "other's memory and no per-row peak RSS is recorded. × vs ort is against onnxruntime FP32."
+    )
 
 
 def _torch_note(results: dict) -> str:
@@ -170,8 +195,11 @@ def _target_line(target: dict) -> str:
         result, value = f"not evaluated: {target['reason']}", "–"
     else:
         result = "pass" if target["passed"] else "**MISSED**"
-        value = f"{target['value']:.2f}×"
-    return f"| {what} | {value} | {target['comparison']} {target['threshold']}× | {result} |"
+        value = f"{target['value']:.2f}{target.get('unit', '×')}"
+    # Targets written before units were recorded render as they were committed.
+    unit = target.get("unit")
+    required = f"{target['threshold']}×" if unit is None else f"{target['threshold']:.3g}{unit}"
+    return f"| {what} | {value} | {target['comparison']} {required} | {result} |"
 
 
 def _targets_section(results: dict) -> list[str]:

@@ -1,9 +1,11 @@
-"""One latency benchmark: every backend row timed on one bundle, one after another in this
-process (so ratios compare like with like), then the targets, the optional onnxruntime profiles
-and the files (``benchmarks.report``)."""
+"""One latency benchmark: every backend row timed on one bundle, one after another (so ratios
+compare like with like), each in a child process of its own by default (``benchmarks.isolate``:
+its peak RSS is its own), then the targets, the optional onnxruntime profiles and the files
+(``benchmarks.report``)."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import shlex
 import sys
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from benchmarks.gemm import gemm_peaks, peak_for
+from benchmarks.isolate import measure_in_child
 from benchmarks.machine import cpu_count, is_busy, load_average, machine_info, package_versions
 from benchmarks.ort_profile import profile_ort
 from benchmarks.report import RESULTS_DIR, device_label, write_outputs
@@ -45,7 +48,7 @@ from runtime.manifest import Manifest
 log = logging.getLogger(__name__)
 
 NOTES = [
-    "backends are timed one after another in this process (not interleaved)",
+    "backends are timed one after another (not interleaved)",
     "ORT rows run onnxruntime's CPU execution provider; trt rows run on the GPU",
     "FP16 graphs on a CPU are held against the BF16 GEMM peak (no FP16 GEMM on CPU)",
     (
@@ -59,13 +62,21 @@ NOTES = [
     ),
 ]
 
+ISOLATION_NOTES = {
+    True: (
+        "each row ran in a child process of its own (spawn); peak RSS is that process's "
+        "VmHWM: the interpreter, the inputs, the backend (and the model for torch rows)"
+    ),
+    False: "every row ran in this one process (--in-process): no per-row memory is recorded",
+}
+
 
 @dataclass
 class Workload:
     """What every row is timed on: the setting, the inputs per E and their GFLOPs."""
 
     setting: dict
-    model: ProxyFormer  # the PyTorch baseline (the "torch" row)
+    model: ProxyFormer | None  # the PyTorch baseline (torch rows); None once it is not needed
     feeds: dict[int, dict[str, np.ndarray]]  # E -> the inputs of one call
     gflops: dict[int, dict[str, float]]  # E -> count_gflops
 
@@ -214,9 +225,11 @@ def best_torch_row(rows: list[dict]) -> dict | None:
 
 
 def add_speedups(rows: list[dict]) -> str | None:
-    """Each timed row's speed-up over (and time ratio to) the torch row (FP32 eager), and its
-    speed-up over the best PyTorch row of the run; returns the best PyTorch row's name."""
+    """Each timed row's speed-up over (and time ratio to) the torch row (FP32 eager), its
+    speed-up over the best PyTorch row of the run and over onnxruntime FP32 (the "ort" row);
+    returns the best PyTorch row's name."""
     torch_p50 = p50_of(next((r for r in rows if r["backend"] == "torch"), None))
+    ort_p50 = p50_of(next((r for r in rows if r["backend"] == "ort"), None))
     best = best_torch_row(rows)
     best_p50 = p50_of(best)
     for row in rows:
@@ -225,6 +238,7 @@ def add_speedups(rows: list[dict]) -> str | None:
             row["speedup_vs_torch"] = torch_p50 / p50 if torch_p50 else None
             row["time_ratio_vs_torch"] = p50 / torch_p50 if torch_p50 else None
             row["speedup_vs_best_torch"] = best_p50 / p50 if best_p50 else None
+            row["speedup_vs_ort"] = ort_p50 / p50 if ort_p50 else None
     return best["backend"] if best else None
 
 
@@ -287,6 +301,7 @@ def run_benchmark(
     tag: str | None = None,
     write: bool = True,
     command: str | None = None,
+    isolate: bool = True,
 ) -> dict:
     """Time every backend on one bundle; write JSON, markdown and a plot.
 
@@ -307,6 +322,8 @@ def run_benchmark(
         tag: file name tag (default ``<preset>-<H>x<W>-t<T>-e<E>``).
         write: write the files (the results are returned either way).
         command: the command line to record (default: ``sys.argv``).
+        isolate: time each row in a child process of its own and record its peak RSS
+            (``benchmarks.isolate``); False times every row in this process, without memory.
 
     Returns:
         The results dict that is written as JSON.
@@ -322,6 +339,7 @@ def run_benchmark(
         manifest, frames=frames, expressions=expressions, e_sweep=e_sweep,
         text_length=text_length, warmup=warmup, runs=runs, threads=threads,
     )  # fmt: skip
+    setting["isolated"] = isolate
     names = expand_backends(backends, manifest)
     machine = machine_info(torch_device)
     tag = tag or default_tag(setting)
@@ -332,16 +350,24 @@ def run_benchmark(
 
     peaks = gemm_peaks(threads, gemm_size, cuda=torch.device(torch_device).type == "cuda")
     workload = prepare_workload(manifest, setting, torch_device)
+    if isolate:  # the children build their own; the parent's copy would only take memory
+        workload.model = None
+        gc.collect()
     status = available_backends()
     rows: list[dict] = []
     sweep_results: dict[str, list[dict]] = {}
     for name in names:
-        row, sweep = measure_backend(name, manifest, workload, peaks, torch_device, status)
+        if isolate:
+            row, sweep = measure_in_child(
+                name, manifest.root, setting, workload.gflops, peaks, torch_device, status
+            )
+        else:
+            row, sweep = measure_backend(name, manifest, workload, peaks, torch_device, status)
         rows.append(row)
         if sweep is not None:
             sweep_results[name] = sweep
     best_torch = add_speedups(rows)
-    targets = evaluate_targets(rows, sweep_results, setting)
+    targets = evaluate_targets(rows, sweep_results, setting, peaks)
     profiles = profile_rows(rows, manifest, workload, out_dir, tag) if profile else {}
     results = {
         "command": command if command is not None else shlex.join([sys.executable, *sys.argv]),
@@ -358,7 +384,7 @@ def run_benchmark(
         "targets": targets,
         "paper": paper_summary(rows, machine),
         "profiles": profiles,
-        "notes": list(NOTES),
+        "notes": list(NOTES) + [ISOLATION_NOTES[isolate]],
         "seconds": time.perf_counter() - started,
     }
     machine["load_average_end"] = load_average()

@@ -1,4 +1,15 @@
-"""The issue's latency targets (CPU, at the paper setting) and the paper's own figure."""
+"""The latency targets (CPU, at the paper setting) and the paper's own figure.
+
+Two generations of targets, each judged on every run:
+
+- the first pipeline's: onnxruntime FP32 against PyTorch eager, the best INT8 row against
+  onnxruntime FP32, and E = 4 against E = 1;
+- near this machine's limit: the best CPU deployment row (onnxruntime or OpenVINO, any
+  precision) against onnxruntime FP32 (6× on a CPU with AMX, 1.5× without) and against the
+  best PyTorch row (3×, with AMX), its throughput as a fraction of the BF16 GEMM peak (30 %,
+  with AMX), and its peak RSS against onnxruntime FP32's (a third; rows measured in processes
+  of their own).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +24,12 @@ TARGET_ORT_VS_TORCH = 1.5  # ORT FP32 at least this many times faster than PyTor
 TARGET_INT8_VS_ORT = 2.0  # the best INT8 at least this many times faster than ORT FP32
 INT8_ROWS = ("ort-int8", "ort-int8-trt", "ov-int8")  # the CPU INT8 rows (onnxruntime, OpenVINO)
 TARGET_E4_VS_E1 = 1.6  # E = 4 costs at most this many times E = 1
+# Near the machine's limit (the best CPU deployment row); "amx" where the CPU has AMX-BF16.
+TARGET_BEST_VS_ORT = {"amx": 6.0, "no-amx": 1.5}
+TARGET_BEST_VS_BEST_TORCH = 3.0  # with AMX
+TARGET_BEST_FRACTION_OF_BF16_PEAK = 0.30  # with AMX
+TARGET_BEST_RSS_VS_ORT = 1 / 3
+DEPLOYED_CPU_RUNTIMES = ("onnxruntime", "openvino")
 
 
 def p50_of(row: dict | None) -> float | None:
@@ -88,6 +105,76 @@ def _e4_vs_e1(by_name: dict[str, dict], sweep: dict[str, list[dict]]) -> dict:
     return target
 
 
+def best_cpu_row(by_name: dict[str, dict]) -> dict | None:
+    """The fastest timed CPU row of a deployment runtime (onnxruntime or OpenVINO), or None."""
+    rows = [
+        row for row in by_name.values()
+        if p50_of(row) is not None and row.get("device") == "cpu"
+        and row.get("runtime") in DEPLOYED_CPU_RUNTIMES
+    ]  # fmt: skip
+    return min(rows, key=p50_of) if rows else None
+
+
+def _target(name: str, description: str, threshold: float, comparison: str, unit: str = "×"):
+    return {"name": name, "description": description, "threshold": threshold,
+            "comparison": comparison, "unit": unit}  # fmt: skip
+
+
+def _near_limit(by_name: dict[str, dict], peaks: dict) -> list[dict]:
+    """The targets of the best CPU deployment row; the AMX ones only where the CPU has AMX."""
+    amx = bool(peaks.get("cpu_flags", {}).get("amx_bf16"))
+    best, ort = best_cpu_row(by_name), by_name.get("ort")
+    kind = "amx" if amx else "no-amx"
+    targets = [_target("best_cpu_vs_ort_fp32",
+                       f"best CPU deployment row speed-up over ORT FP32 ({kind} CPU)",
+                       TARGET_BEST_VS_ORT[kind], ">=")]  # fmt: skip
+    if amx:
+        targets += [
+            _target("best_cpu_vs_best_torch", "best CPU deployment row speed-up over the best "
+                    "PyTorch row", TARGET_BEST_VS_BEST_TORCH, ">="),
+            _target("best_cpu_fraction_of_bf16_peak", "best CPU deployment row's GFLOP/s as a "
+                    "fraction of the BF16 GEMM peak", TARGET_BEST_FRACTION_OF_BF16_PEAK, ">=", ""),
+        ]  # fmt: skip
+    targets.append(_target("best_cpu_rss_vs_ort_fp32", "best CPU deployment row's peak RSS / "
+                           "ORT FP32's", TARGET_BEST_RSS_VS_ORT, "<=", ""))  # fmt: skip
+    if best is None:
+        for target in targets:
+            target["reason"] = "needs a timed onnxruntime or OpenVINO CPU row"
+        return targets
+    for target in targets:
+        target["backend"] = best["backend"]
+    ort_p50 = p50_of(ort)
+    torch_rows = [r for r in by_name.values() if r.get("runtime") == "torch"
+                  and r.get("device") == "cpu" and p50_of(r) is not None]  # fmt: skip
+    bf16_peak = peaks.get("cpu", {}).get("bf16", {}).get("gflops")
+    rss = {
+        n: (r.get("memory") or {}).get("peak_rss_mb")
+        for n, r in (("best", best), ("ort", ort or {}))
+    }
+    values = {
+        "best_cpu_vs_ort_fp32": (
+            ort_p50 / p50_of(best) if ort_p50 else None,
+            "needs a timed ort row",
+        ),
+        "best_cpu_vs_best_torch": (
+            min(map(p50_of, torch_rows)) / p50_of(best) if torch_rows else None,
+            "needs a timed PyTorch CPU row",
+        ),
+        "best_cpu_fraction_of_bf16_peak": (
+            best["gflops_per_s"] / bf16_peak if bf16_peak else None,
+            "no measured BF16 peak",
+        ),
+        "best_cpu_rss_vs_ort_fp32": (
+            rss["best"] / rss["ort"] if rss["best"] and rss["ort"] else None,
+            "needs the peak RSS of the best row and of ort (rows in processes of their own)",
+        ),
+    }
+    for target in targets:
+        value, reason = values[target["name"]]
+        target["value" if value is not None else "reason"] = value if value is not None else reason
+    return targets
+
+
 def _judge(target: dict) -> None:
     """Set ``passed``: True/False against the threshold, None where there is no value."""
     value = target.get("value")
@@ -99,10 +186,13 @@ def _judge(target: dict) -> None:
         target["passed"] = bool(value <= target["threshold"])
 
 
-def evaluate_targets(rows: list[dict], sweep: dict[str, list[dict]], setting: dict) -> dict:
-    """The issue's three targets (CPU, paper setting) with pass/fail, or why not evaluated."""
+def evaluate_targets(
+    rows: list[dict], sweep: dict[str, list[dict]], setting: dict, peaks: dict | None = None
+) -> dict:
+    """The targets (CPU, paper setting) with pass/fail, or why each was not evaluated."""
     by_name = {row["backend"]: row for row in rows}
     targets = [_ort_vs_torch(by_name), _int8_vs_ort(by_name), _e4_vs_e1(by_name, sweep)]
+    targets += _near_limit(by_name, peaks or {})
     for target in targets:
         _judge(target)
     at_paper = at_paper_setting(setting)

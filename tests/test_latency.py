@@ -43,6 +43,7 @@ def results(tiny_bundle, out_dir) -> dict:
     return run_benchmark(
         tiny_bundle, BACKENDS, warmup=1, runs=2, torch_device="cpu", gemm_size=256,
         profile=True, out_dir=out_dir, tag="test", command="pytest",
+        isolate=False,  # one process for nine rows; processes of their own: test_latency_isolation
     )  # fmt: skip
 
 
@@ -140,7 +141,10 @@ def test_gemm_peaks_and_targets(results):
     for key in ("fp32", "fp32_numpy", "bf16", "int8"):
         assert cpu[key]["gflops"] > 0, cpu[key]
     names = [target["name"] for target in results["targets"]["targets"]]
-    assert names == ["ort_fp32_vs_torch", "int8_vs_ort_fp32", "e4_vs_e1"]
+    amx = ["best_cpu_vs_best_torch", "best_cpu_fraction_of_bf16_peak"]
+    assert names == ["ort_fp32_vs_torch", "int8_vs_ort_fp32", "e4_vs_e1", "best_cpu_vs_ort_fp32",
+                     *(amx if results["peaks"]["cpu_flags"]["amx_bf16"] else []),
+                     "best_cpu_rss_vs_ort_fp32"]  # fmt: skip
     by_name = dict(zip(names, results["targets"]["targets"]))
     assert isinstance(by_name["ort_fp32_vs_torch"]["passed"], bool)
     assert by_name["int8_vs_ort_fp32"]["passed"] is None  # no INT8 row timed: says why
@@ -178,10 +182,14 @@ def test_command_line(tiny_bundle, tmp_path, capsys):
     latency.main([
         "--bundle", str(tiny_bundle), "--backends", "ort", "--e-sweep", "1", "--runs", "1",
         "--warmup", "0", "--gemm-size", "256", "--out", str(tmp_path), "--tag", "cli",
+        "--in-process",
     ])  # fmt: skip
     printed = capsys.readouterr().out
     assert "| ort |" in printed and "E=4 / E=1" not in printed
-    assert (tmp_path / "latency-cli.json").is_file()
+    # In this process: no per-row memory, and the report says so.
+    assert "peak RSS GB |" not in printed and "every row ran in this one process" in printed
+    data = json.loads((tmp_path / "latency-cli.json").read_text())
+    assert data["setting"]["isolated"] is False and "memory" not in data["backends"][0]
 
 
 def test_tensorrt_row_needs_engines(tiny_bundle):

@@ -1,0 +1,140 @@
+"""One latency row in a child process of its own, with its peak resident memory.
+
+Rows timed one after another in one process inherit each other's memory: a heap the allocator
+keeps, an arena onnxruntime never returns, torch's caching of the baseline model. At the paper
+size one onnxruntime row alone peaks near 21 GB, so two rows in one process may not even fit in
+24 GB. In a child of its own (``spawn``: a fresh interpreter, nothing inherited) a row's peak
+RSS is its own, and a row killed for memory is reported as failed instead of ending the run.
+
+The child rebuilds what the row needs from the bundle: the inputs (``make_feeds`` is seeded, so
+every row gets the same ones) and, for a PyTorch row only, the baseline model. The GFLOPs and
+the GEMM peaks come from the parent, measured once.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import resource
+import signal
+import traceback
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def max_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB.
+
+    Linux's ``VmHWM`` (``/proc/self/status``), the high-water mark of this process's own
+    address space. Not ``ru_maxrss``: it survives ``execve``, so a spawned child starts with its
+    parent's peak (a child of a 1.4 GB pytest process reported 1.4 GB before doing anything).
+    Elsewhere ``ru_maxrss`` is the fallback (KiB on Linux).
+    """
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmHWM:")[1].split()[0]) / 1024
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(
+    connection: Any,
+    bundle: str,
+    name: str,
+    setting: dict,
+    gflops: dict[int, dict[str, float]],
+    peaks: dict,
+    torch_device: str,
+    status: dict[str, str],
+    log_level: int,
+) -> None:
+    """The child's body: rebuild the workload, time the row, send ``(row, sweep)`` back."""
+    logging.basicConfig(level=log_level, format="%(levelname)s %(message)s")
+    try:
+        import torch
+
+        from benchmarks.runners import BACKENDS
+        from benchmarks.suite import Workload, measure_backend
+        from benchmarks.workload import load_baseline_model, make_feeds
+        from runtime.manifest import Manifest
+
+        torch.set_num_threads(setting["threads"])
+        manifest = Manifest.load(bundle)
+        model = None
+        if BACKENDS[name].runtime == "torch":
+            model = load_baseline_model(manifest, torch_device)
+        feeds = {
+            e: make_feeds(manifest, setting["frames"], e, setting["text_length"]) for e in gflops
+        }
+        before = max_rss_mb()
+        row, sweep = measure_backend(
+            name, manifest, Workload(setting, model, feeds, gflops), peaks, torch_device, status
+        )
+        if row["status"] == "timed":
+            row["memory"] = {
+                "peak_rss_mb": max_rss_mb(),
+                "rss_before_open_mb": before,
+                "process": "child (spawn)",
+            }
+        connection.send((row, sweep))
+    except BaseException as error:  # noqa: BLE001 - whatever stops the row is its reason
+        connection.send(
+            (
+                {
+                    "backend": name,
+                    "status": "failed",
+                    "reason": f"{type(error).__name__}: {error}",
+                    "traceback": traceback.format_exc(),
+                },
+                None,
+            )
+        )
+    finally:
+        connection.close()
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        hint = " (killed: out of memory?)" if name == "SIGKILL" else ""
+        return f"the row's process died from {name}{hint} before reporting"
+    return f"the row's process exited with code {exitcode} before reporting"
+
+
+def measure_in_child(
+    name: str,
+    bundle: str | Path,
+    setting: dict,
+    gflops: dict[int, dict[str, float]],
+    peaks: dict,
+    torch_device: str,
+    status: dict[str, str],
+) -> tuple[dict, list[dict] | None]:
+    """``benchmarks.suite.measure_backend`` for one row, in a fresh child process.
+
+    Returns:
+        (the row, with ``memory.peak_rss_mb`` when it ran; its E sweep or None). A child that
+        dies (a signal, the kernel's OOM killer) gives a failed row naming how it died.
+    """
+    context = multiprocessing.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    level = logging.getLogger().getEffectiveLevel()
+    arguments = (writer, str(bundle), name, setting, gflops, peaks, torch_device, status, level)
+    process = context.Process(target=_child, args=arguments, name=f"latency-{name}")
+    process.start()
+    writer.close()  # the child holds the only writer: a dead child means EOF here
+    try:
+        row, sweep = reader.recv()
+    except EOFError:
+        process.join()
+        reason = _death_reason(process.exitcode)
+        log.error("%s: %s", name, reason)
+        return {"backend": name, "status": "failed", "reason": reason}, None
+    finally:
+        reader.close()
+    process.join()
+    if row.get("traceback"):
+        log.error("%s failed in its process:\n%s", name, row.pop("traceback"))
+    return row, sweep

@@ -4,6 +4,8 @@
         --method entropy --target int8-tensorrt int8-cpu
     python calibration/calibrate.py --bundle bundles/tiny --data data/synth --sensitivity
     python calibration/calibrate.py --bundle bundles/tiny --data data/synth --keep-float 4
+    python calibration/calibrate.py --bundle bundles/paper-swin-t --data data/synth-360 \
+        --samples 32 --frames 19 --method minmax --range-backend openvino   # bounded memory
 
 Writes ``video.int8-tensorrt.onnx`` / ``video.int8-cpu.onnx`` and their manifest entries
 (calibration settings, Q/DQ summary, mask agreement with FP32 on held-out clips). The work is
@@ -84,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--recalibrate", action="store_true", help="rebuild the cached samples and ranges"
     )
+    parser.add_argument(
+        "--range-backend",
+        default="onnxruntime",
+        choices=("onnxruntime", "openvino"),
+        help="what runs the calibration graph: onnxruntime's calibrator (every method), or "
+        "OpenVINO (--method minmax only), which calibrates paper-size graphs in bounded memory",
+    )
     parser.add_argument("--threads", type=count(1), default=None)
     return parser.parse_args(argv)
 
@@ -116,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         manifest = calibrate_bundle(
             args.bundle, args.data, (target,), args.method, args.samples, args.split, args.seed,
             args.check_split, args.check_samples, exclude, args.cpu_format, args.threads,
-            args.recalibrate, args.frames, args.quantize_class_path,
+            args.recalibrate, args.frames, args.quantize_class_path, args.range_backend,
         )  # fmt: skip
         args.recalibrate = False
         entry = manifest.variant("video", target)

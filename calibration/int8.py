@@ -25,6 +25,7 @@ from runtime.selection import chosen_tracks, select_queries
 from .data import CalibrationSet, build_calibration_set
 from .quantize import (
     TARGETS,
+    check_range_backend,
     class_path_nodes,
     qdq_summary,
     quantize_video,
@@ -84,6 +85,7 @@ def calibrate_bundle(
     recalibrate: bool = False,
     frames: int | None = None,
     quantize_class_path: bool = False,
+    range_backend: str = "onnxruntime",
 ) -> Manifest:
     """Calibrate on ``samples`` clips of ``split`` and write one INT8 variant per target.
 
@@ -92,9 +94,15 @@ def calibrate_bundle(
 
     The samples are cached in ``bundle/calibration/`` (reused when the split, seed and count
     match) and so are the tensor ranges of each method; ``recalibrate`` rebuilds both.
+    ``range_backend`` "openvino" computes MinMax ranges in bounded memory
+    (``calibration.ranges``).
+
+    The agreement with FP32 runs onnxruntime sessions without their CPU memory arena, one at a
+    time: an arena keeps its peak (near 21 GB for paper-swin-t at 360x640 and 19 frames).
     """
     targets = tuple(precision_name(target, TARGETS, "calibration target") for target in targets)
     _check_counts(samples=samples, check_samples=check_samples, frames=frames)
+    check_range_backend(range_backend, method)
     manifest = Manifest.load(bundle)
     calibration = _calibration_samples(
         manifest, data, split, samples, seed, recalibrate, method, frames
@@ -103,24 +111,28 @@ def calibrate_bundle(
         "method": method, "samples": len(calibration), "split": split, "seed": seed,
         "data": str(data), "videos": calibration.info.get("videos", []),
         "ranges": f"calibration/{range_cache(manifest, method).name}",
+        "range_backend": range_backend,
     }  # fmt: skip
     held_out = build_calibration_set(
         manifest, data, check_split, check_samples, seed + 1000, frames
     )
-    fp32 = load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads)
+    fp32 = load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads,
+                        cpu_arena=False)  # fmt: skip
     reference = run_graph(fp32, held_out.samples)
+    fp32.close()  # before calibrating: its memory is needed there
     fp32_path = manifest.variant_path("video", "fp32")
     for target in targets:
         started = time.perf_counter()
         path = quantize_video(manifest, calibration, target, method, exclude,
-                              cpu_format=cpu_format, class_path=quantize_class_path)  # fmt: skip
+                              cpu_format=cpu_format, class_path=quantize_class_path,
+                              range_backend=range_backend, threads=threads)  # fmt: skip
         calibration = None  # the ranges are cached now; the next target reuses them
         manifest.add_variant(
             "video", target, {"file": path.name, "external_data": []}
         )
         manifest.add_file(path.name, "onnx graph")
         backend = load_backend(
-            manifest, "video", "onnxruntime", target, threads=threads
+            manifest, "video", "onnxruntime", target, threads=threads, cpu_arena=False
         )
         result = agreement(reference, run_graph(backend, held_out.samples))
         backend.close()

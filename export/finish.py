@@ -48,9 +48,12 @@ def finish_graph(
     metadata: dict[str, str],
     external_data: str = "auto",
     slim: bool = True,
+    shape_inference: bool = True,
 ) -> dict:
     """Slim ``source``, stamp ``metadata`` into ``metadata_props``, save as ``target`` (with
     ``target.name + '.data'`` when the weights call for it) and run ``onnx.checker``.
+    ``shape_inference=False`` skips onnxslim's shape inference (for a graph that was slimmed
+    with it before, as the FP16 copies are).
 
     Returns the manifest's variant entry: file, external data files, node counts, op types and
     weight bytes.
@@ -62,7 +65,7 @@ def finish_graph(
     if slim:
         import onnxslim
 
-        model = onnxslim.slim(model)
+        model = onnxslim.slim(model, no_shape_infer=not shape_inference)
     for key, value in metadata.items():
         entry = next((p for p in model.metadata_props if p.key == key), None)
         if entry is None:
@@ -121,9 +124,12 @@ def convert_fp16(source: Path, target: Path, metadata: dict[str, str], external_
     onnx.save_model(model, str(staged), save_as_external_data=True, location=staged.name + ".data")
     try:
         # onnxslim also restores the topological order the converter's Cast insertion breaks.
+        # Its shape inference is skipped: the FP32 graph was slimmed with it, and on
+        # paper-swin-t it gave the same 4,614 nodes in 30 s instead of 44.
         entry = finish_graph(
-            staged, target, metadata | {"proxyformer.precision": "fp16"}, external_data, slim=True
-        )
+            staged, target, metadata | {"proxyformer.precision": "fp16"}, external_data,
+            slim=True, shape_inference=False,
+        )  # fmt: skip
     finally:
         staged.unlink(missing_ok=True)
         Path(str(staged) + ".data").unlink(missing_ok=True)

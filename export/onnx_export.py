@@ -32,7 +32,9 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from proxyformer.checkpoint import TOKENIZER_NAME
@@ -121,7 +123,17 @@ def export_bundle(
         "L": Profile(1, min(16, max_text_len), max_text_len),
     }
 
-    model, tokenizer, description = load_model(checkpoint, preset, max_text_len, seed)
+    seconds: dict[str, float] = {}  # per stage, kept in the manifest's "export_seconds"
+    started = time.perf_counter()
+
+    @contextmanager
+    def stage(name: str) -> Iterator[None]:
+        begun = time.perf_counter()
+        yield
+        seconds[name] = round(time.perf_counter() - begun, 1)
+
+    with stage("load model"):
+        model, tokenizer, description = load_model(checkpoint, preset, max_text_len, seed)
     if callable(fp16_tolerance):
         fp16_tolerance = fp16_tolerance(model.config)
     specs = graph_specs(model, size, frame_format)
@@ -154,36 +166,51 @@ def export_bundle(
             manifest.set_graph(name, inputs, outputs)
             feeds = make_inputs(inputs, sizes, tokenizer, model, seed=seed)
             raw = work / f"{name}.onnx"
-            export_graph(module, feeds, specs[name], profiles, raw, opset)
-            entry = finish_graph(
-                raw, staging / f"{name}.onnx", metadata(name, "fp32"), external_data, slim
-            )
+            with stage(f"torch.onnx.export {name}"):
+                export_graph(module, feeds, specs[name], profiles, raw, opset)
+            with stage(f"finish {name} (onnxslim, checker)"):
+                entry = finish_graph(
+                    raw, staging / f"{name}.onnx", metadata(name, "fp32"), external_data, slim
+                )
             files[name] = staging / entry["file"]
             manifest.add_variant(name, "fp32", entry)
         log.info("exported at T=%(T)d E=%(E)d L=%(L)d", sizes)
 
         cases = parity_cases(profiles, sizes)
+        fp32_outputs: dict = {}  # ONNX Runtime FP32 outputs per case: the FP16 check's reference
         if parity:
-            results = check_parity(modules, files, specs, cases, tokenizer, model, fp32_tolerance)
+            with stage("parity fp32"):
+                results = check_parity(
+                    modules, files, specs, cases, tokenizer, model, fp32_tolerance,
+                    record=fp32_outputs,
+                )  # fmt: skip
             _record_parity(manifest, "fp32", results)
         if "fp16" in precisions:
             fp16_files = {}
             for name in modules:
-                entry = convert_fp16(
-                    files[name], staging / f"{name}.fp16.onnx", metadata(name, "fp16"),
-                    external_data,
-                )  # fmt: skip
+                with stage(f"fp16 conversion {name}"):
+                    entry = convert_fp16(
+                        files[name], staging / f"{name}.fp16.onnx", metadata(name, "fp16"),
+                        external_data,
+                    )  # fmt: skip
                 fp16_files[name] = staging / entry["file"]
                 manifest.add_variant(name, "fp16", entry)
             if parity:
-                results = check_parity(
-                    modules, fp16_files, specs, cases, tokenizer, model, fp16_tolerance,
-                    reference="onnxruntime fp32", reference_files=files,
-                )  # fmt: skip
+                with stage("parity fp16"):
+                    results = check_parity(
+                        modules, fp16_files, specs, cases, tokenizer, model, fp16_tolerance,
+                        reference="onnxruntime fp32", reference_files=files,
+                        reference_outputs=fp32_outputs,
+                    )  # fmt: skip
                 _record_parity(manifest, "fp16", results)
 
-        _add_tensorrt_report(manifest)
+        with stage("tensorrt report"):
+            _add_tensorrt_report(manifest)
         _register_graph_files(manifest)
+        seconds["total"] = round(time.perf_counter() - started, 1)
+        manifest.data["export_seconds"] = seconds
+        log.info("export took %.0f s: %s", seconds["total"],
+                 ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total"))  # fmt: skip
         manifest.save()
         replace_directory(staging, out_dir)
     except BaseException:

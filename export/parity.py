@@ -166,14 +166,10 @@ def run_ort(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return dict(zip(names, session.run(names, feeds)))
 
 
-def run_ort_file(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run one ONNX file once and release its session before returning."""
-    session = ort_session(path)
-    try:
-        return run_ort(session, feeds)
-    finally:
-        del session
-        gc.collect()
+def _session(sessions: dict, path: Path):
+    if path not in sessions:
+        sessions[path] = ort_session(path)
+    return sessions[path]
 
 
 def parity_cases(profiles: dict[str, Profile], export_sizes: dict[str, int]) -> list[dict]:
@@ -198,9 +194,16 @@ def check_parity(
     tolerance: Tolerance,
     reference: str = "pytorch",
     reference_files: dict[str, Path] | None = None,
+    reference_outputs: dict[tuple[int, str], dict[str, np.ndarray]] | None = None,
+    record: dict[tuple[int, str], dict[str, np.ndarray]] | None = None,
 ) -> dict:
     """Run every graph in ONNX Runtime at each case against PyTorch eager (or against other
     ONNX files, for the FP16 graphs); raise ``ParityError`` above tolerance.
+
+    ``record`` collects the ONNX Runtime outputs by (case index, graph); passed back as
+    ``reference_outputs`` (same cases, same graphs) they stand in for running
+    ``reference_files`` again: the FP16 check reuses what the FP32 check computed, which at
+    the paper size saves one FP32 run per case and graph (about 100 s of an export).
 
     Returns per graph the manifest's parity entry: reference, tolerance, each case's report
     and the worst error over the cases.
@@ -208,15 +211,22 @@ def check_parity(
     from .torch_export import make_inputs, run_torch
 
     results = {name: [] for name in files}
+    # One session per file for all cases: creating one optimises the whole graph again (seconds
+    # at the paper size). Without the arena, a session holds no memory between runs.
+    sessions: dict[Path, object] = {}
     for index, sizes in enumerate(cases):
         for name, path in files.items():
             inputs, outputs = specs[name]
             feeds = make_inputs(inputs, sizes, tokenizer, model, seed=100 + index)
-            if reference_files is None:
+            if reference_outputs is not None and (index, name) in reference_outputs:
+                ref = reference_outputs[index, name]
+            elif reference_files is None:
                 ref = run_torch(graphs[name], feeds, [o.name for o in outputs])
             else:
-                ref = run_ort_file(reference_files[name], feeds)
-            got = run_ort_file(path, feeds)
+                ref = run_ort(_session(sessions, reference_files[name]), feeds)
+            got = run_ort(_session(sessions, path), feeds)
+            if record is not None:
+                record[index, name] = got
             report = compare(got, ref, tolerance)
             results[name].append({"sizes": sizes, "outputs": report})
             log.info(
@@ -231,6 +241,9 @@ def check_parity(
                     f"L={sizes['L']}: |error|{stat} beyond atol {tolerance.atol} + rtol "
                     f"{tolerance.rtol} x max: " + "; ".join(bad)
                 )
+
+    sessions.clear()
+    gc.collect()
 
     def worst(cases_: list[dict], key: str) -> dict[str, float]:
         return {out: max(c["outputs"][out][key] for c in cases_) for out in cases_[0]["outputs"]}

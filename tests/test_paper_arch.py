@@ -50,6 +50,25 @@ def test_fp32_and_fp16_parity_under_the_maximum_rule(paper_bundle):
     assert fp16["max_abs_error"]["pred_logits"] < 2e-2, fp16
 
 
+def test_export_folds_what_tensorrt_cannot_parse_and_times_its_stages(paper_bundle):
+    """Video-Swin traces SplitToSequence/SequenceAt pairs (and CastLike), which the TensorRT
+    parser refuses; the export's constant folding (``export.torch_export.fold_constants``, in
+    place of the exporter's slow optimizer) turns them into Split and Cast. Every stage's
+    seconds are in the manifest."""
+    manifest = Manifest.load(paper_bundle)
+    report = manifest.data["tensorrt_compatibility"]
+    assert report["ok"], report["problems"]
+    for precision in ("fp32", "fp16"):
+        ops = set(manifest.variant("video", precision)["op_types"])
+        assert not ops & {"SplitToSequence", "SequenceAt", "CastLike"}, precision
+    seconds = manifest.data["export_seconds"]
+    stages = {"load model", "torch.onnx.export video", "finish video (onnxslim, checker)",
+              "parity fp32", "fp16 conversion video", "parity fp16", "total"}  # fmt: skip
+    assert stages <= set(seconds), seconds
+    assert all(value >= 0 for value in seconds.values())
+    assert seconds["total"] >= max(value for key, value in seconds.items() if key != "total")
+
+
 def pytorch_reference(bundle, frames: np.ndarray):
     """PyTorch eager outputs and chosen queries of the model the bundle came from."""
     from export.onnx_export import bundle_model

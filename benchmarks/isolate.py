@@ -95,6 +95,52 @@ def _child(
         connection.close()
 
 
+def _count_child(connection: Any, bundle: str, setting: dict, torch_device: str) -> None:
+    """The child's body of ``gflops_in_child``: the model, its GFLOPs per E, sent back."""
+    try:
+        import torch
+
+        from benchmarks.workload import count_gflops, load_baseline_model, make_feeds
+        from runtime.manifest import Manifest
+
+        torch.set_num_threads(setting["threads"])
+        manifest = Manifest.load(bundle)
+        model = load_baseline_model(manifest, torch_device)
+        counts = {}
+        for e in sorted({setting["expressions"], *setting["e_sweep"]}):
+            feeds = make_feeds(manifest, setting["frames"], e, setting["text_length"])
+            counts[e] = count_gflops(model, setting["frame_format"], feeds, torch_device)
+        connection.send(counts)
+    except BaseException as error:  # noqa: BLE001 - sent back and raised in the parent
+        connection.send(RuntimeError(f"counting GFLOPs failed: {type(error).__name__}: {error}"))
+    finally:
+        connection.close()
+
+
+def gflops_in_child(bundle: str | Path, setting: dict, torch_device: str) -> dict:
+    """``count_gflops`` at every E of the run, in a child process: counting runs the model
+    eagerly (about 10 GB at the paper size), which the benchmark's own process must not keep
+    while the rows' processes run."""
+    context = multiprocessing.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(
+        target=_count_child, args=(writer, str(bundle), setting, torch_device), name="gflops"
+    )
+    process.start()
+    writer.close()
+    try:
+        counts = reader.recv()
+    except EOFError:
+        process.join()
+        raise RuntimeError(f"counting GFLOPs: {_death_reason(process.exitcode)}") from None
+    finally:
+        reader.close()
+    process.join()
+    if isinstance(counts, BaseException):
+        raise counts
+    return counts
+
+
 def _death_reason(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name

@@ -204,8 +204,11 @@ def fold_constants(model) -> None:
         common.RemoveUnusedFunctionsPass(),
         common.RemoveUnusedOpsetsPass(),
         common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.LiftSubgraphInitializersToMainGraphPass(),
         common.DeduplicateInitializersPass(),
         common.CommonSubexpressionEliminationPass(),
+        common.OutputFixPass(),  # an output that is also an input or initializer
+        common.NameFixPass(),  # unique value and node names
     )(model)
 
 

@@ -249,10 +249,11 @@ def test_a_changed_graph_at_the_same_path_does_not_reuse_the_cache(tmp_path):
 
     feeds = text_feeds()
     write_bundle(root, SPECS, scaled(1.0), PROFILES, opset=17)
-    before = OpenVINOBackend(root, "text_encoder", threads=1, cache_dir=cache)
+    # One compile per backend (static_shapes would add one per input shape).
+    before = OpenVINOBackend(root, "text_encoder", threads=1, cache_dir=cache, static_shapes=False)
     once = before.infer(feeds)["text_features"]
     write_bundle(root, SPECS, scaled(2.0), PROFILES, opset=17)  # same paths, new graph
-    after = OpenVINOBackend(root, "text_encoder", threads=1, cache_dir=cache)
+    after = OpenVINOBackend(root, "text_encoder", threads=1, cache_dir=cache, static_shapes=False)
     assert not after.loaded_from_cache
     np.testing.assert_allclose(after.infer(feeds)["text_features"], 2 * once, rtol=1e-6)
     assert len(list(cache.rglob("*.blob"))) == 2
@@ -473,3 +474,26 @@ def test_paper_mini_int8_cpu_runs_in_int8_and_agrees_with_onnxruntime(paper_int8
         assert all(iou(got.masks[e], want.masks[e]) >= 0.5 for e in np.flatnonzero(same))
     with pytest.raises(ValueError, match="not 'int8-tensorrt'"):
         RVOSPredictor(paper_int8, backend="openvino", precision="int8-tensorrt")
+
+
+def test_static_shapes_compile_per_shape_and_agree_with_dynamic(tiny_bundle):
+    """By default each new input shape gets its own compile (a third of the memory at the paper
+    size); the outputs equal those of the one compile for the bounded dynamic axes."""
+    from benchmarks.workload import make_feeds
+    from runtime.manifest import Manifest
+
+    manifest = Manifest.load(tiny_bundle)
+    text = OpenVINOBackend(tiny_bundle, "text_encoder", threads=1, cache_dir=None)
+    static = OpenVINOBackend(tiny_bundle, "video", threads=1, cache_dir=None)
+    dynamic = OpenVINOBackend(tiny_bundle, "video", threads=1, cache_dir=None,
+                              static_shapes=False)  # fmt: skip
+    assert static.static_shapes and not dynamic.static_shapes
+    for frames in (3, 5, 3):
+        raw = make_feeds(manifest, frames, 2, 8)
+        features = text.infer({k: raw[k] for k in ("input_ids", "attention_mask")})
+        feeds = {"frames": raw["frames"], "text_features": features["text_features"],
+                 "attention_mask": raw["attention_mask"]}  # fmt: skip
+        got, want = static.infer(feeds), dynamic.infer(feeds)
+        assert static._shapes["frames"] == (frames, *raw["frames"].shape[1:])
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)

@@ -5,7 +5,7 @@
     python calibration/calibrate.py --bundle bundles/tiny --data data/synth --sensitivity
     python calibration/calibrate.py --bundle bundles/tiny --data data/synth --keep-float 4
     python calibration/calibrate.py --bundle bundles/paper-swin-t --data data/synth-360 \
-        --samples 32 --frames 19 --method minmax --range-backend openvino   # bounded memory
+        --samples 32 --frames 19 --method minmax --range-backend onnxruntime   # bounded memory
 
 Writes ``video.int8-tensorrt.onnx`` / ``video.int8-cpu.onnx`` and their manifest entries
 (calibration settings, Q/DQ summary, mask agreement with FP32 on held-out clips). The work is
@@ -88,10 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--range-backend",
-        default="onnxruntime",
-        choices=("onnxruntime", "openvino"),
-        help="what runs the calibration graph: onnxruntime's calibrator (every method), or "
-        "OpenVINO (--method minmax only), which calibrates paper-size graphs in bounded memory",
+        default="calibrator",
+        choices=("calibrator", "onnxruntime", "openvino"),
+        help="calibrator: onnxruntime's calibrator (every method); onnxruntime or openvino: "
+        "MinMax ranges (--method minmax) in bounded memory, run by that engine clip by clip, "
+        "which calibrates paper-size graphs",
     )
     parser.add_argument("--threads", type=count(1), default=None)
     return parser.parse_args(argv)

@@ -85,7 +85,7 @@ def calibrate_bundle(
     recalibrate: bool = False,
     frames: int | None = None,
     quantize_class_path: bool = False,
-    range_backend: str = "onnxruntime",
+    range_backend: str = "calibrator",
 ) -> Manifest:
     """Calibrate on ``samples`` clips of ``split`` and write one INT8 variant per target.
 
@@ -94,8 +94,8 @@ def calibrate_bundle(
 
     The samples are cached in ``bundle/calibration/`` (reused when the split, seed and count
     match) and so are the tensor ranges of each method; ``recalibrate`` rebuilds both.
-    ``range_backend`` "openvino" computes MinMax ranges in bounded memory
-    (``calibration.ranges``).
+    ``range_backend`` "onnxruntime" or "openvino" computes MinMax ranges in bounded memory
+    (``calibration.ranges``); "calibrator" is onnxruntime's calibrator.
 
     The agreement with FP32 runs onnxruntime sessions without their CPU memory arena, one at a
     time: an arena keeps its peak (near 21 GB for paper-swin-t at 360x640 and 19 frames).

@@ -15,8 +15,8 @@ video-level selection block, the class MLP. They work on T x N tokens rather tha
 negligible share of the compute), yet their output picks the query, i.e. the whole track, and
 INT8 noise there flips picks that the masks themselves would survive.
 
-Calibration (ONNX Runtime's calibrators: entropy, percentile, minmax; or MinMax with the
-calibration graph run by OpenVINO in bounded memory, ``calibration.ranges``) runs once per
+Calibration (ONNX Runtime's calibrators: entropy, percentile, minmax; or MinMax in bounded
+memory, ``calibration.ranges``) runs once per
 method; its tensor ranges are cached as JSON in the bundle, so re-quantising with other nodes
 left in float (the sensitivity pass) costs no new calibration.
 """
@@ -36,7 +36,7 @@ from runtime.manifest import Manifest
 from runtime.precisions import INT8_PRECISIONS, INT8_TENSORRT, precision_name
 
 from .data import CalibrationSet
-from .ranges import RANGE_BACKENDS, collect_minmax_openvino
+from .ranges import RANGE_BACKENDS, collect_minmax
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def quantize_video(
     cpu_format: str = "qdq",
     percentile: float = 99.999,
     class_path: bool = False,
-    range_backend: str = "onnxruntime",
+    range_backend: str = "calibrator",
     threads: int | None = None,
 ) -> Path:
     """Write an INT8 copy of the bundle's FP32 ``video.onnx`` and return its path.
@@ -101,9 +101,10 @@ def quantize_video(
         output: where to write (default: ``video.int8-<target>.onnx`` in the bundle).
         cpu_format: for the cpu target, "qdq" or "qoperator".
         class_path: also quantize the class path (``class_path_nodes``), float by default.
-        range_backend: what runs the calibration graph: "onnxruntime" (its calibrator, every
-            method) or "openvino" (MinMax only, in bounded memory: ``calibration.ranges``).
-        threads: the range backend's threads (OpenVINO only).
+        range_backend: "calibrator" (onnxruntime's calibrator, every method), or "onnxruntime"
+            / "openvino" (MinMax only, in bounded memory, run by that engine:
+            ``calibration.ranges``).
+        threads: the bounded range backend's threads.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -119,8 +120,8 @@ def quantize_video(
     if calibration is None and not cache.is_file():
         raise FileNotFoundError(f"no calibration samples and no cached ranges at {cache}")
     check_range_backend(range_backend, method)
-    if calibration is not None and range_backend == "openvino":
-        collect_minmax_openvino(manifest, calibration, cache, list(QUANTIZED_OPS), threads)
+    if calibration is not None and range_backend != "calibrator":
+        collect_minmax(manifest, calibration, cache, list(QUANTIZED_OPS), range_backend, threads)
         calibration = None  # quantize_static reads the ranges from the cache
     calibrate_method = {
         "entropy": CalibrationMethod.Entropy,
@@ -196,11 +197,11 @@ def check_range_backend(range_backend: str, method: str) -> None:
     """Refuse a range backend that is unknown or cannot compute ``method``."""
     if range_backend not in RANGE_BACKENDS:
         raise ValueError(f"range backend must be one of {RANGE_BACKENDS}, got {range_backend!r}")
-    if range_backend == "openvino" and method != "minmax":
+    if range_backend != "calibrator" and method != "minmax":
         raise ValueError(
-            f"--range-backend openvino computes MinMax ranges only (two numbers per tensor and "
-            f"clip); {method} needs every tensor's histogram: use --method minmax, or "
-            "--range-backend onnxruntime"
+            f"--range-backend {range_backend} computes MinMax ranges only (two numbers per "
+            f"tensor and clip); {method} needs every tensor's histogram: use --method minmax, "
+            "or --range-backend calibrator"
         )
 
 

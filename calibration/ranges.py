@@ -1,19 +1,23 @@
-"""MinMax calibration ranges in bounded memory: ONNX Runtime's augmented graph, run by OpenVINO.
+"""MinMax calibration ranges in bounded memory, clip by clip.
 
 ONNX Runtime's MinMax calibrator adds a ReduceMin and a ReduceMax after every tensor it will
-quantize and runs that augmented graph on each calibration clip: only two numbers per tensor
-come out, but the graph is run by an ONNX Runtime session with every graph optimisation off and
-its CPU memory arena on. For paper-swin-t at 360x640 that session ran the 24 GB machine out of
-memory on one clip of 9 frames, and the optimised FP32 session already peaks near 21 GB at
-19 frames.
+quantize, so only two numbers per tensor come out of a clip. Yet on paper-swin-t at 360x640 it
+was killed at 24 GB on a single 9-frame clip: the reductions hang off the graph as side branches
+to graph outputs, and neither onnxruntime (its arena on or off) nor OpenVINO runs them as soon
+as their tensor exists, so every calibrated tensor stays alive to the end of the graph.
 
-Here the same augmented graph (built by ONNX Runtime's own ``MinMaxCalibrater``, so the tensors
-and their names are exactly those its quantizer asks for) runs in OpenVINO at f32, whose peak
-on the paper-size graph is a fraction of that, one clip at a time: each clip's minima and
-maxima are folded into running ones (``np.nanmin``/``np.nanmax``, as the calibrator merges
-them) and the clip's tensors are gone before the next. The ranges are written as ONNX Runtime's
-calibration cache, which ``quantize_static`` then reads instead of calibrating, so everything
-after the ranges (Q/DQ placement, both INT8 targets, the cache's reuse) is unchanged.
+Here the augmented graph (made by ONNX Runtime's own ``MinMaxCalibrater``, so the tensors and
+their names are those its quantizer looks up) is rewired by ``reduce_before_use`` so that each
+tensor's consumers wait for its reductions, and the tensor is freed as in the plain graph. It
+runs one clip at a time in onnxruntime without its arena, or in OpenVINO at f32; each clip's
+minima and maxima are folded into running ones (``np.fmin``/``np.fmax``, NaN skipped as the
+calibrator's ``nanmin``/``nanmax`` do). The ranges are written as ONNX Runtime's calibration
+cache, which ``quantize_static`` reads instead of calibrating, so everything after the ranges
+(Q/DQ placement, both INT8 targets, the cache's reuse) is unchanged.
+
+Measured on paper-swin-t at 360x640, one clip of 9 frames and one expression (2 cores, AMX):
+onnxruntime 38 s at a 6.1 GB peak, OpenVINO 32 s at 11.9 GB (the rewiring's Adds cost it its
+fusions); the calibrator's unmodified graph was killed at 24 GB in both.
 
 Histogram methods (entropy, percentile) need every tensor's values, not two numbers; they stay
 with ONNX Runtime's calibrator.
@@ -28,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 from tqdm import tqdm
 
 from runtime.manifest import Manifest
@@ -36,15 +41,108 @@ from .data import CalibrationSet
 
 log = logging.getLogger(__name__)
 
-RANGE_BACKENDS = ("onnxruntime", "openvino")
+# "calibrator": onnxruntime's own calibrator (every method); the others: MinMax here, run by
+# that engine.
+RANGE_BACKENDS = ("calibrator", "onnxruntime", "openvino")
 _SUFFIXES = ("_ReduceMin", "_ReduceMax")
 
 
-def collect_minmax_openvino(
+def reduce_before_use(model) -> int:
+    """Make every calibrated tensor's consumers wait for its ReduceMin and ReduceMax, in place
+    on the augmented ``ModelProto``; returns how many tensors were rewired.
+
+    In the augmented graph a ReduceMin/ReduceMax pair hangs off each calibrated tensor as a
+    side branch to a graph output. Neither OpenVINO nor onnxruntime runs those branches as soon
+    as their tensor exists: both kept every calibrated tensor alive until the end of the graph
+    and were killed at 24 GB on one 9-frame clip of paper-swin-t (onnxruntime even with its
+    arena off). So each consumer of a tensor ``t`` now reads ``t + z``, where ``z`` is an exact
+    zero computed from the reductions (``Where(s < s, s, 0)`` with ``s = min + max``, in the
+    reductions' keepdims shape, so ``t + z`` has ``t``'s shape and values, NaN and infinities
+    included): the reductions run before the consumers, and ``t`` is freed when they are done,
+    as in the plain graph. The price is one elementwise Add per calibrated tensor.
+    """
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    reductions = {}
+    for node in graph.node:
+        if node.op_type in ("ReduceMin", "ReduceMax") and node.name.endswith(_SUFFIXES):
+            reductions.setdefault(node.input[0], {})[node.op_type] = node.output[0]
+    zero = "proxyformer_calibration_zero"
+    graph.initializer.append(helper.make_tensor(zero, TensorProto.FLOAT, [], [0.0]))
+    new_nodes, rewired = [], {}
+    for tensor, pair in reductions.items():
+        if set(pair) != {"ReduceMin", "ReduceMax"}:
+            continue
+        base = f"{tensor}_calibration"
+        rewired[tensor] = f"{base}_after_ranges"
+        new_nodes += [
+            helper.make_node("Add", [pair["ReduceMin"], pair["ReduceMax"]], [f"{base}_sum"]),
+            helper.make_node("Less", [f"{base}_sum", f"{base}_sum"], [f"{base}_false"]),
+            helper.make_node("Where", [f"{base}_false", f"{base}_sum", zero], [f"{base}_zero"]),
+            helper.make_node("Add", [tensor, f"{base}_zero"], [rewired[tensor]]),
+        ]
+    for node in graph.node:
+        if node.op_type in ("ReduceMin", "ReduceMax") and node.name.endswith(_SUFFIXES):
+            continue
+        for index, name in enumerate(node.input):
+            if name in rewired:
+                node.input[index] = rewired[name]
+    # Graph outputs keep reading the tensor itself (nothing runs after them).
+    graph.node.extend(new_nodes)
+    return len(rewired)
+
+
+def _openvino_runner(path: Path, threads: int | None):
+    """(run(feeds) -> {output name: array}, engine version) for OpenVINO at f32."""
+    from runtime.backends.openvino import import_openvino, shared_core
+
+    ov = import_openvino()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    core = shared_core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
+    ports = {
+        name: port for port in compiled.outputs for name in port.get_names()
+        if name.endswith(_SUFFIXES)
+    }  # fmt: skip
+    request = compiled.create_infer_request()
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        results = request.infer(feeds)
+        return {name: results[port] for name, port in ports.items()}
+
+    return run, f"openvino {ov.__version__}"
+
+
+def _onnxruntime_runner(path: Path, threads: int | None):
+    """(run, engine version) for an onnxruntime CPU session without its memory arena (an arena
+    keeps the peak of the largest run)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_cpu_mem_arena = False
+    if threads is not None:
+        options.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs() if o.name.endswith(_SUFFIXES)]
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(names, feeds)))
+
+    return run, f"onnxruntime {ort.__version__}"
+
+
+_RUNNERS = {"onnxruntime": _onnxruntime_runner, "openvino": _openvino_runner}
+
+
+def collect_minmax(
     manifest: Manifest,
     calibration: CalibrationSet,
     cache: Path,
     op_types: list[str],
+    engine: str = "onnxruntime",
     threads: int | None = None,
 ) -> dict:
     """Write the MinMax ranges of ``calibration`` to ``cache`` (ONNX Runtime's format).
@@ -54,10 +152,11 @@ def collect_minmax_openvino(
         calibration: the clips, each the video graph's feeds.
         cache: the range cache ``quantize_static`` reads (``calibration.quantize.range_cache``).
         op_types: the op types whose tensors are calibrated (the quantizer's).
-        threads: OpenVINO's ``INFERENCE_NUM_THREADS`` (default: all cores).
+        engine: what runs the augmented graph: "onnxruntime" (no arena) or "openvino" (f32).
+        threads: the engine's threads (default: all cores).
 
     Returns:
-        What was done: tensors, clips, seconds, the augmented graph's node count.
+        What was done: engine, tensors, clips, seconds, the augmented graph's node count.
     """
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
@@ -67,14 +166,15 @@ def collect_minmax_openvino(
         save_tensors_data,
     )
 
-    from runtime.backends.openvino import import_openvino, shared_core
-
-    ov = import_openvino()
+    if engine not in _RUNNERS:
+        raise ValueError(f"engine must be one of {sorted(_RUNNERS)}, got {engine!r}")
     if not len(calibration):
         raise ValueError("no calibration clips")
     started = time.perf_counter()
     source = manifest.variant_path("video", "fp32")
     work = Path(tempfile.mkdtemp(prefix="proxyformer-ranges-"))
+    lowest: dict[str, np.ndarray] = {}
+    highest: dict[str, np.ndarray] = {}
     try:
         augmented = work / "augmented.onnx"
         # The quantizer's own selection of tensors and its ReduceMin/ReduceMax naming.
@@ -83,39 +183,27 @@ def collect_minmax_openvino(
             use_external_data_format=True,
         )  # fmt: skip
         calibrater.augment_graph()
-        nodes = len(calibrater.model.graph.node)
-        del calibrater  # its copy of the model (the weights) is not needed any more
-        core = shared_core()
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        compiled = core.compile_model(core.read_model(str(augmented)), "CPU", config)
-        ports = {
-            name: port
-            for port in compiled.outputs
-            for name in port.get_names()
-            if name.endswith(_SUFFIXES)
-        }
-        request = compiled.create_infer_request()
-        lowest: dict[str, np.ndarray] = {}
-        highest: dict[str, np.ndarray] = {}
-        for sample in tqdm(calibration.samples, desc="ranges (openvino)", disable=None):
-            results = request.infer(sample)
-            for name, port in ports.items():
+        model = calibrater.model
+        del calibrater
+        rewired = reduce_before_use(model)
+        onnx.save_model(model, str(augmented), save_as_external_data=True,
+                        location=augmented.name + ".data")  # fmt: skip
+        nodes = len(model.graph.node)
+        del model  # its copy of the weights is not needed any more
+        run, version = _RUNNERS[engine](augmented, threads)
+        for sample in tqdm(calibration.samples, desc=f"ranges ({engine})", disable=None):
+            for name, value in run(sample).items():
                 tensor, _, which = name.rpartition("_")
-                value = np.asarray(results[port], dtype=np.float32)
-                if which == "ReduceMin":
-                    lowest[tensor] = value if tensor not in lowest else np.fmin(lowest[tensor], value)
-                else:
-                    highest[tensor] = (
-                        value if tensor not in highest else np.fmax(highest[tensor], value)
-                    )
-        del request, compiled
+                value = np.asarray(value, dtype=np.float32)
+                # fmin/fmax skip NaN, as the calibrator's nanmin/nanmax do.
+                table, merge = (lowest, np.fmin) if which == "ReduceMin" else (highest, np.fmax)
+                table[tensor] = value if tensor not in table else merge(table[tensor], value)
+        del run
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if set(lowest) != set(highest):
         raise RuntimeError(
-            f"OpenVINO returned a minimum without a maximum (or the reverse) for "
+            f"{engine} returned a minimum without a maximum (or the reverse) for "
             f"{sorted(set(lowest) ^ set(highest))[:5]}"
         )
     ranges = TensorsData(
@@ -125,12 +213,13 @@ def collect_minmax_openvino(
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_tensors_data(ranges, cache)
     seconds = time.perf_counter() - started
-    log.info("MinMax ranges of %d tensors from %d clips in OpenVINO in %.1f s (openvino %s)",
-             len(lowest), len(calibration), seconds, ov.__version__)  # fmt: skip
+    log.info("MinMax ranges of %d tensors from %d clips in %s in %.1f s",
+             len(lowest), len(calibration), version, seconds)  # fmt: skip
     return {
-        "backend": "openvino",
+        "engine": engine,
         "tensors": len(lowest),
         "clips": len(calibration),
         "augmented_nodes": nodes,
+        "rewired_tensors": rewired,
         "seconds": round(seconds, 1),
     }

@@ -1,6 +1,6 @@
-"""MinMax ranges computed by OpenVINO in bounded memory (calibration.ranges): the same tensors
-and the same ranges as ONNX Runtime's own MinMax calibrator, read back by quantize_static from
-the range cache, and a whole calibration with them."""
+"""MinMax ranges in bounded memory (calibration.ranges), run by onnxruntime or OpenVINO on the
+rewired augmented graph: the same tensors and the same ranges as ONNX Runtime's own MinMax
+calibrator, read back by quantize_static from the range cache, and a whole calibration."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.importorskip("openvino")
-
 from onnxruntime.quantization.calibrate import load_tensors_data
 
 from calibration.data import build_calibration_set
 from calibration.int8 import calibrate_bundle
 from calibration.quantize import QUANTIZED_OPS, quantize_video, range_cache
-from calibration.ranges import collect_minmax_openvino
+from calibration.ranges import collect_minmax
 from runtime.manifest import Manifest
 
 
@@ -27,17 +25,21 @@ def bundle(tiny_bundle, tmp_path):
     return copy
 
 
-def test_openvino_ranges_equal_onnxruntime_calibrator(bundle, synth_data):
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_ranges_equal_onnxruntime_calibrator(bundle, synth_data, engine):
+    if engine == "openvino":
+        pytest.importorskip("openvino")
     manifest = Manifest.load(bundle)
     clips = build_calibration_set(manifest, synth_data, "train", 3, seed=0)
     cache = range_cache(manifest, "minmax")
     # ONNX Runtime's calibrator, through the quantizer as calibration runs it.
-    quantize_video(manifest, clips, "int8-cpu", "minmax", range_backend="onnxruntime")
+    quantize_video(manifest, clips, "int8-cpu", "minmax", range_backend="calibrator")
     reference = load_tensors_data(cache).data
     cache.unlink()
-    info = collect_minmax_openvino(manifest, clips, cache, list(QUANTIZED_OPS), threads=1)
+    info = collect_minmax(manifest, clips, cache, list(QUANTIZED_OPS), engine, threads=1)
     ranges = load_tensors_data(cache).data
     assert info["clips"] == 3 and info["tensors"] == len(ranges) > 20
+    assert info["rewired_tensors"] == info["tensors"]  # every tensor's consumers wait
     assert set(ranges) == set(reference)  # the quantizer's own tensors, by the same names
     for name, expected in reference.items():
         low, high = (np.asarray(v, dtype=np.float64) for v in ranges[name].range_value)
@@ -47,24 +49,24 @@ def test_openvino_ranges_equal_onnxruntime_calibrator(bundle, synth_data):
         assert np.allclose(high, want_high, atol=1e-3 * scale), name
 
 
-def test_calibration_with_openvino_ranges(bundle, synth_data):
+def test_calibration_with_bounded_ranges(bundle, synth_data):
     manifest = calibrate_bundle(
         bundle, synth_data, ("int8-cpu",), method="minmax", samples=4, check_samples=2,
-        threads=1, range_backend="openvino",
+        threads=1, range_backend="onnxruntime",
     )  # fmt: skip
     entry = Manifest.load(bundle).variant("video", "int8-cpu")  # every sha256 checked
-    assert entry["calibration"]["range_backend"] == "openvino"
+    assert entry["calibration"]["range_backend"] == "onnxruntime"
     assert entry["calibration"]["method"] == "minmax"
     assert entry["quantization"]["quantized_ops"] > 20
     assert entry["agreement_vs_fp32"]["tracks"] > 0
     assert range_cache(manifest, "minmax").is_file()
 
 
-def test_openvino_range_backend_is_minmax_only(bundle, synth_data):
-    for method in ("entropy", "percentile"):
+def test_bounded_range_backends_are_minmax_only(bundle, synth_data):
+    for method, engine in (("entropy", "openvino"), ("percentile", "onnxruntime")):
         with pytest.raises(ValueError, match="MinMax ranges only.*--method minmax"):
             calibrate_bundle(bundle, synth_data, ("int8-cpu",), method=method,
-                             range_backend="openvino")  # fmt: skip
+                             range_backend=engine)  # fmt: skip
     with pytest.raises(ValueError, match="range backend must be one of"):
         calibrate_bundle(bundle, synth_data, ("int8-cpu",), method="minmax",
                          range_backend="tensorrt")  # fmt: skip

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import SHIPPED_CHECKPOINT
 
 from benchmarks import export_time
+
+pytestmark = pytest.mark.slow  # a whole export with parity (about a minute)
 
 
 def test_export_time_writes_every_stage(tmp_path, capsys):

@@ -56,8 +56,8 @@ def _child(
         import torch
 
         from benchmarks.runners import BACKENDS
-        from benchmarks.suite import Workload, measure_backend
-        from benchmarks.workload import load_baseline_model, make_feeds
+        from benchmarks.suite import Workload, measure_backend, workload_feeds
+        from benchmarks.workload import load_baseline_model
         from runtime.manifest import Manifest
 
         torch.set_num_threads(setting["threads"])
@@ -65,9 +65,7 @@ def _child(
         model = None
         if BACKENDS[name].runtime == "torch":
             model = load_baseline_model(manifest, torch_device)
-        feeds = {
-            e: make_feeds(manifest, setting["frames"], e, setting["text_length"]) for e in gflops
-        }
+        feeds = workload_feeds(manifest, setting)
         before = max_rss_mb()
         row, sweep = measure_backend(
             name, manifest, Workload(setting, model, feeds, gflops), peaks, torch_device, status
@@ -100,16 +98,17 @@ def _count_child(connection: Any, bundle: str, setting: dict, torch_device: str)
     try:
         import torch
 
-        from benchmarks.workload import count_gflops, load_baseline_model, make_feeds
+        from benchmarks.suite import workload_feeds
+        from benchmarks.workload import count_gflops, load_baseline_model
         from runtime.manifest import Manifest
 
         torch.set_num_threads(setting["threads"])
         manifest = Manifest.load(bundle)
         model = load_baseline_model(manifest, torch_device)
-        counts = {}
-        for e in sorted({setting["expressions"], *setting["e_sweep"]}):
-            feeds = make_feeds(manifest, setting["frames"], e, setting["text_length"])
-            counts[e] = count_gflops(model, setting["frame_format"], feeds, torch_device)
+        counts = {
+            e: count_gflops(model, setting["frame_format"], feeds, torch_device)
+            for e, feeds in workload_feeds(manifest, setting).items()
+        }
         connection.send(counts)
     except BaseException as error:  # noqa: BLE001 - sent back and raised in the parent
         connection.send(RuntimeError(f"counting GFLOPs failed: {type(error).__name__}: {error}"))
@@ -117,25 +116,37 @@ def _count_child(connection: Any, bundle: str, setting: dict, torch_device: str)
         connection.close()
 
 
+def _run_in_child(target: Any, arguments: tuple, name: str) -> Any:
+    """Run ``target(connection, *arguments)`` in a fresh ``spawn`` child and return what it
+    sent; raise ``ChildDied`` naming how the child died if it sent nothing."""
+    context = multiprocessing.get_context("spawn")
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=target, args=(writer, *arguments), name=name)
+    process.start()
+    writer.close()  # the child holds the only writer: a dead child means EOF here
+    try:
+        result = reader.recv()
+    except EOFError:
+        process.join()
+        raise ChildDied(_death_reason(process.exitcode)) from None
+    finally:
+        reader.close()
+    process.join()
+    return result
+
+
+class ChildDied(RuntimeError):
+    """A child process ended without sending its result (a signal, the OOM killer)."""
+
+
 def gflops_in_child(bundle: str | Path, setting: dict, torch_device: str) -> dict:
     """``count_gflops`` at every E of the run, in a child process: counting runs the model
     eagerly (about 10 GB at the paper size), which the benchmark's own process must not keep
     while the rows' processes run."""
-    context = multiprocessing.get_context("spawn")
-    reader, writer = context.Pipe(duplex=False)
-    process = context.Process(
-        target=_count_child, args=(writer, str(bundle), setting, torch_device), name="gflops"
-    )
-    process.start()
-    writer.close()
     try:
-        counts = reader.recv()
-    except EOFError:
-        process.join()
-        raise RuntimeError(f"counting GFLOPs: {_death_reason(process.exitcode)}") from None
-    finally:
-        reader.close()
-    process.join()
+        counts = _run_in_child(_count_child, (str(bundle), setting, torch_device), "gflops")
+    except ChildDied as error:
+        raise RuntimeError(f"counting GFLOPs: {error}") from None
     if isinstance(counts, BaseException):
         raise counts
     return counts
@@ -164,23 +175,13 @@ def measure_in_child(
         (the row, with ``memory.peak_rss_mb`` when it ran; its E sweep or None). A child that
         dies (a signal, the kernel's OOM killer) gives a failed row naming how it died.
     """
-    context = multiprocessing.get_context("spawn")
-    reader, writer = context.Pipe(duplex=False)
     level = logging.getLogger().getEffectiveLevel()
-    arguments = (writer, str(bundle), name, setting, gflops, peaks, torch_device, status, level)
-    process = context.Process(target=_child, args=arguments, name=f"latency-{name}")
-    process.start()
-    writer.close()  # the child holds the only writer: a dead child means EOF here
+    arguments = (str(bundle), name, setting, gflops, peaks, torch_device, status, level)
     try:
-        row, sweep = reader.recv()
-    except EOFError:
-        process.join()
-        reason = _death_reason(process.exitcode)
-        log.error("%s: %s", name, reason)
-        return {"backend": name, "status": "failed", "reason": reason}, None
-    finally:
-        reader.close()
-    process.join()
+        row, sweep = _run_in_child(_child, arguments, f"latency-{name}")
+    except ChildDied as error:
+        log.error("%s: %s", name, error)
+        return {"backend": name, "status": "failed", "reason": str(error)}, None
     if row.get("traceback"):
         log.error("%s failed in its process:\n%s", name, row.pop("traceback"))
     return row, sweep

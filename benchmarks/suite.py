@@ -126,13 +126,18 @@ def _warn_if_busy(machine: dict, threads: int) -> None:
         )  # fmt: skip
 
 
+def workload_feeds(manifest: Manifest, setting: dict) -> dict[int, dict[str, np.ndarray]]:
+    """The inputs of one call at every E the run times (the main E and the sweep)."""
+    shapes = sorted({setting["expressions"], *setting["e_sweep"]})
+    return {e: make_feeds(manifest, setting["frames"], e, setting["text_length"]) for e in shapes}
+
+
 def prepare_workload(manifest: Manifest, setting: dict, torch_device: str) -> Workload:
     """The baseline model, the inputs of every E the run times and their GFLOPs."""
     model = load_baseline_model(manifest, torch_device)
-    shapes = sorted({setting["expressions"], *setting["e_sweep"]})
-    feeds = {e: make_feeds(manifest, setting["frames"], e, setting["text_length"]) for e in shapes}
+    feeds = workload_feeds(manifest, setting)
     gflops = {
-        e: count_gflops(model, setting["frame_format"], feeds[e], torch_device) for e in shapes
+        e: count_gflops(model, setting["frame_format"], feeds[e], torch_device) for e in feeds
     }
     log.info("GFLOPs per call: %s", {e: round(g["total"], 2) for e, g in gflops.items()})
     return Workload(setting, model, feeds, gflops)
@@ -350,10 +355,7 @@ def run_benchmark(
     peaks = gemm_peaks(threads, gemm_size, cuda=torch.device(torch_device).type == "cuda")
     if isolate:  # the model only in children: counting GFLOPs runs it (~10 GB at paper size)
         gflops = gflops_in_child(manifest.root, setting, torch_device)
-        shapes = sorted(gflops)
-        feeds = {e: make_feeds(manifest, setting["frames"], e, setting["text_length"])
-                 for e in shapes}  # fmt: skip
-        workload = Workload(setting, None, feeds, gflops)
+        workload = Workload(setting, None, workload_feeds(manifest, setting), gflops)
     else:
         workload = prepare_workload(manifest, setting, torch_device)
     status = available_backends()

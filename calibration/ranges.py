@@ -118,14 +118,12 @@ def _openvino_runner(path: Path, threads: int | None):
 
 def _onnxruntime_runner(path: Path, threads: int | None):
     """(run, engine version) for an onnxruntime CPU session without its memory arena (an arena
-    keeps the peak of the largest run)."""
+    keeps the peak of the largest run): the parity check's session."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.enable_cpu_mem_arena = False
-    if threads is not None:
-        options.intra_op_num_threads = int(threads)
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    from export.parity import ort_session
+
+    session = ort_session(path, threads)
     names = [o.name for o in session.get_outputs() if o.name.endswith(_SUFFIXES)]
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

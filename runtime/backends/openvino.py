@@ -242,11 +242,9 @@ class OpenVINOBackend(BaseBackend):
             config["CACHE_DIR"] = str(self.cache_dir)
 
         started = time.perf_counter()
+        self._path, self._config = path, config
         try:
-            # From the model, not the path: the cache is then keyed on the graph's content.
-            model = core.read_model(str(path))
-            self._bound_dynamic_axes(ov, model)
-            self._compiled = core.compile_model(model, "CPU", config)
+            self._compile(lambda model: self._bound_dynamic_axes(ov, model))
         except RuntimeError as error:  # OpenVINO's errors derive from RuntimeError
             reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise BundleError(
@@ -255,9 +253,6 @@ class OpenVINOBackend(BaseBackend):
             ) from error
         self.compile_seconds = time.perf_counter() - started
         self.loaded_from_cache = bool(self._compiled.get_property("LOADED_FROM_CACHE"))
-        self._outputs = self._output_ports(path)
-        self._request = self._compiled.create_infer_request()
-        self._path, self._config = path, config
         self.static_shapes = bool(static_shapes)
         self._shapes: dict[str, tuple[int, ...]] | None = None  # of the static compile
         self.capabilities = tuple(capabilities)
@@ -320,16 +315,22 @@ class OpenVINOBackend(BaseBackend):
                 counts[precision] = counts.get(precision, 0) + 1
         return counts
 
+    def _compile(self, shape: Any) -> None:
+        """Read the graph, give it its input shapes (``shape(model)``), compile it, and set the
+        output ports and the infer request. From the model, not the path: the cache is then
+        keyed on the graph's content."""
+        core = shared_core()
+        model = core.read_model(str(self._path))
+        shape(model)
+        self._compiled = core.compile_model(model, "CPU", self._config)
+        self._outputs = self._output_ports(self._path)
+        self._request = self._compiled.create_infer_request()
+
     def _compile_for(self, shapes: dict[str, tuple[int, ...]]) -> None:
         """Compile the graph for exactly these input shapes, replacing the current compile."""
         started = time.perf_counter()
         self._request = self._compiled = None  # the old compile's memory goes first
-        core = shared_core()
-        model = core.read_model(str(self._path))
-        model.reshape({name: list(shape) for name, shape in shapes.items()})
-        self._compiled = core.compile_model(model, "CPU", self._config)
-        self._outputs = self._output_ports(self._path)
-        self._request = self._compiled.create_infer_request()
+        self._compile(lambda model: model.reshape({n: list(v) for n, v in shapes.items()}))
         self._shapes = shapes
         logger.info("%s: compiled %s for %s in %.2f s", self.name, self._path.name,
                     shapes, time.perf_counter() - started)  # fmt: skip

@@ -8,7 +8,7 @@ The command lines are the scripts beside this file (``python benchmarks/latency.
 - ``workload``: the inputs of one call, the PyTorch baseline and the GFLOPs of a call.
 - ``runners``: the rows (PyTorch eager, onnxruntime per precision, TensorRT).
 - ``timing``: warm-up, repeated calls, p50/p90/p99 and spread, device synchronisation.
-- ``ort_profile``: onnxruntime's per-operator time of a row.
+- ``node_profile``: per-operator time of a row (onnxruntime's profiler, OpenVINO's counters).
 - ``targets``: the issue's latency targets and the paper's figure.
 - ``suite``: one latency run over every row (``run_benchmark``).
 - ``report`` and ``plot``: the results as JSON, markdown and PNG.

@@ -43,8 +43,9 @@ multiply-accumulate) and the achieved GFLOP/s at p50; the fraction of this machi
 GEMM peak for the backend's arithmetic (FP32, BF16 for FP16 graphs on a CPU, FP16 on a GPU,
 INT8); the speed-up over PyTorch eager FP32 and over the best PyTorch row of the run; the
 time for E = 1, 2, 4 expressions on one video; the issue's targets with pass/fail and the paper's 109 ms (NVIDIA A40, a GPU) beside the device
-measured here. ``--profile`` runs onnxruntime's profiler once per ORT backend and tabulates the
-node time by operator type.
+measured here. ``--profile`` runs onnxruntime's profiler once per ORT row and OpenVINO's per-node
+counters once per OpenVINO row, and tabulates the node time by operator type (for OpenVINO, the
+layer type and the kernel that ran it).
 
 Everything goes to ``benchmarks/results/<machine>/latency-<tag>.{json,md,png}``; the markdown is
 printed. This script is the command line; the work is done by the ``benchmarks`` package
@@ -108,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="profile the ORT rows once; per-op-type node time tables",
+        help="profile the ORT and OpenVINO rows once; per-op-type node time tables",
     )
     parser.add_argument("--out", default=None, help="default: benchmarks/results/<machine>")
     parser.add_argument("--tag", default=None, help="file name tag (default from the setting)")

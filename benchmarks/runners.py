@@ -314,7 +314,7 @@ def _backend_options(
     if spec.runtime == "openvino":
         # No compiled-model cache: a row times the backend, and its load must not depend on
         # what an earlier run left in the user's cache.
-        return {"threads": threads, "cache_dir": None}, "cpu"
+        return {"threads": threads, "cache_dir": None, "profile": profile_dir is not None}, "cpu"
     if spec.runtime != "onnxruntime":
         return {}, "cuda"
     options: dict[str, Any] = {"threads": threads}
@@ -342,7 +342,8 @@ def open_runner(
         threads: onnxruntime ``intra_op_num_threads`` and OpenVINO's
             ``INFERENCE_NUM_THREADS`` (torch's are set globally).
         status: ``available_backends()`` (computed when not given).
-        profile_dir: enable onnxruntime's profiler, writing there (ORT rows only).
+        profile_dir: enable onnxruntime's profiler, writing there (ORT rows), or OpenVINO's
+            per-node counters (OpenVINO rows).
 
     Returns:
         (runner, description: device, arithmetic, text and video precision, files' sha256).

@@ -21,7 +21,7 @@ import torch
 from benchmarks.gemm import gemm_peaks, peak_for
 from benchmarks.isolate import gflops_in_child, measure_in_child
 from benchmarks.machine import cpu_count, is_busy, load_average, machine_info, package_versions
-from benchmarks.ort_profile import profile_ort
+from benchmarks.node_profile import profile_openvino, profile_ort
 from benchmarks.report import RESULTS_DIR, device_label, write_outputs
 from benchmarks.runners import (
     DEFAULT_BACKENDS,
@@ -249,12 +249,14 @@ def add_speedups(rows: list[dict]) -> str | None:
 def profile_rows(
     rows: list[dict], manifest: Manifest, workload: Workload, out_dir: Path, tag: str
 ) -> dict[str, dict]:
-    """onnxruntime's per-op-type tables of every timed ORT row (``benchmarks.ort_profile``)."""
+    """Per-op-type tables of every timed onnxruntime and OpenVINO row
+    (``benchmarks.node_profile``)."""
+    profilers = {"onnxruntime": profile_ort, "openvino": profile_openvino}
     profiles = {}
     for row in rows:
-        if row["status"] == "timed" and row["runtime"] == "onnxruntime":
+        if row["status"] == "timed" and row["runtime"] in profilers:
             log.info("profiling %s", row["backend"])
-            profiles[row["backend"]] = profile_ort(
+            profiles[row["backend"]] = profilers[row["runtime"]](
                 row["backend"], manifest, workload.feeds[workload.main_e],
                 workload.setting["threads"], out_dir, tag,
             )  # fmt: skip

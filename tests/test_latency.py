@@ -160,6 +160,18 @@ def test_ort_profile_tables(results):
     assert all(Path(path).is_file() for path in table["files"].values())
 
 
+def test_openvino_profile_tables(results):
+    if "ov" not in results["profiles"]:
+        pytest.skip("OpenVINO is not installed here")
+    table = results["profiles"]["ov"]
+    # Op types carry the kernel that ran them: the f32 row's GEMMs are f32 kernels.
+    gemms = [r["op_type"] for r in table["op_types"] if r["op_type"].startswith("FullyConnected")]
+    assert gemms and all("f32" in op for op in gemms), table["op_types"]
+    assert set(table["graph_ms"]) == {"text_encoder", "video"} and table["total_ms"] > 0
+    nodes = json.loads(Path(table["files"]["nodes"]).read_text())
+    assert sum(n["ms"] for g in nodes.values() for n in g) == pytest.approx(table["total_ms"])
+
+
 def test_summarize_times():
     stats = summarize_times([0.001, 0.002, 0.003, 0.004, 0.010])
     assert stats["p50"] == pytest.approx(3.0)

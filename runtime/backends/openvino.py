@@ -189,6 +189,8 @@ class OpenVINOBackend(BaseBackend):
         static_shapes: compile for each call's exact input shapes (recompiling when they
             change) rather than once for the bounded dynamic axes: a third of the memory at the
             paper size (see the module docstring).
+        profile: time every node of each call (OpenVINO's ``PERF_COUNT``); read them with
+            :meth:`profiling_info`.
 
     Raises:
         BackendUnavailable: openvino is missing, or the CPU cannot run ``precision`` (names
@@ -207,6 +209,7 @@ class OpenVINOBackend(BaseBackend):
         cache_dir: str | Path | None = _USE_DEFAULT,
         performance_hint: str = "LATENCY",
         static_shapes: bool = True,
+        profile: bool = False,
     ) -> None:
         ov = import_openvino()
         precision = openvino_precision(precision)
@@ -227,6 +230,8 @@ class OpenVINOBackend(BaseBackend):
         }
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
+        if profile:  # per-node timings of each call (profiling_info)
+            config["PERF_COUNT"] = True
         cache = default_cache_dir() if cache_dir == _USE_DEFAULT else cache_dir
         # One folder per compile configuration: OpenVINO's key for a model leaves out the
         # inference precision (a bf16 compile loaded the f32 blob and returned NaN).
@@ -314,6 +319,20 @@ class OpenVINOBackend(BaseBackend):
                 precision = info["runtimePrecision"].astype(str)
                 counts[precision] = counts.get(precision, 0) + 1
         return counts
+
+    def profiling_info(self) -> list[dict[str, Any]]:
+        """Per-node times of the last call (``profile=True``): node name, OpenVINO's layer type,
+        the kernel that ran it (its ISA and precision, e.g. ``brgemm_avx512_amx_bf16``) and
+        milliseconds; nodes fused into another or not executed are left out."""
+        if "PERF_COUNT" not in self._config:
+            raise RuntimeError(f"{self.name} was created without profile=True")
+        ov = import_openvino()
+        return [
+            {"node": info.node_name, "layer_type": info.node_type, "exec_type": info.exec_type,
+             "ms": info.real_time.total_seconds() * 1e3}
+            for info in self._request.profiling_info
+            if info.status == ov.ProfilingInfo.Status.EXECUTED
+        ]  # fmt: skip
 
     def _compile(self, shape: Any) -> None:
         """Read the graph, give it its input shapes (``shape(model)``), compile it, and set the

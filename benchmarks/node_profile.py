@@ -1,4 +1,10 @@
-"""onnxruntime's profiler on the ORT rows: node time by operator type for one call."""
+"""Node time by operator type for one call of a row: onnxruntime's profiler on the ORT rows,
+OpenVINO's per-node counters (``PERF_COUNT``) on the OpenVINO rows.
+
+OpenVINO's operator type is its layer type and the kernel that ran it, e.g. ``FullyConnected
+(brgemm_avx512_amx_bf16)``: whether a GEMM ran on AMX, in BF16 or fell back to f32 is the first
+thing a slow row needs to be asked.
+"""
 
 from __future__ import annotations
 
@@ -33,11 +39,22 @@ def _kernels(events: list[dict], window: tuple[float, float]) -> Iterator[tuple[
             yield node, event.get("args", {}).get("op_name", "?"), event["dur"] / 1e3
 
 
-def op_time_table(profile_files: dict[str, str | Path], top: int = 15) -> dict:
-    """Node time by operator type from onnxruntime profile JSONs, for the last run in each.
+def ort_trace_nodes(profile_files: dict[str, str | Path]) -> dict[str, list[tuple[str, str, float]]]:
+    """graph -> (node, op type, ms) of the last run in each onnxruntime profile JSON."""
+    nodes = {}
+    for graph, path in profile_files.items():
+        events = json.loads(Path(path).read_text())
+        window = _last_run(events)
+        if window is not None:
+            nodes[graph] = list(_kernels(events, window))
+    return nodes
+
+
+def op_time_table(graph_nodes: dict[str, list[tuple[str, str, float]]], top: int = 15) -> dict:
+    """Node time by operator type.
 
     Args:
-        profile_files: graph name -> the JSON trace ``end_profiling()`` wrote.
+        graph_nodes: graph name -> (node, op type, ms) of one call.
         top: how many operator types (and single nodes) to keep.
 
     Returns:
@@ -47,13 +64,9 @@ def op_time_table(profile_files: dict[str, str | Path], top: int = 15) -> dict:
     by_type: dict[str, list[float]] = {}
     nodes: list[dict] = []
     graph_ms: dict[str, float] = {}
-    for graph, path in profile_files.items():
-        events = json.loads(Path(path).read_text())
-        window = _last_run(events)
-        if window is None:
-            continue
+    for graph, kernels in graph_nodes.items():
         graph_ms[graph] = 0.0
-        for node, op_type, ms in _kernels(events, window):
+        for node, op_type, ms in kernels:
             entry = by_type.setdefault(op_type, [0, 0.0])
             entry[0] += 1
             entry[1] += ms
@@ -93,7 +106,7 @@ def profile_ort(
             }
         finally:
             runner.close()
-        table = op_time_table(traces, top)
+        table = op_time_table(ort_trace_nodes(traces), top)
         keep = out_dir / "profiles"
         keep.mkdir(parents=True, exist_ok=True)
         table["files"] = {}
@@ -101,4 +114,42 @@ def profile_ort(
             target = keep / f"latency-{tag}-{name}-{graph}.json"
             shutil.move(trace, target)
             table["files"][graph] = str(target)
+    return table
+
+
+def profile_openvino(
+    name: str,
+    manifest: Manifest,
+    feeds: dict[str, np.ndarray],
+    threads: int,
+    out_dir: Path,
+    tag: str,
+    top: int = 15,
+) -> dict:
+    """One profiled call (after one warm-up) of an OpenVINO row; per-op-type table of its
+    nodes, the op type being OpenVINO's layer type with its kernel. Every node's time is kept
+    in ``out_dir/profiles/latency-<tag>-<name>.json``."""
+    runner, _ = open_runner(name, manifest, None, "cpu", threads, profile_dir=out_dir)
+    try:
+        runner(feeds)
+        runner(feeds)
+        infos = {
+            "text_encoder": runner.text_backend.profiling_info(),
+            "video": runner.video_backend.profiling_info(),
+        }
+    finally:
+        runner.close()
+    table = op_time_table(
+        {
+            graph: [(i["node"], f"{i['layer_type']} ({i['exec_type']})", i["ms"]) for i in nodes]
+            for graph, nodes in infos.items()
+        },
+        top,
+    )
+    keep = out_dir / "profiles"
+    keep.mkdir(parents=True, exist_ok=True)
+    target = keep / f"latency-{tag}-{name}.json"
+    target.write_text(json.dumps(infos, indent=1))
+    table["files"] = {"nodes": str(target)}
+    table["runtime"] = "OpenVINO"
     return table

@@ -128,7 +128,8 @@ def main() -> None:
 def segment_sample(manifest, data: Path, out: Path, threads: int | None) -> None:
     """Segment the first valid video with its own expressions, FP32 and INT8 (CPU form)."""
     from runtime.predictor import RVOSPredictor
-    from runtime.video import overlay, read_video, write_masks, write_video
+    from runtime.video import read_video
+    from runtime.writers import overlay, write_masks, write_video
 
     meta = json.loads((data / "meta_expressions" / "valid" / "meta_expressions.json").read_text())
     name = min(meta["videos"])

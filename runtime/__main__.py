@@ -21,7 +21,10 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,6 +56,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     segment.add_argument(
         "--window", type=int, default=None, help="frames per call (default: the bundle's maximum)"
     )
+    segment.add_argument(
+        "--overlap",
+        type=int,
+        default=None,
+        help="frames consecutive windows share, to link one object per expression across "
+        "windows (default: a quarter of the window; 0: independent windows)",
+    )
+    segment.add_argument(
+        "--no-link",
+        action="store_true",
+        help="choose each window's query by its score alone (identity switches are still "
+        "measured and recorded)",
+    )
     segment.add_argument("--name", default=None, help="video name in the output layout")
     segment.add_argument("--gif", action="store_true", help="write the overlay as a GIF")
     segment.add_argument("--fps", type=float, default=10.0, help="overlay frame rate (> 0)")
@@ -72,9 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def run_segment(args: argparse.Namespace) -> dict:
+    """Segment one video window by window: each window's masks and overlay frames are written
+    as it completes (into the staging area of ``RunOutput``), the result JSON last."""
     from .outputs import RunOutput, default_name
     from .predictor import RVOSPredictor, check_expressions
-    from .video import WriteError, check_fps, load_video, overlay, write_masks, write_video
+    from .stream import check_overlap
+    from .video import open_video
+    from .writers import OverlayWriter, WriteError, check_fps, write_masks
 
     # Everything that can be checked without the bundle is checked before it is loaded.
     texts = check_expressions(args.text)
@@ -82,43 +102,44 @@ def run_segment(args: argparse.Namespace) -> dict:
         check_fps(args.fps)
     name = args.name if args.name is not None else default_name(args.video)
     output = RunOutput(args.out, name, args.overwrite)
-    video = load_video(args.video, allow_partial=args.allow_partial)  # segmented, then overlaid
+    video = open_video(args.video, allow_partial=args.allow_partial)  # decoded as windows run
 
     options = {"threads": args.threads} if args.threads else {}
     predictor = RVOSPredictor(
         args.bundle, backend=args.backend, precision=args.precision, **options
     )
     window = predictor.check_window(args.window)  # the bundle's frame profile: its limits
-    result = predictor.segment(video.frames, texts, window=window)
-    summary = {
-        "video": str(args.video),
-        "name": output.name,
-        "bundle": str(args.bundle),
-        "backend": predictor.video_backend.name,
-        "frames": len(video.names),
-        "expressions": [
-            {
-                "index": i,
-                "text": text,
-                "score": float(score),
-                "queries": result.queries[i].tolist(),
-                "foreground_fraction": float(result.masks[i].mean()),
-            }  # fmt: skip
-            for i, (text, score) in enumerate(zip(texts, result.scores))
-        ],
-        "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
-    }
-    if video.partial is not None:
-        summary["partial_video"] = video.partial
+    overlap = check_overlap(window // 4 if args.overlap is None else args.overlap, window)
+    windows, frames, switches = [], 0, [0] * len(texts)
+    scores = [[] for _ in texts]
+    fraction = [0.0] * len(texts)
+    timings = {"text": 0.0, "video": 0.0, "postprocess": 0.0, "write": 0.0}
+    started_run = time.perf_counter()
+    suffix = ".gif" if args.gif else ".mp4"
     with output:
+        overlay = None
+        if not args.no_overlay:
+            overlay = OverlayWriter(output.overlay_path(suffix), args.fps, texts)
         try:
-            for index, masks in enumerate(result.masks):
-                write_masks(masks, video.names, output.masks_dir / str(index))
-            if not args.no_overlay:
-                suffix = ".gif" if args.gif else ".mp4"
-                painted = overlay(video.frames, result.masks)
-                write_video(painted, output.overlay_path(suffix), args.fps)
-                summary["overlay"] = str(args.out / f"{output.name}_overlay{suffix}")
+            results = predictor.stream(video, texts, window, args.allow_partial, overlap,
+                                       link=not args.no_link)  # fmt: skip
+            for result in progress(results, video.length, window, overlap):
+                started = time.perf_counter()
+                for index, masks in enumerate(result.masks):
+                    write_masks(masks, result.names, output.masks_dir / str(index))
+                    fraction[index] += float(masks.mean()) * len(result.names)
+                if overlay is not None:
+                    overlay.write(np.stack(result.frames), result.masks)
+                timings["write"] += (time.perf_counter() - started) * 1e3
+                for key in ("text", "video", "postprocess"):
+                    timings[key] += result.timings_ms[key]
+                for index, choice in enumerate(result.choices):
+                    scores[index].append(choice.score)
+                    switches[index] += choice.switch
+                windows.append(result.record())
+                frames += len(result.names)
+            if overlay is not None:
+                overlay.close()
         except WriteError as error:
             target = output.destination(error.path) if error.path else "an output"
             raise WriteError(
@@ -126,7 +147,48 @@ def run_segment(args: argparse.Namespace) -> dict:
                 "was changed",
                 error.path,
             ) from error
+        finally:
+            if overlay is not None:
+                overlay.abort()
+        timings["total"] = (time.perf_counter() - started_run) * 1e3
+        summary = {
+            "video": str(args.video),
+            "name": output.name,
+            "bundle": str(args.bundle),
+            "backend": predictor.video_backend.name,
+            "frames": frames,
+            "window": window,
+            "overlap": overlap,
+            "linked": not args.no_link,
+            "expressions": [
+                {
+                    "index": i,
+                    "text": text,
+                    "score": float(np.mean(scores[i])),
+                    "queries": [w["choices"][i]["query"] for w in windows],
+                    "identity_switches": switches[i],
+                    "foreground_fraction": fraction[i] / max(frames, 1),
+                }  # fmt: skip
+                for i, text in enumerate(texts)
+            ],
+            "windows": windows,
+            "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+        }
+        if not args.no_overlay:
+            summary["overlay"] = str(args.out / f"{output.name}_overlay{suffix}")
+        if video.partial is not None:
+            summary["partial_video"] = video.partial
         return output.commit(summary)
+
+
+def progress(results, frames: int | None, window: int, overlap: int):
+    """A progress bar over windows when the frame count is known and spans several windows."""
+    if frames is None or frames <= window:
+        return results
+    from tqdm import tqdm
+
+    total = 1 + -(-(frames - window) // (window - overlap))  # the first, then one per step
+    return tqdm(results, total=total, unit="window", leave=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,11 @@ as often as needed. Pre- and post-processing are numpy (docs/design.md, "Inferen
    window, the best query wins, its stride-4 mask logits are upsampled x4 (bilinear), cropped
    to the input size, resized to the video's size and thresholded at probability 0.5.
 
-Videos longer than the profile's maximum frames run in consecutive windows (each window picks
-its own query, as the PyTorch evaluation does); clips shorter than the profile's minimum are
+``stream(video, text)`` reads, runs and yields one window at a time (``WindowResult``), so a
+long video is never held whole; ``segment`` collects the stream into one ``Segmentation``.
+Videos longer than the window run in windows that may overlap and link one object per
+expression across them (``runtime.stream``); with no overlap (the default) each window picks
+its own query, as the PyTorch evaluation does. Clips shorter than the profile's minimum are
 padded with their last frame; more expressions than the profile allows run in groups.
 """
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,7 +31,8 @@ from .backends import load_backend
 from .manifest import Manifest
 from .precisions import RUNTIME_PRECISIONS
 from .selection import chosen_tracks, select_queries
-from .video import read_video, resize_frames
+from .stream import TrackLinker, check_overlap, iter_windows, merge_shared
+from .video import VideoStream, open_video, resize_frames
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,31 @@ class Segmentation:
     queries: np.ndarray  # (E, n_windows) chosen query per window
     frame_names: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    windows: list[dict] = field(default_factory=list)  # WindowResult.record() of each window
+
+
+@dataclass
+class WindowResult:
+    """One window's finished frames: what ``RVOSPredictor.stream`` yields.
+
+    The last ``overlap`` frames of a window are finished by the next window (merged over the
+    frames both saw), so ``names`` / ``frames`` / ``masks`` are the frames finished now, from
+    video frame ``start`` on, while ``window`` is the span of frames this call ran on.
+    """
+
+    index: int
+    start: int
+    names: list[str]
+    frames: list[np.ndarray]  # original RGB frames, uint8 [H0, W0, 3]
+    masks: np.ndarray  # (E, t, H0, W0) bool
+    window: tuple[int, int]  # [first, end) video frames of the call
+    choices: list  # runtime.stream.Choice per expression
+    timings_ms: dict[str, float]
+
+    def record(self) -> dict:
+        """The window for a result JSON: its span and each expression's choice."""
+        return {"index": self.index, "frames": list(self.window),
+                "choices": [choice.as_dict() for choice in self.choices]}  # fmt: skip
 
 
 def upsample_logits(logits: np.ndarray, input_size: tuple[int, int], output_size: tuple[int, int]):
@@ -200,80 +230,118 @@ class RVOSPredictor:
             )
         return int(window)
 
-    def prepare_frames(
-        self, video, allow_partial: bool = False
-    ) -> tuple[np.ndarray, list[str], tuple[int, int]]:
-        """Read and resize a video: (frames at the bundle size, frame names, original size).
-
-        ``allow_partial``: use what decodes of a truncated or corrupt file (``read_video``).
-        """
-        frames, names = read_video(video, allow_partial=allow_partial)
-        original = frames.shape[1:3]
-        return resize_frames(frames, self.size), names, original
-
     def segment(
         self,
         video,
         expressions: list[str] | str | TextEmbedding,
         window: int | None = None,
         allow_partial: bool = False,
+        overlap: int = 0,
+        link: bool = True,
     ) -> Segmentation:
-        """Masks ``[E, T, H0, W0]`` and scores for a video (file, folder or ``[T,H,W,3]`` array).
-
-        ``window`` frames per call (default: the profile's maximum; see ``check_window``).
-        ``allow_partial``: segment what decodes of a truncated or corrupt video file instead
-        of raising ``VideoError`` (``runtime.video.read_video``).
-        """
+        """Masks ``[E, T, H0, W0]`` and scores for a video (file, folder, ``[T,H,W,3]`` array or
+        iterable of frames): ``stream`` collected. See ``stream`` for the arguments."""
         started = time.perf_counter()
-        # Every input is checked before the first graph runs: window, video, expressions.
+        results = list(self.stream(video, expressions, window, allow_partial, overlap, link))
+        timings = {
+            k: sum(r.timings_ms[k] for r in results) for k in ("text", "video", "postprocess")
+        }
+        timings["total"] = (time.perf_counter() - started) * 1e3
+        return Segmentation(
+            masks=np.concatenate([r.masks for r in results], axis=1),
+            scores=np.array([[c.score for c in r.choices] for r in results], np.float32).mean(0),
+            queries=np.array([[c.query for c in r.choices] for r in results], np.int64).T,
+            frame_names=[name for r in results for name in r.names],
+            timings_ms=timings,
+            windows=[r.record() for r in results],
+        )
+
+    def stream(
+        self,
+        video,
+        expressions: list[str] | str | TextEmbedding,
+        window: int | None = None,
+        allow_partial: bool = False,
+        overlap: int = 0,
+        link: bool = True,
+        link_weight: float = 0.5,
+        switch_iou: float = 0.5,
+    ) -> Iterator[WindowResult]:
+        """Segment a video window by window, reading only the frames each window needs, and
+        yield each window's finished frames and masks (``WindowResult``) as it completes.
+
+        Args:
+            video: a file, a folder of frames, an array ``[T, H, W, 3]`` uint8, an iterable of
+                ``[H, W, 3]`` frames, or a ``VideoStream`` from ``runtime.video.open_video``
+                (whose ``partial`` then tells, after the last window, whether it was whole).
+            expressions: texts, or a ``TextEmbedding`` from ``encode_text``.
+            window: frames per call (default: the profile's maximum; ``check_window``).
+            allow_partial: segment what decodes of a truncated or corrupt file instead of
+                raising ``VideoError`` when the stream reaches the break.
+            overlap: frames consecutive windows share (``runtime.stream``); 0 = independent
+                windows.
+            link: link each window's query to the previous track on the shared frames.
+            link_weight, switch_iou: see ``runtime.stream.TrackLinker``.
+        """
+        # Every input is checked before the first graph runs: window, overlap, expressions,
+        # video (what can be checked before decoding).
         window = self.check_window(window)
+        overlap = check_overlap(overlap, window)
         if not isinstance(expressions, TextEmbedding):
             expressions = check_expressions(expressions)
-        frames, names, original = self.prepare_frames(video, allow_partial)
+        linker = TrackLinker(self.threshold_logit, link, link_weight, switch_iou)
+        source = video if isinstance(video, VideoStream) else open_video(video, None, allow_partial)
         tick = time.perf_counter()
         text = (
             expressions if isinstance(expressions, TextEmbedding) else self.encode_text(expressions)
         )
         text_ms = (time.perf_counter() - tick) * 1e3
-        count = len(text.expressions)
-        masks = np.zeros((count, len(frames), *original), dtype=bool)
-        scores, queries = [], []
-        video_ms = post_ms = 0.0
-        for start in range(0, len(frames), window):
-            clip = frames[start : start + window]
-            # A graph whose frame profile starts above 1 (Video-Swin: T >= 9) gets short clips
-            # padded with copies of their last frame; the padded frames' outputs are dropped.
-            real = len(clip)
-            if real < self.min_frames:
-                clip = np.concatenate([clip, np.repeat(clip[-1:], self.min_frames - real, 0)])
-            window_scores = np.zeros(count, dtype=np.float32)
-            window_queries = np.zeros(count, dtype=np.int64)
-            for first in range(0, count, self.max_expressions):
-                group = slice(first, first + self.max_expressions)
-                tick = time.perf_counter()
-                out = self.video_backend.infer(self._video_feeds(clip, text, group))
-                video_ms += (time.perf_counter() - tick) * 1e3
-                tick = time.perf_counter()
-                group_masks, group_scores, group_queries = self.postprocess(
-                    out["pred_logits"][:, :real], out["pred_masks"][:, :real], original
-                )
-                masks[group, start : start + real] = group_masks
-                window_scores[group], window_queries[group] = group_scores, group_queries
-                post_ms += (time.perf_counter() - tick) * 1e3
-            scores.append(window_scores)
-            queries.append(window_queries)
-        return Segmentation(
-            masks=masks,
-            scores=np.stack(scores, axis=1).mean(axis=1),
-            queries=np.stack(queries, axis=1),
-            frame_names=names,
-            timings_ms={
-                "text": text_ms,
-                "video": video_ms,
-                "postprocess": post_ms,
-                "total": (time.perf_counter() - started) * 1e3,
-            },  # fmt: skip
-        )
+        held = None  # the last window's tracks on the frames the next one shares
+        for win in iter_windows(source, window, overlap):
+            tick = time.perf_counter()
+            logits, mask_logits = self._run_window(win.frames, text)
+            video_ms = (time.perf_counter() - tick) * 1e3
+            tick = time.perf_counter()
+            tracks, choices = linker.choose(logits, mask_logits, win.overlap)
+            if held is not None:
+                tracks[:, : win.overlap] = merge_shared(held, tracks, choices)
+            hold = 0 if win.last else overlap
+            done = len(win.frames) - hold
+            original = win.frames[0].shape[:2]
+            masks = self._track_masks(tracks[:, :done], original)
+            held = tracks[:, done:] if hold else None
+            post_ms = (time.perf_counter() - tick) * 1e3
+            yield WindowResult(
+                index=win.index,
+                start=win.start,
+                names=win.names[:done],
+                frames=win.frames[:done],
+                masks=masks,
+                window=(win.start, win.start + len(win.frames)),
+                choices=choices,
+                timings_ms={
+                    "text": text_ms if win.index == 0 else 0.0,
+                    "video": video_ms,
+                    "postprocess": post_ms,
+                },
+            )
+
+    def _run_window(self, frames: list[np.ndarray], text: TextEmbedding):
+        """One window's frames -> class logits (E, t, N) and mask logits (E, t, N, h, w) of
+        every expression, the video graph run once per expression group."""
+        clip = resize_frames(np.stack(frames), self.size)
+        # A graph whose frame profile starts above 1 (Video-Swin: T >= 9) gets short clips
+        # padded with copies of their last frame; the padded frames' outputs are dropped.
+        real = len(clip)
+        if real < self.min_frames:
+            clip = np.concatenate([clip, np.repeat(clip[-1:], self.min_frames - real, 0)])
+        logits, masks = [], []
+        for first in range(0, len(text.expressions), self.max_expressions):
+            group = slice(first, first + self.max_expressions)
+            out = self.video_backend.infer(self._video_feeds(clip, text, group))
+            logits.append(out["pred_logits"][:, :real])
+            masks.append(out["pred_masks"][:, :real])
+        return np.concatenate(logits), np.concatenate(masks)
 
     def _video_feeds(self, clip: np.ndarray, text: TextEmbedding, group: slice) -> dict:
         if self.frame_format == "uint8-nhwc":
@@ -293,9 +361,12 @@ class RVOSPredictor:
         """(E, T, N) logits and (E, T, N, h, w) mask logits -> masks (E, T, H0, W0), scores,
         chosen queries (the inference rule, ``runtime.selection``)."""
         best, scores = select_queries(logits)
-        chosen = chosen_tracks(mask_logits, best)  # (E, T, h, w)
-        expressions, frames = chosen.shape[:2]
-        full = upsample_logits(chosen.reshape(-1, *chosen.shape[2:]).astype(np.float32),
-                               self.size, original)  # fmt: skip
-        masks = (full > self.threshold_logit).reshape(expressions, frames, *original)
+        masks = self._track_masks(chosen_tracks(mask_logits, best), original)
         return masks, scores.astype(np.float32), best
+
+    def _track_masks(self, tracks: np.ndarray, original: tuple[int, int]) -> np.ndarray:
+        """Stride-4 track logits (E, T, h, w) -> masks (E, T, H0, W0) bool at the video's size."""
+        expressions, frames = tracks.shape[:2]
+        full = upsample_logits(tracks.reshape(-1, *tracks.shape[2:]).astype(np.float32),
+                               self.size, original)  # fmt: skip
+        return (full > self.threshold_logit).reshape(expressions, frames, *original)

@@ -17,12 +17,17 @@ import numpy as np
 def select_queries(pred_logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Class logits (E, T, N) -> the chosen query per expression (E,) int64 and its score (E,),
     the frame-averaged probability, float64."""
+    probabilities = query_scores(pred_logits)
+    best = probabilities.argmax(axis=1)
+    return best, probabilities[np.arange(len(best)), best]
+
+
+def query_scores(pred_logits: np.ndarray) -> np.ndarray:
+    """Class logits (E, T, N) -> each query's frame-averaged probability (E, N), float64."""
     logits = np.asarray(pred_logits)
     if logits.ndim != 3 or 0 in logits.shape:
         raise ValueError(f"pred_logits must be (E, T, N) with no empty axis, got {logits.shape}")
-    probabilities = (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).mean(axis=1)  # (E, N)
-    best = probabilities.argmax(axis=1)
-    return best, probabilities[np.arange(len(best)), best]
+    return (1.0 / (1.0 + np.exp(-logits.astype(np.float64)))).mean(axis=1)
 
 
 def chosen_tracks(pred_masks: np.ndarray, best: np.ndarray) -> np.ndarray:

@@ -1,7 +1,9 @@
-"""Reading videos (a file, a folder of frames, an array) and writing masks and overlays.
+"""Reading videos: a file, a folder of frames, an array, or any iterable of frames.
 
-Frames are returned as one ``uint8 [T, H, W, 3]`` RGB array. OpenCV decodes files; PIL reads
-frame folders and writes PNG masks and GIFs. No torch.
+``open_video`` decodes frame by frame (``VideoStream``), so a long video is never held whole:
+the predictor's ``stream`` reads one window at a time. ``read_video`` / ``load_video`` collect
+a stream into one ``uint8 [T, H, W, 3]`` RGB array. OpenCV decodes files; PIL reads frame
+folders. No torch. Writing masks and overlays is ``runtime.writers``.
 
 What counts as a whole video (a partial one is an error unless ``allow_partial``):
 
@@ -18,9 +20,12 @@ What counts as a whole video (a partial one is an error unless ``allow_partial``
   colour images; 32-bit integer and floating-point images are refused (their range is not
   known).
 
-Writes check what they wrote: a PNG or GIF that cannot be written raises ``WriteError`` naming
-it, and an MP4 is reopened and its frames counted, since OpenCV's writer reports no error (a
-full disk or a file-size limit leaves a cut, unplayable file behind it silently).
+- an iterable of frames (a generator, say): each frame must be ``uint8 [H, W, 3]`` of the
+  first frame's size; it is checked as it arrives and named by its index.
+
+A stream finds out that a file is cut short when it gets there: it then raises ``VideoError``
+naming the file and the last frame that decoded, after the frames before it were yielded (a
+caller writing outputs as it goes must not commit them: ``runtime.outputs`` stages them).
 """
 
 from __future__ import annotations
@@ -40,25 +45,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # PIL modes that convert to RGB without losing range; 16-bit ones are scaled first.
 EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
-# One colour per expression in overlays (RGB), cycling beyond ten.
-PALETTE = np.array(
-    [(230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180),
-     (70, 240, 240), (245, 130, 48), (240, 50, 230), (210, 245, 60), (250, 190, 190)],
-    dtype=np.uint8,
-)  # fmt: skip
 
 
 class VideoError(ValueError):
     """A video that cannot be read: missing, undecodable, empty or of inconsistent size."""
-
-
-class WriteError(OSError):
-    """A mask or overlay that could not be written, or does not read back as written;
-    ``path`` is the file."""
-
-    def __init__(self, message: str, path: Path | None = None) -> None:
-        super().__init__(message)
-        self.path = path
 
 
 @dataclass
@@ -85,7 +75,7 @@ def read_video(
     Args:
         source: a video file (anything OpenCV decodes: mp4, avi, mkv, ...), a directory of
             images (in natural order of their names, see the module's docstring), an array
-            ``[T, H, W, 3]`` uint8 RGB, or a list of arrays.
+            ``[T, H, W, 3]`` uint8 RGB, or a list (or any iterable) of ``[H, W, 3]`` frames.
         max_frames: read at most this many frames.
         allow_partial: use the frames that decode from a truncated or corrupt file (with a
             warning) instead of raising ``VideoError``.
@@ -98,19 +88,92 @@ def read_video(
 
 def load_video(source, max_frames: int | None = None, allow_partial: bool = False) -> Video:
     """``read_video``, returning a ``Video`` that also says whether the source was whole."""
+    stream = open_video(source, max_frames, allow_partial)
+    names, frames = [], []
+    for name, frame in stream:
+        names.append(name)
+        frames.append(frame)
+    return Video(np.stack(frames), names, stream.source, stream.expected_frames, stream.partial)
+
+
+def open_video(source, max_frames: int | None = None, allow_partial: bool = False) -> VideoStream:
+    """A ``VideoStream`` over ``source`` (see ``read_video`` for what it can be). What can be
+    checked before decoding is checked here: the path exists and is a regular file or a
+    folder of uniquely named images, the file opens, an array has the right shape and type."""
     if max_frames is not None and max_frames < 1:
         raise VideoError(f"max_frames must be at least 1, got {max_frames}")
     if isinstance(source, (np.ndarray, list, tuple)):
         frames = _check_array(source)[:max_frames]
-        return Video(frames, [f"{i:05d}" for i in range(len(frames))], "array")
+        names = (f"{i:05d}" for i in range(len(frames)))
+        return VideoStream(zip(names, frames), "array", length=len(frames))
+    if not isinstance(source, (str, Path)):
+        return VideoStream(_checked_frames(source, max_frames), "iterable")
     path = Path(source)
     if not path.exists():
         raise VideoError(f"video {path} does not exist")
     if path.is_dir():
-        frames, names = _read_folder(path, max_frames)
-        return Video(frames, names, str(path))
+        files = frame_files(path)[:max_frames]
+        return VideoStream(_folder_frames(files), str(path), length=len(files))
     _check_regular(path, "video")
-    return _read_file(path, max_frames, allow_partial)
+    return _file_stream(path, max_frames, allow_partial)
+
+
+class VideoStream:
+    """Frames of one video as ``(name, uint8 [H, W, 3] RGB)`` pairs, decoded as they are asked
+    for. Iterate it once. ``count`` is the frames yielded so far; ``partial`` is set when
+    ``allow_partial`` let a cut file through (after the iteration ends)."""
+
+    def __init__(self, frames, source: str, expected_frames: int | None = None,
+                 length: int | None = None) -> None:  # fmt: skip
+        self._frames = frames
+        self.source = source
+        # The count a file's container records, which the decoded frames must reach.
+        self.expected_frames = expected_frames
+        # How many frames there will be, where that is known before decoding (progress).
+        self.length = length if length is not None else expected_frames
+        self.count = 0
+        self.partial: dict | None = None
+        self.size: tuple[int, int] | None = None  # (H, W) of the first frame
+
+    def __iter__(self):
+        for name, frame in self._frames:
+            if self.size is None:
+                self.size = frame.shape[:2]
+            self.count += 1
+            yield name, frame
+        if self.count == 0:
+            raise VideoError(f"no frame could be decoded from {self.source} (an empty video)")
+
+
+def _checked_frames(frames, max_frames: int | None):
+    """Frames of an iterable, each checked as it arrives: uint8 ``[H, W, 3]``, one size."""
+    first = None
+    for index, frame in enumerate(frames):
+        if max_frames is not None and index >= max_frames:
+            return
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
+            raise VideoError(
+                f"frame {index} must be uint8 [H, W, 3] RGB, got {frame.dtype} {tuple(frame.shape)}"
+            )
+        if first is not None and frame.shape != first:
+            raise VideoError(f"frame {index} is {frame.shape[1]}x{frame.shape[0]}, the first "
+                             f"frame {first[1]}x{first[0]}")  # fmt: skip
+        first = frame.shape
+        yield f"{index:05d}", np.ascontiguousarray(frame)
+
+
+def _folder_frames(files: list[Path]):
+    first = None
+    for file in files:
+        frame = read_image(file)
+        if first is not None and frame.shape != first:
+            raise VideoError(
+                f"frame {file.name} is {frame.shape[1]}x{frame.shape[0]}, "
+                f"the first frame {first[1]}x{first[0]}"
+            )
+        first = frame.shape
+        yield file.stem, frame
 
 
 def _check_regular(path: Path, what: str) -> None:
@@ -177,19 +240,6 @@ def frame_files(path: Path) -> list[Path]:
     return sorted(files, key=lambda p: natural_key(p.stem))
 
 
-def _read_folder(path: Path, max_frames: int | None) -> tuple[np.ndarray, list[str]]:
-    files = frame_files(path)[:max_frames]
-    frames = []
-    for file in files:
-        frames.append(read_image(file))
-        if frames[-1].shape != frames[0].shape:
-            raise VideoError(
-                f"frame {file.name} is {frames[-1].shape[1]}x{frames[-1].shape[0]}, "
-                f"the first frame {frames[0].shape[1]}x{frames[0].shape[0]}"
-            )
-    return np.stack(frames), [f.stem for f in files]
-
-
 def read_image(file: Path) -> np.ndarray:
     """One image as ``uint8 [H, W, 3]`` RGB; 16-bit grayscale scaled to 8 bits.
 
@@ -217,7 +267,7 @@ def read_image(file: Path) -> np.ndarray:
     )
 
 
-def _read_file(path: Path, max_frames: int | None, allow_partial: bool) -> Video:
+def _file_stream(path: Path, max_frames: int | None, allow_partial: bool) -> VideoStream:
     import cv2
 
     capture = cv2.VideoCapture(str(path))
@@ -226,39 +276,49 @@ def _read_file(path: Path, max_frames: int | None, allow_partial: bool) -> Video
     # The container's count; 0 or negative (or NaN) when it records none.
     reported = capture.get(cv2.CAP_PROP_FRAME_COUNT)
     expected = int(reported) if math.isfinite(reported) and reported > 0 else None
+    stream = VideoStream(None, str(path), expected)
+    stream._frames = _decode(capture, path, stream, max_frames, allow_partial)
+    return stream
+
+
+def _decode(capture, path: Path, stream: VideoStream, max_frames: int | None,
+            allow_partial: bool):  # fmt: skip
+    import cv2
+
+    expected = stream.expected_frames
     wanted = expected if max_frames is None else min(expected or max_frames, max_frames)
-    frames = []
+    count = 0
     try:
-        while max_frames is None or len(frames) < max_frames:
+        while max_frames is None or count < max_frames:
             ok, frame = capture.read()
             if not ok:
                 break
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            yield f"{count:05d}", cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+            count += 1
     finally:
         capture.release()
-    if not frames:
+    if count == 0:
         raise VideoError(f"no frame could be decoded from {path} (corrupt or empty video)")
-    video = Video(np.stack(frames), [f"{i:05d}" for i in range(len(frames))], str(path), expected)
     if expected is None:
         log.warning(
             "%s records no frame count: read %d frames until decoding stopped, which cannot "
-            "tell a whole video from a truncated one", path, len(frames),
+            "tell a whole video from a truncated one", path, count,
         )  # fmt: skip
-    elif len(frames) < wanted:
+    elif count < wanted:
         message = (
-            f"video {path}: decoding failed at frame {len(frames)} of {expected} (the frame "
-            "count its container records): the file is truncated or corrupt"
+            f"video {path}: decoding failed at frame {count} of {expected} (the frame count "
+            f"its container records; the last good frame is {count - 1}): the file is "
+            "truncated or corrupt"
         )
         if not allow_partial:
             raise VideoError(
-                f"{message}; to segment the {len(frames)} frames that decode, allow a partial "
+                f"{message}; to segment the {count} frames that decode, allow a partial "
                 "video (--allow-partial, or allow_partial=True)"
             )
         log.warning("%s; using the %d frames that decode (partial video allowed)", message,
-                    len(frames))  # fmt: skip
-        video.partial = {"frames_decoded": len(frames), "frames_expected": expected,
-                         "reason": message}  # fmt: skip
-    return video
+                    count)  # fmt: skip
+        stream.partial = {"frames_decoded": count, "frames_expected": expected,
+                          "reason": message}  # fmt: skip
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -271,128 +331,3 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.stack(
         [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in frames]
     )
-
-
-def write_masks(masks: np.ndarray, names: list[str], out_dir: Path) -> list[Path]:
-    """One expression's masks ``[T, H, W]`` bool as 0/255 PNGs named after the frames; returns
-    the files written. A failed write raises ``WriteError`` naming the file."""
-    from PIL import Image
-
-    if len(set(names)) != len(names):
-        raise ValueError("frame names must be unique: each names its mask file")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, mask in zip(names, masks):
-        file = out_dir / f"{name}.png"
-        try:
-            Image.fromarray(mask.astype(np.uint8) * 255).save(file)
-        except OSError as error:
-            message = f"cannot write mask {file}: {error.strerror or error}"
-            raise WriteError(message, file) from error
-        written.append(file)
-    return written
-
-
-def overlay(frames: np.ndarray, masks: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Frames ``[T, H, W, 3]`` with each expression's masks ``[E, T, H, W]`` tinted in its
-    palette colour and outlined."""
-    import cv2
-
-    out = frames.astype(np.float32)
-    for index, expression_masks in enumerate(masks):
-        colour = PALETTE[index % len(PALETTE)].astype(np.float32)
-        for t, mask in enumerate(expression_masks):
-            out[t][mask] = (1 - alpha) * out[t][mask] + alpha * colour
-    out = out.astype(np.uint8)
-    for index, expression_masks in enumerate(masks):
-        colour = tuple(int(c) for c in PALETTE[index % len(PALETTE)])
-        for t, mask in enumerate(expression_masks):
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                           cv2.CHAIN_APPROX_SIMPLE)  # fmt: skip
-            cv2.drawContours(out[t], contours, -1, colour, 1)
-    return out
-
-
-def check_fps(fps: float) -> float:
-    """``fps`` as a float, if it is a finite number above zero."""
-    try:
-        value = float(fps)
-    except (TypeError, ValueError):
-        raise ValueError(f"fps must be a number above 0, got {fps!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"fps must be a finite number above 0, got {fps!r}")
-    return value
-
-
-def write_video(frames: np.ndarray, path: Path, fps: float = 10.0) -> Path:
-    """Write RGB frames as ``.mp4`` (OpenCV, mp4v) or ``.gif`` (PIL), by the suffix asked for,
-    then read the file back: ``WriteError`` names it if it is cut short or unreadable."""
-    fps = check_fps(fps)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        _write_gif(frames, path, fps)
-        return path
-    import cv2
-
-    height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if not writer.isOpened():
-        raise WriteError(f"OpenCV cannot write {path}; use a .gif path instead", path)
-    try:
-        for frame in frames:
-            writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
-    _check_mp4(path, len(frames))
-    return path
-
-
-def _check_mp4(path: Path, count: int) -> None:
-    """Reopen a just-written video: it must record ``count`` frames and decode the last one.
-    OpenCV's writer ignores failed writes, so this is the only sign of a cut file."""
-    import cv2
-
-    hint = "the write was cut short (a full disk or a file-size limit?)"
-    capture = cv2.VideoCapture(str(path))
-    try:
-        if not capture.isOpened():
-            raise WriteError(
-                f"overlay {path} was written but does not open as a video: {hint}", path
-            )
-        recorded = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        if recorded != count:
-            raise WriteError(
-                f"overlay {path} holds {recorded} frames, {count} were written: {hint}", path
-            )
-        capture.set(cv2.CAP_PROP_POS_FRAMES, count - 1)
-        if not capture.read()[0]:
-            raise WriteError(
-                f"overlay {path}: its last frame ({count - 1}) does not decode: {hint}", path
-            )
-    finally:
-        capture.release()
-
-
-def _write_gif(frames: np.ndarray, path: Path, fps: float) -> None:
-    from PIL import Image
-
-    images = [Image.fromarray(f) for f in frames]
-    try:
-        images[0].save(path, save_all=True, append_images=images[1:],
-                       duration=int(1000 / fps), loop=0)  # fmt: skip
-    except OSError as error:
-        message = f"cannot write overlay {path}: {error.strerror or error}"
-        raise WriteError(message, path) from error
-    # PIL merges identical consecutive frames into one, so a GIF may hold fewer frames than
-    # were given, never more; each must decode.
-    try:
-        with Image.open(path) as gif:
-            stored = gif.n_frames
-            for index in range(stored):
-                gif.seek(index)
-                gif.load()
-    except (OSError, EOFError) as error:
-        raise WriteError(f"overlay {path} does not read back as a GIF: {error}", path) from error
-    if not 1 <= stored <= len(frames):
-        raise WriteError(f"overlay {path} holds {stored} frames, {len(frames)} were written", path)

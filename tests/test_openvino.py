@@ -358,10 +358,11 @@ def test_fp32_is_closer_to_pytorch_than_onnxruntime(tiny_bundle, synth_data, tmp
     from export.graphs import VideoGraph
     from export.onnx_export import bundle_model
     from runtime.predictor import RVOSPredictor
+    from runtime.video import read_video, resize_frames
 
     predictor = RVOSPredictor(tiny_bundle, backend="onnxruntime", threads=1)
     folder = min((synth_data / "valid" / "JPEGImages").iterdir())
-    frames, _, _ = predictor.prepare_frames(folder)
+    frames = resize_frames(read_video(folder)[0], predictor.size)
     feeds = predictor._video_feeds(frames, predictor.encode_text(TEXTS), slice(0, 2))
     model = bundle_model(predictor.manifest)
     graph = VideoGraph(model, predictor.frame_format).eval()

@@ -17,7 +17,8 @@ import torch
 from runtime.backends import InputError
 from runtime.manifest import BundleError, Manifest
 from runtime.predictor import RVOSPredictor
-from runtime.video import VideoError, read_video, write_video
+from runtime.video import VideoError, read_video
+from runtime.writers import write_video
 
 TEXTS = ["the small red circle moving left", "the big blue square"]
 

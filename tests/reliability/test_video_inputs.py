@@ -8,6 +8,7 @@ corrupted, 16-bit PNG and TIFF frames written by OpenCV, a real FIFO.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -22,7 +23,8 @@ import pytest
 from PIL import Image
 
 from runtime.__main__ import main
-from runtime.video import VideoError, read_video, write_video
+from runtime.video import VideoError, read_video
+from runtime.writers import write_video
 
 REPO = Path(__file__).parents[2]
 FRAMES = 12
@@ -49,16 +51,9 @@ def cut(source: Path, fraction: float, target: Path) -> Path:
     return target
 
 
-def cli(video: Path, tmp_path: Path, *extra: str) -> list[str]:
-    """The segment command on a bundle that does not exist: the video is read first."""
-    return ["segment", "--bundle", str(tmp_path / "no-bundle"), "--video", str(video),
-            "--text", "the red circle", "--out", str(tmp_path / "out"), *extra]  # fmt: skip
-
-
 @pytest.mark.parametrize("fraction", [0.6, 0.3])
-def test_a_truncated_video_is_refused_unless_partial_is_allowed(
-    fraction, whole_avi, tmp_path, caplog, capsys
-):
+def test_a_truncated_video_is_refused_unless_partial_is_allowed(fraction, whole_avi, tmp_path,
+                                                                caplog):  # fmt: skip
     assert len(read_video(whole_avi)[0]) == FRAMES
     video = cut(whole_avi, fraction, tmp_path / "cut.avi")
     with pytest.raises(VideoError, match="decoding failed at frame") as refused:
@@ -71,11 +66,30 @@ def test_a_truncated_video_is_refused_unless_partial_is_allowed(
     assert len(frames) == len(names) == int(found[2]) < FRAMES
     assert f"frame {found[2]} of {FRAMES}" in caplog.text
 
-    # The command line says the same, as an error, before the (missing) bundle is loaded.
-    assert main(cli(video, tmp_path)) == 2
+
+
+def test_the_command_line_refuses_a_video_cut_mid_stream_and_writes_nothing(
+    whole_avi, tiny_bundle, tmp_path, capsys
+):
+    """The command line decodes window by window, so it meets the break after earlier windows
+    were segmented: it is still an error naming the file and the last good frame, and none of
+    the windows' outputs is left behind."""
+    video = cut(whole_avi, 0.6, tmp_path / "cut.avi")
+    good = len(read_video(video, allow_partial=True)[0])
+    out = tmp_path / "out"
+    argv = ["segment", "--bundle", str(tiny_bundle), "--video", str(video), "--text",
+            "the red circle", "--out", str(out), "--window", "2", "--overlap", "1"]  # fmt: skip
+    assert main(argv) == 2
     err = capsys.readouterr().err
-    assert f"error: video {video}: decoding failed at frame {found[2]} of 12" in err
+    assert f"error: video {video}: decoding failed at frame {good} of {FRAMES}" in err
+    assert f"the last good frame is {good - 1}" in err
     assert "--allow-partial" in err and "Traceback" not in err
+    assert not out.exists() or not any(out.rglob("*.png")) and not list(out.glob("cut_*"))
+
+    assert main([*argv, "--allow-partial"]) == 0
+    result = json.loads((out / "cut_result.json").read_text())
+    assert result["frames"] == good and result["partial_video"]["frames_decoded"] == good
+    assert len(list((out / "Annotations" / "cut" / "0").glob("*.png"))) == good
 
 
 def test_an_mp4_corrupt_mid_stream_is_refused(tmp_path):

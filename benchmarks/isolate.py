@@ -116,7 +116,7 @@ def _count_child(connection: Any, bundle: str, setting: dict, torch_device: str)
         connection.close()
 
 
-def _run_in_child(target: Any, arguments: tuple, name: str) -> Any:
+def run_in_child(target: Any, arguments: tuple, name: str) -> Any:
     """Run ``target(connection, *arguments)`` in a fresh ``spawn`` child and return what it
     sent; raise ``ChildDied`` naming how the child died if it sent nothing."""
     context = multiprocessing.get_context("spawn")
@@ -144,7 +144,7 @@ def gflops_in_child(bundle: str | Path, setting: dict, torch_device: str) -> dic
     eagerly (about 10 GB at the paper size), which the benchmark's own process must not keep
     while the rows' processes run."""
     try:
-        counts = _run_in_child(_count_child, (str(bundle), setting, torch_device), "gflops")
+        counts = run_in_child(_count_child, (str(bundle), setting, torch_device), "gflops")
     except ChildDied as error:
         raise RuntimeError(f"counting GFLOPs: {error}") from None
     if isinstance(counts, BaseException):
@@ -178,7 +178,7 @@ def measure_in_child(
     level = logging.getLogger().getEffectiveLevel()
     arguments = (str(bundle), name, setting, gflops, peaks, torch_device, status, level)
     try:
-        row, sweep = _run_in_child(_child, arguments, f"latency-{name}")
+        row, sweep = run_in_child(_child, arguments, f"latency-{name}")
     except ChildDied as error:
         log.error("%s: %s", name, error)
         return {"backend": name, "status": "failed", "reason": str(error)}, None

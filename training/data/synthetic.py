@@ -151,18 +151,28 @@ def render_video(
     objects: list[SceneObject], rng: np.random.Generator, frames: int, height: int, width: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(T, H, W, 3) uint8 frames and (T, H, W) uint8 id maps; later objects occlude earlier."""
-    background = textured_background(rng, height, width)
     images = np.empty((frames, height, width, 3), np.uint8)
     labels = np.zeros((frames, height, width), np.uint8)
+    for t, (image, label) in enumerate(iter_render(objects, rng, frames, height, width)):
+        images[t], labels[t] = image, label
+    return images, labels
+
+
+def iter_render(
+    objects: list[SceneObject], rng: np.random.Generator, frames: int, height: int, width: int
+):
+    """``render_video`` one frame at a time: (H, W, 3) uint8 frame, (H, W) uint8 id map, so a
+    long video need not be held whole."""
+    background = textured_background(rng, height, width)
     for t in range(frames):
         image = background.copy()
+        label = np.zeros((height, width), np.uint8)
         for obj in objects:
             mask = shape_mask(obj.shape, obj.center(t), obj.radius, height, width)
             image[mask] = obj.shade
-            labels[t][mask] = obj.obj_id
+            label[mask] = obj.obj_id
         image += rng.normal(0, 4, size=image.shape).astype(np.float32)  # sensor noise
-        images[t] = np.clip(image, 0, 255).astype(np.uint8)
-    return images, labels
+        yield np.clip(image, 0, 255).astype(np.uint8), label
 
 
 # ----------------------------------------------------------------------------------------

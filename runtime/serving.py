@@ -128,14 +128,9 @@ def encode_array(array: np.ndarray) -> dict:
     }
 
 
-def decode_frames(payload, limits: Limits) -> np.ndarray:
-    """``encode_array``'s JSON back to frames, checked against ``limits`` (shape and dtype
-    before the bytes are decoded).
-
-    Raises:
-        RequestError: a missing field, a wrong dtype, a shape outside the limits, or data
-            whose length does not match the shape.
-    """
+def check_frames_payload(payload, limits: Limits) -> tuple[int, int, int, int]:
+    """``encode_array``'s JSON of the frames checked without decoding it: fields, dtype, shape
+    within ``limits`` and a base64 length that matches the shape. Returns the shape."""
     if not isinstance(payload, dict) or not {"shape", "dtype", "data"} <= payload.keys():
         raise RequestError('frames must be {"shape": [T, H, W, 3], "dtype": "uint8", '
                            '"data": <base64 of the raw bytes>}')  # fmt: skip
@@ -146,15 +141,41 @@ def decode_frames(payload, limits: Limits) -> np.ndarray:
     shape = check_frame_shape(payload["shape"], limits)
     if not isinstance(payload["data"], str):
         raise RequestError("frames data must be a base64 string")
+    expected = int(np.prod(shape))
+    characters = 4 * -(-expected // 3)  # base64 of n bytes, padded
+    if len(payload["data"]) != characters:
+        raise RequestError(
+            f"frames data holds {len(payload['data'])} base64 characters, shape {list(shape)} "
+            f"uint8 ({expected} bytes) needs {characters}"
+        )
+    return shape
+
+
+def check_payload(payload, limits: Limits) -> None:
+    """A whole JSON request (``{"frames": ..., "expressions": [...]}``) checked without
+    decoding its frames: what the HTTP server refuses before a request is queued."""
+    if not isinstance(payload, dict) or not {"frames", "expressions"} <= payload.keys():
+        raise RequestError('request must be {"frames": {...}, "expressions": [...]}', 400)
+    check_frames_payload(payload["frames"], limits)
+    check_request_expressions(payload["expressions"], limits)
+
+
+def decode_frames(payload, limits: Limits) -> np.ndarray:
+    """``encode_array``'s JSON back to frames, checked against ``limits`` (shape and dtype
+    before the bytes are decoded).
+
+    Raises:
+        RequestError: a missing field, a wrong dtype, a shape outside the limits, or data
+            that is not base64 of the shape's bytes.
+    """
+    shape = check_frames_payload(payload, limits)
     try:
         raw = base64.b64decode(payload["data"], validate=True)
     except (binascii.Error, ValueError) as error:
         raise RequestError(f"frames data is not valid base64: {error}") from None
-    expected = int(np.prod(shape))
-    if len(raw) != expected:
-        raise RequestError(
-            f"frames data holds {len(raw)} bytes, shape {list(shape)} uint8 needs {expected}"
-        )
+    if len(raw) != int(np.prod(shape)):
+        raise RequestError(f"frames data decodes to {len(raw)} bytes, shape {list(shape)} "
+                           f"uint8 needs {int(np.prod(shape))}")  # fmt: skip
     return np.frombuffer(raw, dtype=np.uint8).reshape(shape)
 
 
@@ -208,3 +229,8 @@ def segment_batch(
     text = predictor.encode_text(expressions)
     parts = split_embedding(text, [len(texts) for _, texts in requests])
     return [predictor.segment(frames, part) for (frames, _), part in zip(requests, parts)]
+
+
+def make_request(frames: np.ndarray, expressions: list[str]) -> dict:
+    """The JSON body of a request to ``python -m runtime serve`` (POST /predict)."""
+    return {"frames": encode_array(np.asarray(frames)), "expressions": list(expressions)}

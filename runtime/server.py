@@ -33,6 +33,8 @@ import logging
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -132,3 +134,47 @@ def main(args: argparse.Namespace) -> int:
     server.run(host=args.host, port=args.port, num_api_servers=1, generate_client_file=False,
                log_level="warning")  # fmt: skip
     return 0
+
+
+def launch(bundle: str | Path, port: int, options: list[str], env: dict | None = None,
+           timeout: float = 180) -> tuple[subprocess.Popen, str]:  # fmt: skip
+    """Start ``python -m runtime serve`` in a subprocess on 127.0.0.1:``port`` and wait until
+    ``/ready`` answers 200 (for tests, benchmarks and scripts). Returns (process, base URL);
+    its stdout and stderr are piped (``stop`` returns them).
+
+    Raises:
+        RuntimeError: the server exited, or was not ready within ``timeout`` s (then stopped).
+    """
+    import urllib.error
+    import urllib.request
+
+    command = [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle),
+               "--port", str(port), *options]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{stop(process)}")
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except (urllib.error.URLError, OSError):
+            pass  # not listening yet, or 503 while the workers load
+        time.sleep(0.25)
+    raise RuntimeError(f"the server was not ready after {timeout:.0f} s:\n{stop(process)}")
+
+
+def stop(process: subprocess.Popen, timeout: float = 60) -> str:
+    """SIGTERM (a drain, see the module's docstring), then SIGKILL after ``timeout`` s;
+    returns what the server printed."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.stdout.read().decode(errors="replace") if process.stdout else ""

@@ -11,7 +11,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +23,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("litserve")
 
 from runtime.predictor import RVOSPredictor
+from runtime.server import launch, stop
 from runtime.serving import decode_masks, make_request
 from runtime.video import read_video
 
@@ -38,42 +38,15 @@ def free_port() -> int:
 
 
 def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle),
-               "--port", str(port), "--backend", "onnxruntime", "--threads", "1", *LIMITS,
-               *extra]  # fmt: skip
-    process = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("server exited:\n" + process.stdout.read().decode(errors="replace"))
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    stop_server(process)
-    raise RuntimeError("server not ready after 180 s")
-
-
-def stop_server(process: subprocess.Popen) -> str:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return process.stdout.read().decode(errors="replace")
+    options = ["--backend", "onnxruntime", "--threads", "1", *LIMITS, *extra]
+    return launch(bundle, free_port(), options, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
     process, url = start_server(tiny_bundle, "--max-batch-size", "4", "--batch-timeout", "0.05")
     yield url
-    stop_server(process)
+    stop(process)
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +164,7 @@ def test_sigterm_lets_the_request_in_flight_finish(tiny_bundle, requests_and_exp
         sender.join(300)
         assert process.wait(timeout=120) == 0
     finally:
-        log = stop_server(process)
+        log = stop(process)
     assert ready.status_code == 503 and "draining" in ready.text
     assert late.status_code == 503 and "shutting down" in late.json()["error"]
     response = answer["response"]

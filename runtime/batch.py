@@ -196,7 +196,7 @@ class SegmentWorker:
         try:
             summary = segment_video(self.predictor, job, Path(out))
             return {"video": job.name, "status": "done", "seconds": summary["seconds"]}
-        except Exception as error:  # recorded in the report; the batch goes on
+        except Exception as error:  # noqa: BLE001 (recorded in the report; the batch goes on)
             log.warning("video %s failed: %s", job.name, error)
             return {"video": job.name, "status": "failed",
                     "error": f"{type(error).__name__}: {error}"}  # fmt: skip
@@ -257,7 +257,13 @@ def run_batch(
                 for _ in range(min(workers, len(pending)))]  # fmt: skip
         # Videos per minute counts from here: Ray's start and the predictors' loading are
         # reported apart (startup_s), as they do not grow with the number of videos.
-        log.info("workers ready: %s", ray.get([actor.ready.remote() for actor in pool]))
+        try:
+            log.info("workers ready: %s", ray.get([actor.ready.remote() for actor in pool]))
+        except ray.exceptions.RayError as error:  # a predictor that cannot load anywhere
+            for actor in pool:
+                ray.kill(actor)
+            raise BatchError(f"a worker could not load the predictor ({backend}, "
+                             f"{precision}): {error}") from None  # fmt: skip
         startup = time.perf_counter() - started
         started = time.perf_counter()
         queue = list(reversed(pending))

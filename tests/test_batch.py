@@ -128,3 +128,13 @@ def test_batch_resumes_and_a_corrupt_video_fails_alone(ray_cluster, tiny_bundle,
                       workers=2, backend="onnxruntime", progress=False)  # fmt: skip
     assert again["done"] == 0 and again["skipped_finished"] == len(good)
     assert [f["video"] for f in again["failed"]] == ["broken"]  # retried, fails again
+
+
+@pytest.mark.slow
+def test_a_predictor_that_cannot_load_is_one_clear_error(ray_cluster, tiny_bundle, videos,
+                                                         tmp_path):  # fmt: skip
+    folder, expressions_file, _ = videos
+    with pytest.raises(BatchError, match="could not load the predictor .*int8-cpu"):
+        run_batch(tiny_bundle, folder, expressions_file, tmp_path / "out", address=ray_cluster,
+                  workers=2, backend="onnxruntime", precision="int8-cpu", progress=False)
+    assert not list((tmp_path / "out").glob("*_result.json"))

@@ -3,7 +3,7 @@ and the Ray batch with 1 and 2 workers.
 
     python export/to_onnx.py --checkpoint checkpoints/tiny-synthetic --out bundles/tiny-64x96 \\
         --size 64x96 --frames 1:3:6 --expressions 1:1:4 --max-text-len 12 --precision fp32
-    python -m training.data.synthetic --out data/synth-64x96 --videos 16 --frames 5 \\
+    python -m training.data.synthetic --out data/synth-64x96 --videos 80 --frames 5 \\
         --size 64x96 --seed 3
     python benchmarks/serving.py --bundle bundles/tiny-64x96 --data data/synth-64x96
 
@@ -163,8 +163,9 @@ def markdown(results: dict) -> str:
     lines = [
         f"# Serving and batch throughput — {results['tag']}",
         "",
-        f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}); load average at start "
-        f"{machine['load_average_start']}. Bundle {results['bundle']}, onnxruntime fp32, "
+        f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}); 1-minute load average "
+        f"{machine['load_average_start']} at the start, {results.get('load_average_end')} at "
+        f"the end (other work shared the CPU above 0.5). Bundle {results['bundle']}, onnxruntime fp32, "
         f"{results['threads']} thread(s) per predictor. Command: `{results['command']}`.",
         "",
         f"Requests: {results['cases']} synthetic videos of {results['frames']} frames "

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -128,12 +127,6 @@ def served(url: str, cases, count: int, clients: int) -> dict:
             **{k: v for k, v in summarize_times(seconds).items() if k in ("p50", "p99", "mean")}}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def batch(bundle: str, data: Path, workers: list[int], threads: int) -> list[dict]:
     import ray
 
@@ -212,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ["--backend", "onnxruntime", "--threads", str(args.threads), "--workers",
                str(args.workers), "--max-batch-size", str(args.max_batch_size)]  # fmt: skip
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    process, url = launch(args.bundle, free_port(), options, env=env)
+    process, url = launch(args.bundle, options, env=env)
     try:
         results["served"] = [served(url, cases, args.requests, n) for n in args.clients]
     finally:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 import sys
 from dataclasses import asdict
@@ -155,6 +156,9 @@ def write_repository(
             precision's variant or engine.
     """
     out, limits = Path(out), limits or Limits()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise RepositoryError(f"--name {name!r} is not a model name: letters, digits, '_', "
+                              "'.' and '-', starting with a letter or digit")  # fmt: skip
     check_out(out, overwrite)
     if kind not in KINDS:
         raise RepositoryError(f"--kind must be one of {sorted(KINDS)}, got {kind!r}")

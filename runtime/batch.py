@@ -146,11 +146,16 @@ def plan_jobs(videos: str | Path, expressions: str | Path) -> list[VideoJob]:
 def is_finished(out: Path, name: str) -> bool:
     """Whether ``out`` holds a complete run of ``name``: its result JSON (written last) lists
     files that all exist with their recorded sizes."""
-    result = Path(out) / f"{name}_result.json"
+    out = Path(out)
+    result = out / f"{name}_result.json"
+    root = out.resolve()
     try:
         files = json.loads(result.read_text())["files"]
-        return bool(files) and all(
-            (Path(out) / f["path"]).stat().st_size == f["bytes"] for f in files
+        paths = [(out / f["path"], f["bytes"]) for f in files]
+        # A result JSON naming a file outside OUT is not one this batch wrote.
+        return bool(paths) and all(
+            path.resolve().is_relative_to(root) and path.stat().st_size == size
+            for path, size in paths
         )
     except (OSError, ValueError, KeyError, TypeError):
         return False

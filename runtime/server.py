@@ -136,11 +136,20 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def launch(bundle: str | Path, port: int, options: list[str], env: dict | None = None,
-           timeout: float = 180) -> tuple[subprocess.Popen, str]:  # fmt: skip
-    """Start ``python -m runtime serve`` in a subprocess on 127.0.0.1:``port`` and wait until
-    ``/ready`` answers 200 (for tests, benchmarks and scripts). Returns (process, base URL);
-    its stdout and stderr are piped (``stop`` returns them).
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the OS's choice)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(bundle: str | Path, options: list[str], port: int | None = None,
+           env: dict | None = None, timeout: float = 180) -> tuple[subprocess.Popen, str]:  # fmt: skip
+    """Start ``python -m runtime serve`` in a subprocess on 127.0.0.1:``port`` (default: a
+    free one) and wait until ``/ready`` answers 200 (for tests, benchmarks and scripts).
+    Returns (process, base URL); its stdout and stderr are piped (``stop`` returns them).
 
     Raises:
         RuntimeError: the server exited, or was not ready within ``timeout`` s (then stopped).
@@ -148,6 +157,7 @@ def launch(bundle: str | Path, port: int, options: list[str], env: dict | None =
     import urllib.error
     import urllib.request
 
+    port = free_port() if port is None else port
     command = [sys.executable, "-m", "runtime", "serve", "--bundle", str(bundle),
                "--port", str(port), *options]  # fmt: skip
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,

@@ -108,7 +108,10 @@ class Gate:
         try:
             headers = dict(scope["headers"])
             if b"content-length" in headers:
-                self.limits.check_bytes(int(headers[b"content-length"]))
+                length = headers[b"content-length"].decode("latin-1")
+                if not length.isdigit():
+                    raise RequestError(f"Content-Length {length!r} is not a byte count", 400)
+                self.limits.check_bytes(int(length))
             body = await self._read(receive)
             if body is None:  # the client went away before sending its request
                 log.info("client disconnected before its request was read")

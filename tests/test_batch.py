@@ -138,3 +138,19 @@ def test_a_predictor_that_cannot_load_is_one_clear_error(ray_cluster, tiny_bundl
         run_batch(tiny_bundle, folder, expressions_file, tmp_path / "out", address=ray_cluster,
                   workers=2, backend="onnxruntime", precision="int8-cpu", progress=False)
     assert not list((tmp_path / "out").glob("*_result.json"))
+
+
+def test_finished_means_every_listed_file_inside_out(tmp_path):
+    out = tmp_path / "out"
+    (out / "Annotations/v/0").mkdir(parents=True)
+    (out / "Annotations/v/0/00000.png").write_bytes(b"png")
+    listed = [{"path": "Annotations/v/0/00000.png", "bytes": 3}]
+    (out / "v_result.json").write_text(json.dumps({"files": listed}))
+    assert is_finished(out, "v")
+    (out / "v_result.json").write_text(json.dumps({"files": [dict(listed[0], bytes=4)]}))
+    assert not is_finished(out, "v")  # a file of another size: not this run's
+    (tmp_path / "elsewhere.png").write_bytes(b"png")
+    outside = [{"path": "../elsewhere.png", "bytes": 3}]
+    (out / "v_result.json").write_text(json.dumps({"files": outside}))
+    assert not is_finished(out, "v")
+    assert not is_finished(out, "missing")

@@ -31,15 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LIMITS = ["--max-frames", "300", "--max-expressions", "4", "--max-request-bytes", "8000000"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     options = ["--backend", "onnxruntime", "--threads", "1", *LIMITS, *extra]
-    return launch(bundle, free_port(), options, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return launch(bundle, options, env=dict(os.environ, PYTHONPATH=str(ROOT)))
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +166,12 @@ def test_sigterm_lets_the_request_in_flight_finish(tiny_bundle, requests_and_exp
     expected = RVOSPredictor(tiny_bundle, backend="onnxruntime").segment(long_video, texts)
     np.testing.assert_array_equal(decode_masks(response.json()["masks"]), expected.masks)
     assert "drained: no request in flight" in log
+
+
+def test_cli_refuses_bad_arguments_before_serving(tmp_path, capsys):
+    from runtime.__main__ import main
+
+    assert main(["serve", "--bundle", str(tmp_path / "missing")]) == 2
+    assert f"bundle directory {tmp_path / 'missing'} does not exist" in capsys.readouterr().err
+    assert main(["serve", "--bundle", str(tmp_path), "--max-frames", "0"]) == 2
+    assert "limit max_frames must be a whole number >= 1, got 0" in capsys.readouterr().err

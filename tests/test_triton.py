@@ -118,6 +118,8 @@ def test_refuses_existing_out_and_a_bad_bundle(tiny_bundle, tmp_path, capsys):
     assert not (tmp_path / "from-bad").exists()
     with pytest.raises(RepositoryError, match="runtime setting"):
         write_repository(tiny_bundle, tmp_path / "bf16", precision="bf16")
+    with pytest.raises(RepositoryError, match="'a/b' is not a model name"):
+        write_repository(tiny_bundle, tmp_path / "named", name="a/b")
 
 
 class RepositoryGraph(BaseBackend):

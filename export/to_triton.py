@@ -12,7 +12,8 @@ The repository holds three models (names prefixed by ``--name``, default ``proxy
   ``export/build_engine.py --print-trtexec`` commands save them). Every named axis (T, E, L)
   is -1 in config.pbtxt: Triton's config has no ranges, the limits are the manifest's
   profiles (written as comments, checked by the Python model before each call and built into
-  TensorRT engines);
+  TensorRT engines; ``--ort-tensorrt`` passes them to onnxruntime's TensorRT EP as its
+  ``trt_profile_*_shapes``);
 - ``<name>``: a Python-backend model that takes FRAMES uint8 ``[T, H, W, 3]`` and EXPRESSIONS
   BYTES ``[E]`` and returns MASKS bool ``[E, T, H, W]``, SCORES float32 ``[E]`` and QUERIES
   int64 ``[E, windows]``. Its model.py is ``runtime/triton_model.py``: the runtime's
@@ -34,6 +35,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from runtime.backends.ort import tensorrt_ep_options
 from runtime.files import make_staging_dir, replace_directory
 from runtime.manifest import MANIFEST_NAME, BundleError, Manifest, TensorSpec
 from runtime.precisions import RUNTIME_PRECISIONS
@@ -81,8 +83,27 @@ def instance_group(kind: str, count: int) -> str:
     return f"instance_group [\n  {{\n    count: {count}\n    kind: {KINDS[kind]}\n  }}\n]"
 
 
+def tensorrt_accelerator(manifest: Manifest, graph: str, precision: str, cache_dir: str) -> str:
+    """An ``optimization`` block running an ONNX graph through onnxruntime's TensorRT EP in
+    Triton's onnxruntime backend, with the manifest's profiles as its optimisation profile.
+
+    The options are the runtime's own (``runtime.backends.ort.tensorrt_ep_options``), renamed
+    where Triton's key differs (precision_mode) and with "1"/"0" booleans."""
+    options = tensorrt_ep_options(manifest, graph, precision, cache_dir)
+    mode = {"fp16": "FP16", "int8-tensorrt": "INT8"}.get(precision, "FP32")
+    parameters = {"precision_mode": mode}
+    for key, value in options.items():
+        if key.startswith(("trt_profile_", "trt_engine_cache_", "trt_timing_cache_")):
+            parameters[key] = {"True": "1", "False": "0"}.get(value, value)
+    lines = "\n".join(f'    parameters {{ key: "{key}" value: "{value}" }}'
+                      for key, value in parameters.items())  # fmt: skip
+    return ("# onnxruntime's TensorRT execution provider, one engine for the whole profile\n"
+            "optimization { execution_accelerators {\n  gpu_execution_accelerator : [ {\n"
+            f'    name : "tensorrt"\n{lines}\n  }} ]\n}}}}\n')  # fmt: skip
+
+
 def graph_config(manifest: Manifest, graph: str, model: str, platform: str, kind: str,
-                 count: int) -> str:  # fmt: skip
+                 count: int, accelerator: str = "") -> str:  # fmt: skip
     """config.pbtxt of one of the bundle's graphs."""
     profiles = manifest.profiles
     return (
@@ -91,7 +112,7 @@ def graph_config(manifest: Manifest, graph: str, model: str, platform: str, kind
         "# The named axes are not a batch: Triton's own batching stays off.\nmax_batch_size: 0\n"
         f"input {tensor_block(manifest.inputs(graph), profiles)}\n"
         f"output {tensor_block(manifest.outputs(graph), profiles)}\n"
-        f"{instance_group(kind, count)}\n"
+        f"{instance_group(kind, count)}\n{accelerator}"
     )
 
 
@@ -146,6 +167,7 @@ def write_repository(
     bundle: str | Path, out: str | Path, precision: str = "fp32", fmt: str = "auto",
     plans: str | Path | None = None, kind: str = "gpu", count: int = 1, python_count: int = 1,
     name: str = "proxyformer", limits: Limits | None = None, overwrite: bool = False,
+    ort_tensorrt: bool = False, trt_cache_dir: str = "/tmp/proxyformer-ort-tensorrt",
 ) -> Path:  # fmt: skip
     """Write the repository (see the module's docstring); returns ``out``.
 
@@ -172,6 +194,9 @@ def write_repository(
         fmt = "plan" if plans is not None or precision in manifest.data["engines"] else "onnx"
     if fmt not in ("onnx", "plan"):
         raise RepositoryError(f"--format must be auto, onnx or plan, got {fmt!r}")
+    if ort_tensorrt and (fmt != "onnx" or kind != "gpu"):
+        raise RepositoryError(f"--ort-tensorrt runs ONNX graphs through TensorRT on a GPU: it "
+                              f"needs --format onnx and --kind gpu, got {fmt} and {kind}")  # fmt: skip
     plans = Path(plans) if plans is not None else None
     models = {graph: f"{name}_{graph}" for graph in GRAPHS}
     sources = {graph: graph_source(manifest, graph, precision, fmt, plans) for graph in GRAPHS}
@@ -185,8 +210,10 @@ def write_repository(
             shutil.copyfile(files[0], version / f"model{suffix}")
             for extra in files[1:]:  # external data keeps the name the graph refers to
                 shutil.copyfile(extra, version / extra.name)
+            accelerator = (tensorrt_accelerator(manifest, graph, precision, trt_cache_dir)
+                           if ort_tensorrt else "")  # fmt: skip
             (staging / models[graph] / "config.pbtxt").write_text(
-                graph_config(manifest, graph, models[graph], platform, kind, count))
+                graph_config(manifest, graph, models[graph], platform, kind, count, accelerator))
         version = staging / name / "1"
         (version / BUNDLE_DIR).mkdir(parents=True)
         shutil.copyfile(manifest.root / MANIFEST_NAME, version / BUNDLE_DIR / MANIFEST_NAME)
@@ -221,6 +248,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--python-count", type=int, default=1,
                         help="instances of the Python model")  # fmt: skip
     parser.add_argument("--name", default="proxyformer", help="the pipeline model's name")
+    parser.add_argument("--ort-tensorrt", action="store_true",
+                        help="ONNX graphs on a GPU: run them through onnxruntime's TensorRT EP "
+                        "with the manifest's profiles (engines built at first load)")
+    parser.add_argument("--trt-cache-dir", default="/tmp/proxyformer-ort-tensorrt",
+                        help="with --ort-tensorrt: the server-side engine and timing cache")
     defaults = Limits()
     for field, value in asdict(defaults).items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=value,
@@ -234,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         limits = Limits(**{f: getattr(args, f) for f in asdict(Limits())})
         write_repository(args.bundle, args.out, args.precision, args.fmt, args.plans, args.kind,
-                         args.count, args.python_count, args.name, limits, args.overwrite)
+                         args.count, args.python_count, args.name, limits, args.overwrite,
+                         args.ort_tensorrt, args.trt_cache_dir)
     except (BundleError, RepositoryError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -99,6 +99,30 @@ def test_plan_format_takes_trtexec_plans(tiny_bundle, tmp_path):
         write_repository(tiny_bundle, tmp_path / "repo2", precision="fp16", fmt="plan")
 
 
+def test_ort_tensorrt_accelerator_carries_the_profiles(tiny_bundle, tmp_path):
+    from runtime.manifest import Manifest
+    from runtime.profiles import profile_shapes, shape_list
+
+    out = write_repository(tiny_bundle, tmp_path / "repo", precision="fp16", fmt="onnx",
+                           ort_tensorrt=True, trt_cache_dir="/cache")  # fmt: skip
+    manifest = Manifest.load(tiny_bundle)
+    for graph in ("text_encoder", "video"):
+        config = parse_all(out)[f"proxyformer_{graph}"]
+        [accelerator] = config.optimization.execution_accelerators.gpu_execution_accelerator
+        assert accelerator.name == "tensorrt"
+        parameters = dict(accelerator.parameters)
+        assert parameters["precision_mode"] == "FP16"
+        assert parameters["trt_engine_cache_path"] == "/cache"
+        for which in ("min", "opt", "max"):
+            expected = shape_list(profile_shapes(manifest, graph), which)
+            assert parameters[f"trt_profile_{which}_shapes"] == expected
+        fp16 = manifest.variant_path(graph, "fp16").read_bytes()
+        assert (out / config.name / "1/model.onnx").read_bytes() == fp16
+    assert "frames:6x64x96x3" in dict(accelerator.parameters)["trt_profile_max_shapes"]
+    with pytest.raises(RepositoryError, match="needs --format onnx and --kind gpu"):
+        write_repository(tiny_bundle, tmp_path / "cpu", fmt="onnx", kind="cpu", ort_tensorrt=True)
+
+
 def test_refuses_existing_out_and_a_bad_bundle(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "repo"
     out.mkdir()

@@ -83,8 +83,12 @@ def in_process(bundle: str, cases, count: int, threads: int) -> dict:
         predictor.segment(*cases[index % len(cases)])
         seconds.append(time.perf_counter() - tick)
     wall = time.perf_counter() - started
-    return {"clients": 1, "requests": count, "requests_per_s": count / wall,
-            **{k: v for k, v in summarize_times(seconds).items() if k in ("p50", "p99", "mean")}}
+    return {
+        "clients": 1,
+        "requests": count,
+        "requests_per_s": count / wall,
+        **{k: v for k, v in summarize_times(seconds).items() if k in ("p50", "p99", "mean")},
+    }
 
 
 def served(url: str, cases, count: int, clients: int) -> dict:
@@ -122,9 +126,13 @@ def served(url: str, cases, count: int, clients: int) -> dict:
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
-    return {"clients": clients, "requests": count, "errors": len(errors),
-            "requests_per_s": len(seconds) / wall,
-            **{k: v for k, v in summarize_times(seconds).items() if k in ("p50", "p99", "mean")}}
+    return {
+        "clients": clients,
+        "requests": count,
+        "errors": len(errors),
+        "requests_per_s": len(seconds) / wall,
+        **{k: v for k, v in summarize_times(seconds).items() if k in ("p50", "p99", "mean")},
+    }
 
 
 def batch(bundle: str, data: Path, workers: list[int], threads: int) -> list[dict]:
@@ -156,13 +164,18 @@ def markdown(results: dict) -> str:
     lines = [
         f"# Serving and batch throughput — {results['tag']}",
         "",
-        f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}); 1-minute load average "
-        f"{machine['load_average_start']} at the start, {results.get('load_average_end')} at "
-        f"the end (other work shared the CPU above 0.5). Bundle {results['bundle']}, onnxruntime fp32, "
-        f"{results['threads']} thread(s) per predictor. Command: `{results['command']}`.",
+        (
+            f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}); 1-minute load average "
+            f"{machine['load_average_start']} at the start, {results.get('load_average_end')} "
+            f"at the end (other work shared the CPU above 0.5). Bundle {results['bundle']}, "
+            f"onnxruntime fp32, {results['threads']} thread(s) per predictor. Command: "
+            f"`{results['command']}`."
+        ),
         "",
-        f"Requests: {results['cases']} synthetic videos of {results['frames']} frames "
-        f"({results['size']}) with 2 expressions each, sent in turn.",
+        (
+            f"Requests: {results['cases']} synthetic videos of {results['frames']} frames "
+            f"({results['size']}) with 2 expressions each, sent in turn."
+        ),
         "",
         "| setting | clients | requests/s | p50 ms | p99 ms |",
         "|---|---:|---:|---:|---:|",

@@ -120,10 +120,15 @@ def python_config(manifest: Manifest, name: str, models: dict[str, str], limits:
                   count: int) -> str:  # fmt: skip
     """config.pbtxt of the Python-backend model; its instances run on the CPU (tokenizing,
     resizing, selecting and upsampling are numpy), the graphs where their configs say."""
-    inputs = [TensorSpec(FRAMES, "uint8", ("T", "H", "W", 3)),
-              TensorSpec(EXPRESSIONS, "bytes", ("E",))]
-    outputs = [TensorSpec(MASKS, "bool", ("E", "T", "H", "W")),
-               TensorSpec(SCORES, "float32", ("E",)), TensorSpec(QUERIES, "int64", ("E", "windows"))]
+    inputs = [
+        TensorSpec(FRAMES, "uint8", ("T", "H", "W", 3)),
+        TensorSpec(EXPRESSIONS, "bytes", ("E",)),
+    ]
+    outputs = [
+        TensorSpec(MASKS, "bool", ("E", "T", "H", "W")),
+        TensorSpec(SCORES, "float32", ("E",)),
+        TensorSpec(QUERIES, "int64", ("E", "windows")),
+    ]
     parameters = {GRAPH_PARAMETERS[graph]: model for graph, model in models.items()}
     parameters.update({key: str(value) for key, value in asdict(limits).items()})
     params = "\n".join(f'parameters: {{\n  key: "{key}"\n  value: {{ string_value: "{value}" }}\n}}'
@@ -150,8 +155,10 @@ def graph_source(manifest: Manifest, graph: str, precision: str, fmt: str,
     if plans is not None:
         plan = plans / f"{graph}.{precision}.plan"
         if not plan.is_file():
-            raise RepositoryError(f"--plans {plans}: {plan.name} is missing (expected "
-                                  f"{{graph}}.{{precision}}.plan for {graph} at {precision})")
+            raise RepositoryError(
+                f"--plans {plans}: {plan.name} is missing (expected "
+                f"{{graph}}.{{precision}}.plan for {graph} at {precision})"
+            )
         return [plan], "tensorrt_plan"
     return [manifest.path(manifest.engine(precision, graph)["file"])], "tensorrt_plan"
 
@@ -213,7 +220,8 @@ def write_repository(
             accelerator = (tensorrt_accelerator(manifest, graph, precision, trt_cache_dir)
                            if ort_tensorrt else "")  # fmt: skip
             (staging / models[graph] / "config.pbtxt").write_text(
-                graph_config(manifest, graph, models[graph], platform, kind, count, accelerator))
+                graph_config(manifest, graph, models[graph], platform, kind, count, accelerator)
+            )
         version = staging / name / "1"
         (version / BUNDLE_DIR).mkdir(parents=True)
         shutil.copyfile(manifest.root / MANIFEST_NAME, version / BUNDLE_DIR / MANIFEST_NAME)
@@ -221,7 +229,8 @@ def write_repository(
         (version / BUNDLE_DIR / tokenizer).write_bytes(manifest.read_verified(tokenizer))
         shutil.copyfile(MODEL_PY, version / "model.py")
         (staging / name / "config.pbtxt").write_text(
-            python_config(manifest, name, models, limits, python_count))
+            python_config(manifest, name, models, limits, python_count)
+        )
         replace_directory(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -235,24 +244,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bundle", required=True, help="the bundle directory")
     parser.add_argument("--out", required=True, type=Path, help="the repository to write")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--precision", default="fp32",
-                        help="the graphs' variant: fp32, fp16, int8-cpu, int8-tensorrt")
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        help="the graphs' variant: fp32, fp16, int8-cpu, int8-tensorrt",
+    )
     parser.add_argument("--format", dest="fmt", default="auto", choices=("auto", "onnx", "plan"),
                         help="auto: plan where the bundle has engines of the precision (or "
                         "--plans is given), else onnx")  # fmt: skip
-    parser.add_argument("--plans", type=Path, default=None,
-                        help="a directory of trtexec-built {graph}.{precision}.plan files")
-    parser.add_argument("--kind", default="gpu", choices=sorted(KINDS),
-                        help="instance kind of the two graphs (the Python model runs on CPU)")
+    parser.add_argument(
+        "--plans",
+        type=Path,
+        default=None,
+        help="a directory of trtexec-built {graph}.{precision}.plan files",
+    )
+    parser.add_argument(
+        "--kind",
+        default="gpu",
+        choices=sorted(KINDS),
+        help="instance kind of the two graphs (the Python model runs on CPU)",
+    )
     parser.add_argument("--count", type=int, default=1, help="instances per graph")
     parser.add_argument("--python-count", type=int, default=1,
                         help="instances of the Python model")  # fmt: skip
     parser.add_argument("--name", default="proxyformer", help="the pipeline model's name")
-    parser.add_argument("--ort-tensorrt", action="store_true",
-                        help="ONNX graphs on a GPU: run them through onnxruntime's TensorRT EP "
-                        "with the manifest's profiles (engines built at first load)")
-    parser.add_argument("--trt-cache-dir", default="/tmp/proxyformer-ort-tensorrt",
-                        help="with --ort-tensorrt: the server-side engine and timing cache")
+    parser.add_argument(
+        "--ort-tensorrt",
+        action="store_true",
+        help="ONNX graphs on a GPU: run them through onnxruntime's TensorRT EP "
+        "with the manifest's profiles (engines built at first load)",
+    )
+    parser.add_argument(
+        "--trt-cache-dir",
+        default="/tmp/proxyformer-ort-tensorrt",
+        help="with --ort-tensorrt: the server-side engine and timing cache",
+    )
     defaults = Limits()
     for field, value in asdict(defaults).items():
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=value,
@@ -265,9 +291,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         limits = Limits(**{f: getattr(args, f) for f in asdict(Limits())})
-        write_repository(args.bundle, args.out, args.precision, args.fmt, args.plans, args.kind,
-                         args.count, args.python_count, args.name, limits, args.overwrite,
-                         args.ort_tensorrt, args.trt_cache_dir)
+        write_repository(
+            args.bundle,
+            args.out,
+            args.precision,
+            args.fmt,
+            args.plans,
+            args.kind,
+            args.count,
+            args.python_count,
+            args.name,
+            limits,
+            args.overwrite,
+            args.ort_tensorrt,
+            args.trt_cache_dir,
+        )
     except (BundleError, RepositoryError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

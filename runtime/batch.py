@@ -172,8 +172,12 @@ def segment_video(predictor, job: VideoJob, out: Path) -> dict:
         "name": job.name,
         "frames": len(video.names),
         "expressions": [
-            {"id": exp_id, "text": text, "score": float(score),
-             "queries": result.queries[i].tolist()}
+            {
+                "id": exp_id,
+                "text": text,
+                "score": float(score),
+                "queries": result.queries[i].tolist(),
+            }
             for i, ((exp_id, text), score) in enumerate(zip(job.expressions, result.scores))
         ],  # fmt: skip
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
@@ -314,8 +318,11 @@ def run_batch(
 def add_arguments(parser) -> None:
     """``python -m runtime batch``'s options."""
     parser.add_argument("--bundle", required=True)
-    parser.add_argument("--videos", required=True,
-                        help="a directory of videos (frame folders or files) or a list file")
+    parser.add_argument(
+        "--videos",
+        required=True,
+        help="a directory of videos (frame folders or files) or a list file",
+    )
     parser.add_argument("--expressions", required=True,
                         help="meta_expressions.json, or {video: [text, ...]}")  # fmt: skip
     parser.add_argument("--out", required=True, type=Path)
@@ -323,8 +330,12 @@ def add_arguments(parser) -> None:
                         help="a Ray cluster to join (auto, host:port, ray://...); default: "
                         "start a local one")  # fmt: skip
     parser.add_argument("--workers", type=int, default=2, help="Ray actors, one predictor each")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="CPUs per worker (onnxruntime/OpenVINO threads; Ray's num_cpus)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPUs per worker (onnxruntime/OpenVINO threads; Ray's num_cpus)",
+    )
     parser.add_argument("--gpus-per-worker", type=float, default=0,
                         help="1 on GPU nodes: one predictor per GPU")  # fmt: skip
     parser.add_argument("--backend", default="auto",

@@ -81,12 +81,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("auto", "onnxruntime", "tensorrt", "openvino"))  # fmt: skip
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--threads", type=int, default=None, help="threads per predictor")
-    parser.add_argument("--max-batch-size", type=int, default=4,
-                        help="requests batched into one text-encoder call (1: no batching)")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=4,
+        help="requests batched into one text-encoder call (1: no batching)",
+    )
     parser.add_argument("--batch-timeout", type=float, default=0.01,
                         help="seconds to wait for a batch to fill")  # fmt: skip
-    parser.add_argument("--timeout", type=float, default=120,
-                        help="seconds a request may wait in the queue (then 504)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=120,
+        help="seconds a request may wait in the queue (then 504)",
+    )
     parser.add_argument("--grace", type=float, default=30,
                         help="seconds SIGTERM waits for requests in flight")  # fmt: skip
     for field, value in asdict(Limits()).items():

@@ -78,8 +78,13 @@ class ProxyFormerAPI(ls.LitAPI):
 async def _respond(send, status: int, body: dict | str) -> None:
     data = (json.dumps(body) if isinstance(body, dict) else body).encode()
     kind = b"application/json" if isinstance(body, dict) else b"text/plain"
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", kind), (b"content-length", str(len(data)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", kind), (b"content-length", str(len(data)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": data})  # fmt: skip
 
 
@@ -95,8 +100,15 @@ class Gate:
             return await self.app(scope, receive, send)
         path = scope["path"]
         if path == "/live":
-            return await _respond(send, 200, {"alive": True, "in_flight": self.state.in_flight.value,
-                                              "draining": bool(self.state.draining.value)})
+            return await _respond(
+                send,
+                200,
+                {
+                    "alive": True,
+                    "in_flight": self.state.in_flight.value,
+                    "draining": bool(self.state.draining.value),
+                },
+            )
         if path == "/ready":
             if self.state.draining.value:
                 return await _respond(send, 503, "draining: shutting down")

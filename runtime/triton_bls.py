@@ -66,8 +66,7 @@ class BLSBackend(BaseBackend):
         response = request.exec()
         if response.has_error():
             raise RuntimeError(
-                f"BLS call to {self.model_name} ({self.graph}) failed: "
-                f"{response.error().message()}"
+                f"BLS call to {self.model_name} ({self.graph}) failed: {response.error().message()}"
             )
         return {
             name: pb.get_output_tensor_by_name(response, name).as_numpy()

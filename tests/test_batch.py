@@ -71,7 +71,7 @@ def test_plan_refuses_bad_inputs(videos, tmp_path):
         plan_jobs(folder, tmp_path / "empty.json")
     listing = tmp_path / "list" / "videos.txt"
     listing.parent.mkdir()
-    listing.write_text(f"../videos/{sorted(expressions)[0]}\n")
+    listing.write_text(f"../videos/{min(expressions)}\n")
     with pytest.raises(BatchError, match="line 1: .* outside"):
         plan_jobs(listing, expressions_file)
 
@@ -135,8 +135,17 @@ def test_a_predictor_that_cannot_load_is_one_clear_error(ray_cluster, tiny_bundl
                                                          tmp_path):  # fmt: skip
     folder, expressions_file, _ = videos
     with pytest.raises(BatchError, match="could not load the predictor .*int8-cpu"):
-        run_batch(tiny_bundle, folder, expressions_file, tmp_path / "out", address=ray_cluster,
-                  workers=2, backend="onnxruntime", precision="int8-cpu", progress=False)
+        run_batch(
+            tiny_bundle,
+            folder,
+            expressions_file,
+            tmp_path / "out",
+            address=ray_cluster,
+            workers=2,
+            backend="onnxruntime",
+            precision="int8-cpu",
+            progress=False,
+        )
     assert not list((tmp_path / "out").glob("*_result.json"))
 
 

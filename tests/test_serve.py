@@ -60,6 +60,7 @@ def requests_and_expected(tiny_bundle, make_synthetic):
 
 def test_concurrent_requests_equal_the_in_process_predictor(server, requests_and_expected):
     with httpx.Client(base_url=server, timeout=120) as client:
+
         def send(case):
             frames, texts, _ = case
             return client.post("/predict", json=make_request(frames, texts))
@@ -117,8 +118,11 @@ def test_client_disconnecting_mid_request(server, requests_and_expected):
     host, port = server.removeprefix("http://").split(":")
     # 1. Gone while sending its body.
     with socket.create_connection((host, int(port))) as raw:
-        raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                    + f"Content-Length: {len(body)}\r\n\r\n".encode() + body[: len(body) // 2])
+        raw.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[: len(body) // 2]
+        )
     # 2. Gone while its request is being segmented (a long video, a short client timeout).
     long_video = make_request(np.concatenate([frames] * 40), texts)
     with pytest.raises(httpx.ReadTimeout):

@@ -168,7 +168,9 @@ def test_python_model_request_logic(tiny_bundle, tmp_path, clip):
                            limits=Limits(max_frames=5, max_expressions=3))  # fmt: skip
     config = parse_all(out)["proxyformer"]
     # What Triton passes to initialize(): the model config as JSON.
-    as_triton_gives = json.loads(json_format.MessageToJson(config, preserving_proto_field_name=True))
+    as_triton_gives = json.loads(
+        json_format.MessageToJson(config, preserving_proto_field_name=True)
+    )
     handler = build_handler(out / "proxyformer" / "1", as_triton_gives,
                             lambda manifest, graph, model: RepositoryGraph(manifest, graph,
                                                                            out / model))  # fmt: skip

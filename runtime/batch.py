@@ -6,7 +6,8 @@
 
 - ``--videos``: a directory whose entries are the videos (frame folders, as Ref-YouTube-VOS
   ships them, or video files), or a text file listing one video per line (paths relative to
-  the list's directory, and inside it: nothing outside what was given is read).
+  the list's directory, and inside it: nothing outside what was given is read), which
+  selects some of the videos the expression file names.
 - ``--expressions``: Ref-YouTube-VOS's ``meta_expressions.json`` (``{"videos": {name:
   {"expressions": {id: {"exp": text}}}}}``) or a plain ``{name: [text, ...]}``. Every video
   must have expressions and every video named there must be found; both are checked, with
@@ -42,6 +43,9 @@ from .video import IMAGE_SUFFIXES, load_video, write_masks
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "batch_report.json"
+# Files of a --videos directory that are not videos: lists, metadata (a video file is anything
+# else that is not an image, as OpenCV decodes many formats).
+SIDECARS = (".txt", ".json", ".csv", ".md", ".yaml", ".yml")
 ZIP_NAME = "submission.zip"
 
 
@@ -71,7 +75,7 @@ def list_videos(videos: str | Path) -> dict[str, Path]:
         for entry in sorted(videos.iterdir()):
             if entry.name.startswith("."):
                 continue
-            if entry.is_dir() or entry.suffix.lower() not in IMAGE_SUFFIXES:
+            if entry.is_dir() or entry.suffix.lower() not in IMAGE_SUFFIXES + SIDECARS:
                 _inside(entry, videos, f"--videos {videos}")
                 found[entry.stem if entry.is_file() else entry.name] = entry
         if not found:
@@ -128,11 +132,14 @@ def read_expression_file(path: str | Path) -> dict[str, list[tuple[str, str]]]:
 
 
 def plan_jobs(videos: str | Path, expressions: str | Path) -> list[VideoJob]:
-    """The videos with their expressions, checked against each other."""
+    """The videos with their expressions, checked against each other.
+
+    A directory must hold every video the expression file names (a missing one is more often
+    a wrong path than a choice); a list file selects among them."""
     found = list_videos(videos)
     texts = read_expression_file(expressions)
     missing = sorted(set(texts) - set(found))
-    if missing:
+    if missing and Path(videos).is_dir():
         raise BatchError(f"--expressions {expressions} names {len(missing)} video(s) not in "
                          f"--videos {videos}: {missing[:5]}")  # fmt: skip
     without = sorted(name for name in found if not texts.get(name))

@@ -37,9 +37,18 @@ class TritonPythonModel:
                 out = self.handler(frames, texts)
                 tensors = [pb_utils.Tensor(name, out[name]) for name in self.outputs]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-            except (RequestError, ValueError) as error:
-                # One bad request fails alone; the others of this batch are answered.
-                code = pb_utils.TritonError.INVALID_ARG
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(str(error), code)))  # fmt: skip
+            except Exception as error:  # noqa: BLE001 (one request fails alone, with why)
+                invalid = isinstance(error, (RequestError, ValueError))
+                responses.append(pb_utils.InferenceResponse(error=triton_error(error, invalid)))
         return responses
+
+
+def triton_error(error: Exception, invalid: bool):
+    """A TritonError naming the failure: INVALID_ARG for a bad request, INTERNAL otherwise
+    (error codes exist in the Python backends of Triton 23.x and later; older ones take the
+    message alone)."""
+    message = str(error) if invalid else f"{type(error).__name__}: {error}"
+    code = getattr(pb_utils.TritonError, "INVALID_ARG" if invalid else "INTERNAL", None)
+    if code is None:
+        return pb_utils.TritonError(message)
+    return pb_utils.TritonError(message, code)

@@ -69,6 +69,12 @@ def test_plan_refuses_bad_inputs(videos, tmp_path):
     (tmp_path / "empty.json").write_text(json.dumps(dict(expressions, broken=[" "])))
     with pytest.raises(BatchError, match="'broken' expression '0' must be a non-empty string"):
         plan_jobs(folder, tmp_path / "empty.json")
+    chosen = sorted(expressions)[1:3]
+    (folder / "chosen.txt").write_text("# two of them\n" + "\n".join(chosen) + "\n")
+    jobs = plan_jobs(folder / "chosen.txt", expressions_file)  # a list selects
+    assert "chosen" not in [j.name for j in plan_jobs(folder, expressions_file)]  # not a video
+    assert [(j.name, j.source) for j in jobs] == [(n, str(folder / n)) for n in chosen]
+    assert jobs[0].expressions == tuple((str(i), t) for i, t in enumerate(expressions[chosen[0]]))
     listing = tmp_path / "list" / "videos.txt"
     listing.parent.mkdir()
     listing.write_text(f"../videos/{min(expressions)}\n")

@@ -233,6 +233,52 @@ def write_zip(out: Path) -> Path:
     return target
 
 
+def _segment_on_ray(ray, pending: list[VideoJob], bundle, out: Path, workers: int,
+                    backend: str, precision: str, threads, gpus_per_worker: float, total: int,
+                    progress: bool) -> tuple[list[dict], float]:  # fmt: skip
+    """The pending videos through a pool of ``SegmentWorker`` actors; returns the records and
+    when segmenting started (the workers ready)."""
+    from tqdm import tqdm
+
+    records: list[dict] = []
+    remote = ray.remote(num_cpus=threads or 1, num_gpus=gpus_per_worker,
+                        max_restarts=1)(SegmentWorker)  # fmt: skip
+    pool = [remote.remote(str(Path(bundle).resolve()), backend, precision, threads)
+            for _ in range(min(workers, len(pending)))]  # fmt: skip
+    # Videos per minute counts from here: Ray's start and the predictors' loading are
+    # reported apart (startup_s), as they do not grow with the number of videos.
+    try:
+        log.info("workers ready: %s", ray.get([actor.ready.remote() for actor in pool]))
+    except ray.exceptions.RayError as error:  # a predictor that cannot load anywhere
+        for actor in pool:
+            ray.kill(actor)
+        raise BatchError(f"a worker could not load the predictor ({backend}, "
+                         f"{precision}): {error}") from None  # fmt: skip
+    started = time.perf_counter()
+    queue = list(reversed(pending))
+    running = {}
+    for actor in pool:
+        job = queue.pop()
+        running[actor.run.remote(job, str(out.resolve()))] = (job, actor)
+    with tqdm(total=total, initial=total - len(pending), unit="video", disable=not progress) as bar:
+        while running:
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            job, actor = running.pop(ref)
+            try:
+                record = ray.get(ref)
+            except ray.exceptions.RayError as error:  # the worker itself died or failed
+                record = {"video": job.name, "status": "failed",
+                          "error": f"{type(error).__name__}: {error}"}  # fmt: skip
+            records.append(record)
+            bar.update(1)
+            if queue:
+                job = queue.pop()
+                running[actor.run.remote(job, str(out.resolve()))] = (job, actor)
+    for actor in pool:
+        ray.kill(actor)
+    return records, started
+
+
 def run_batch(
     bundle: str | Path, videos: str | Path, expressions: str | Path, out: str | Path,
     address: str | None = None, workers: int = 2, backend: str = "auto",
@@ -246,7 +292,6 @@ def run_batch(
         BundleError: the bundle is missing or fails its checks.
     """
     import ray
-    from tqdm import tqdm
 
     from .manifest import Manifest
 
@@ -262,47 +307,18 @@ def run_batch(
     log.info("%d videos: %d finished earlier, %d to segment", len(jobs), skipped, len(pending))
 
     records: list[dict] = []
-    startup = 0.0
-    started = time.perf_counter()
-    if pending:
-        if not ray.is_initialized():
-            ray.init(address=address, log_to_driver=False)
-        remote = ray.remote(num_cpus=threads or 1, num_gpus=gpus_per_worker,
-                            max_restarts=1)(SegmentWorker)  # fmt: skip
-        pool = [remote.remote(str(Path(bundle).resolve()), backend, precision, threads)
-                for _ in range(min(workers, len(pending)))]  # fmt: skip
-        # Videos per minute counts from here: Ray's start and the predictors' loading are
-        # reported apart (startup_s), as they do not grow with the number of videos.
-        try:
-            log.info("workers ready: %s", ray.get([actor.ready.remote() for actor in pool]))
-        except ray.exceptions.RayError as error:  # a predictor that cannot load anywhere
-            for actor in pool:
-                ray.kill(actor)
-            raise BatchError(f"a worker could not load the predictor ({backend}, "
-                             f"{precision}): {error}") from None  # fmt: skip
-        startup = time.perf_counter() - started
-        started = time.perf_counter()
-        queue = list(reversed(pending))
-        running = {}
-        for actor in pool:
-            job = queue.pop()
-            running[actor.run.remote(job, str(out.resolve()))] = (job, actor)
-        with tqdm(total=len(jobs), initial=skipped, unit="video", disable=not progress) as bar:
-            while running:
-                [ref], _ = ray.wait(list(running), num_returns=1)
-                job, actor = running.pop(ref)
-                try:
-                    record = ray.get(ref)
-                except ray.exceptions.RayError as error:  # the worker itself died or failed
-                    record = {"video": job.name, "status": "failed",
-                              "error": f"{type(error).__name__}: {error}"}  # fmt: skip
-                records.append(record)
-                bar.update(1)
-                if queue:
-                    job = queue.pop()
-                    running[actor.run.remote(job, str(out.resolve()))] = (job, actor)
-        for actor in pool:
-            ray.kill(actor)
+    began = started = time.perf_counter()
+    own_ray = bool(pending) and not ray.is_initialized()
+    if own_ray:  # else the caller's Ray (a test's cluster, a notebook) is used and kept
+        ray.init(address=address, log_to_driver=False)
+    try:
+        if pending:
+            records, started = _segment_on_ray(ray, pending, bundle, out, workers,
+                                                        backend, precision, threads,
+                                                        gpus_per_worker, len(jobs), progress)  # fmt: skip
+    finally:
+        if own_ray:
+            ray.shutdown()
     elapsed = time.perf_counter() - started
     done = [r for r in records if r["status"] == "done"]
     failed = [{"video": r["video"], "error": r["error"]} for r in records if r["status"] != "done"]
@@ -311,7 +327,7 @@ def run_batch(
         "done": len(done),
         "skipped_finished": skipped,
         "failed": failed,
-        "startup_s": round(startup, 3),
+        "startup_s": round(started - began, 3),
         "elapsed_s": round(elapsed, 3),
         "videos_per_minute": round(60 * len(done) / elapsed, 2) if done else 0.0,
         "workers": min(workers, len(pending)) if pending else 0,

@@ -3,6 +3,11 @@
     python -m runtime segment --bundle bundles/tiny --video clip.mp4 \\
         --text "the small red circle moving left" --text "the big blue square" --out out/
     python -m runtime info --bundle bundles/tiny
+    python -m runtime batch --bundle bundles/tiny --videos DIR|LIST --expressions FILE --out OUT
+    python -m runtime serve --bundle bundles/tiny --port 8000
+
+``batch`` (``runtime.batch``) segments many videos on a Ray cluster, resumably; ``serve``
+(``runtime.server``) serves the predictor over HTTP. Both need the ``serve`` extra.
 
 ``segment`` writes per-frame PNG masks in the Ref-YouTube-VOS submission layout
 (``OUT/Annotations/<video>/<expression index>/<frame>.png``), an overlay video with each
@@ -84,6 +89,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="segment the frames that decode of a truncated or corrupt video (recorded in the "
         "result JSON) instead of refusing it",
     )
+    from .batch import add_arguments as add_batch
+    from .server import add_arguments as add_serve
+
+    add_batch(commands.add_parser("batch", help="segment many videos on a Ray cluster"))
+    add_serve(commands.add_parser("serve", help="serve the predictor over HTTP"))
     return parser.parse_args(argv)
 
 
@@ -203,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
             manifest = Manifest.load(args.bundle, verify=not args.no_verify)
             print(json.dumps(manifest.data, indent=2) if args.json else manifest.summary())
             return 0
+        if args.command in ("batch", "serve"):
+            from .batch import main as batch_main
+            from .server import main as serve_main
+
+            return (batch_main if args.command == "batch" else serve_main)(args)
         summary = run_segment(args)
     except (BundleError, VideoError, ValueError, OSError) as error:
         # OSError: a write that failed (WriteError names the file), a missing path.

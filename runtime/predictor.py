@@ -151,6 +151,10 @@ class RVOSPredictor:
         text_precision: the text graph's variant (default: ``precision`` when the bundle has
             it for the text graph, else fp32 — INT8 variants exist for the video graph only).
         verify: check the sha256 of every bundle file first.
+        text_backend, video_backend: backends already built for the two graphs (anything
+            with ``infer(feeds)``), used instead of loading them from the bundle: Triton's
+            Python model passes backends that call the graphs through BLS
+            (``runtime.triton_bls``), so its pre- and post-processing are this class's.
         backend_options: passed to the backends (threads, providers, ...).
     """
 
@@ -161,6 +165,8 @@ class RVOSPredictor:
         precision: str = "fp32",
         text_precision: str | None = None,
         verify: bool = True,
+        text_backend=None,
+        video_backend=None,
         **backend_options,
     ) -> None:
         self.manifest = bundle if isinstance(bundle, Manifest) else Manifest.load(bundle, verify)
@@ -176,10 +182,10 @@ class RVOSPredictor:
             # precision, or a runtime precision (bf16 runs the fp32 graph), else fp32.
             same = precision in self.manifest.precisions("text_encoder")
             text_precision = precision if same or precision in RUNTIME_PRECISIONS else "fp32"
-        self.text_backend = load_backend(
+        self.text_backend = text_backend if text_backend is not None else load_backend(
             self.manifest, "text_encoder", backend, text_precision, **backend_options
         )
-        self.video_backend = load_backend(
+        self.video_backend = video_backend if video_backend is not None else load_backend(
             self.manifest, "video", backend, precision, **backend_options
         )
         profiles = self.manifest.profiles

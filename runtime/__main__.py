@@ -178,7 +178,7 @@ def run_segment(args: argparse.Namespace) -> dict:
                     "queries": [w["choices"][i]["query"] for w in windows],
                     "identity_switches": switches[i],
                     "foreground_fraction": fraction[i] / max(frames, 1),
-                }  # fmt: skip
+                }
                 for i, text in enumerate(texts)
             ],
             "windows": windows,

@@ -38,7 +38,8 @@ from pathlib import Path
 
 from .files import atomic_write_text
 from .outputs import RunOutput, check_name, check_out_dir
-from .video import IMAGE_SUFFIXES, load_video, write_masks
+from .video import IMAGE_SUFFIXES, load_video
+from .writers import write_masks
 
 log = logging.getLogger(__name__)
 

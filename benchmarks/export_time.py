@@ -12,7 +12,6 @@ machine to ``benchmarks/results/<machine>/export-<tag>.{json,md}``. The markdown
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shlex
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from benchmarks.isolate import max_rss_mb
 from benchmarks.machine import machine_info, package_versions
-from benchmarks.report import RESULTS_DIR, fmt
+from benchmarks.report import fmt, save_results
 from proxyformer.summary import parse_size
 
 
@@ -123,13 +122,8 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_mb": max_rss_mb(),
         "nodes": nodes,
     }
-    out = Path(args.out) if args.out else RESULTS_DIR / machine["slug"]
-    out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"{Path(source).name}-{height}x{width}"
-    (out / f"export-{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = format_markdown(results)
-    (out / f"export-{tag}.md").write_text(markdown)
-    print(markdown)
+    save_results(results, args.out, f"export-{tag}", format_markdown(results))
     return results
 
 

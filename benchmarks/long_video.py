@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import shlex
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 
 from benchmarks.isolate import ChildDied, max_rss_mb, run_in_child
 from benchmarks.machine import machine_info, package_versions
-from benchmarks.report import RESULTS_DIR
+from benchmarks.report import save_results
 from proxyformer.summary import parse_size
 
 log = logging.getLogger(__name__)
@@ -54,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--videos", type=int, default=8)
     parser.add_argument("--frames", type=int, default=240)
     parser.add_argument("--overlap", type=int, default=None, help="default: a quarter window")
+    parser.add_argument("--link-weights", type=float, nargs="+", default=[0.1],
+                        help="the linking weights to compare (runtime.stream.TrackLinker)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=None, help="default: benchmarks/results/<machine>")
     parser.add_argument("--tag", default=None, help="default: the bundle's folder name")
@@ -122,8 +123,9 @@ def measure_identity(args: argparse.Namespace) -> dict:
     window = predictor.max_frames
     overlap = window // 4 if args.overlap is None else args.overlap
     height, width = predictor.size
-    modes = {"independent": (0, False), "overlap, score only": (overlap, False),
-             "overlap, linked": (overlap, True)}  # fmt: skip
+    modes = {"independent": (0, False, 0.0), "overlap, score only": (overlap, False, 0.0)}
+    for weight in args.link_weights:
+        modes[f"overlap, linked (weight {weight:g})"] = (overlap, True, weight)
     rows = {name: [] for name in modes}
     for index in range(args.videos):
         images, labels, objects, expressions = generate_video(
@@ -132,8 +134,9 @@ def measure_identity(args: argparse.Namespace) -> dict:
         texts = [text for text, _ in expressions]
         ids = [obj.obj_id for obj in objects]
         text = predictor.encode_text(texts)
-        for name, (shared, link) in modes.items():
-            results = list(predictor.stream(images, text, window, overlap=shared, link=link))
+        for name, (shared, link, weight) in modes.items():
+            results = list(predictor.stream(images, text, window, overlap=shared, link=link,
+                                            link_weight=weight))  # fmt: skip
             masks = np.concatenate([r.masks for r in results], axis=1)
             for e, (_, obj_id) in enumerate(expressions):
                 j, f = video_jf(labels == obj_id, masks[e])
@@ -224,18 +227,13 @@ def main(argv: list[str] | None = None) -> dict:
             "videos": args.videos,
             "frames": args.frames,
             "seed": args.seed,
-        },  # fmt: skip
+        },
         "memory": memory,
         "memory_ratio": ratio_longest_shortest(done),
         "identity": identity,
     }
-    out = Path(args.out) if args.out else RESULTS_DIR / machine["slug"]
-    out.mkdir(parents=True, exist_ok=True)
     tag = args.tag or Path(args.bundle).name
-    (out / f"long-video-{tag}.json").write_text(json.dumps(results, indent=2) + "\n")
-    markdown = format_markdown(results)
-    (out / f"long-video-{tag}.md").write_text(markdown)
-    print(markdown)
+    save_results(results, args.out, f"long-video-{tag}", format_markdown(results))
     return results
 
 

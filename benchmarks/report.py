@@ -19,6 +19,17 @@ log = logging.getLogger(__name__)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def save_results(results: dict, out: str | Path | None, name: str, markdown: str) -> Path:
+    """Write ``results`` as ``<name>.json`` and ``markdown`` as ``<name>.md`` into ``out``
+    (default ``benchmarks/results/<machine slug>``), print the markdown; returns the folder."""
+    folder = Path(out) if out else RESULTS_DIR / results["machine"]["slug"]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(markdown)
+    print(markdown)
+    return folder
+
+
 def fmt(value: float | None, digits: int = 2, suffix: str = "") -> str:
     """A number for a table: ``digits`` decimals and ``suffix``, or "–" for None/NaN."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

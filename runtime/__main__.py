@@ -74,6 +74,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="choose each window's query by its score alone (identity switches are still "
         "measured and recorded)",
     )
+    segment.add_argument(
+        "--link-weight",
+        type=float,
+        default=0.1,
+        help="weight of the mask agreement against the class score when linking (0-1)",
+    )
     segment.add_argument("--name", default=None, help="video name in the output layout")
     segment.add_argument("--gif", action="store_true", help="write the overlay as a GIF")
     segment.add_argument("--fps", type=float, default=10.0, help="overlay frame rate (> 0)")
@@ -102,7 +108,7 @@ def run_segment(args: argparse.Namespace) -> dict:
     as it completes (into the staging area of ``RunOutput``), the result JSON last."""
     from .outputs import RunOutput, default_name
     from .predictor import RVOSPredictor, check_expressions
-    from .stream import check_overlap
+    from .stream import check_fraction, check_overlap
     from .video import open_video
     from .writers import OverlayWriter, WriteError, check_fps, write_masks
 
@@ -110,6 +116,7 @@ def run_segment(args: argparse.Namespace) -> dict:
     texts = check_expressions(args.text)
     if not args.no_overlay:
         check_fps(args.fps)
+    check_fraction("--link-weight", args.link_weight)
     name = args.name if args.name is not None else default_name(args.video)
     output = RunOutput(args.out, name, args.overwrite)
     video = open_video(args.video, allow_partial=args.allow_partial)  # decoded as windows run
@@ -132,7 +139,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             overlay = OverlayWriter(output.overlay_path(suffix), args.fps, texts)
         try:
             results = predictor.stream(video, texts, window, args.allow_partial, overlap,
-                                       link=not args.no_link)  # fmt: skip
+                                       link=not args.no_link, link_weight=args.link_weight)  # fmt: skip
             for result in progress(results, video.length, window, overlap):
                 started = time.perf_counter()
                 for index, masks in enumerate(result.masks):
@@ -170,6 +177,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             "window": window,
             "overlap": overlap,
             "linked": not args.no_link,
+            "link_weight": args.link_weight,
             "expressions": [
                 {
                     "index": i,

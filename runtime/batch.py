@@ -187,7 +187,7 @@ def segment_video(predictor, job: VideoJob, out: Path) -> dict:
                 "queries": result.queries[i].tolist(),
             }
             for i, ((exp_id, text), score) in enumerate(zip(job.expressions, result.scores))
-        ],  # fmt: skip
+        ],
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
     }
     with RunOutput(out, job.name, overwrite=True) as output:

@@ -270,7 +270,7 @@ class RVOSPredictor:
         allow_partial: bool = False,
         overlap: int = 0,
         link: bool = True,
-        link_weight: float = 0.5,
+        link_weight: float = 0.1,
         switch_iou: float = 0.5,
     ) -> Iterator[WindowResult]:
         """Segment a video window by window, reading only the frames each window needs, and

@@ -7,7 +7,10 @@ window's track on those shared frames (``TrackLinker``):
 - every query ``q`` of the new window gets the IoU of its masks with the previous window's
   chosen track on the shared frames (stride-4 masks, thresholded like the output masks), and
   the query with the highest ``(1 - link_weight) * score_q + link_weight * IoU_q`` is chosen,
-  ``score_q`` being the query's frame-averaged class probability (``runtime.selection``);
+  ``score_q`` being the query's frame-averaged class probability (``runtime.selection``).
+  The default weight, 0.1, is the one that kept J&F at least that of independent windows on
+  long synthetic videos while halving the switches; larger weights lock a wrong first choice
+  in for the whole video (``benchmarks/long_video.py``; docs/benchmarks.md, "Long videos");
 - where the previous track is empty on the shared frames there is nothing to agree with, and
   the score alone chooses (as it does in the first window, and with ``overlap=0``);
 - an identity switch is recorded where the chosen query's IoU with the previous track is below
@@ -81,6 +84,13 @@ def iter_windows(frames: Iterable[tuple[str, np.ndarray]], window: int,
         index += 1
 
 
+def check_fraction(name: str, value: float) -> float:
+    """A linking parameter in [0, 1]."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
 @dataclass
 class Choice:
     """One expression's choice in one window."""
@@ -108,11 +118,10 @@ class TrackLinker:
         switch_iou: an IoU below this on the shared frames is an identity switch.
     """
 
-    def __init__(self, threshold_logit: float, link: bool = True, link_weight: float = 0.5,
+    def __init__(self, threshold_logit: float, link: bool = True, link_weight: float = 0.1,
                  switch_iou: float = 0.5) -> None:  # fmt: skip
-        for name, value in (("link_weight", link_weight), ("switch_iou", switch_iou)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        check_fraction("link_weight", link_weight)
+        check_fraction("switch_iou", switch_iou)
         self.threshold_logit = threshold_logit
         self.link, self.link_weight, self.switch_iou = bool(link), link_weight, switch_iou
         self.previous: np.ndarray | None = None  # (E, t, h, w): the last window's tracks

@@ -1,0 +1,221 @@
+"""Peak memory against the frames T and the expressions E of one call, per backend.
+
+    python benchmarks/memory.py --bundle bundles/tiny --backends ort,ov,ov-bf16 \\
+        --frames 6 12 24 --expressions 1 2 4 8
+    python benchmarks/memory.py --bundle bundles/paper-swin-t --backends ort,ov,ov-bf16 \\
+        --frames 9 19 --expressions 1 2
+
+Every (backend, T, E) point runs in a process of its own (``spawn``): the backend is loaded,
+called twice on seeded random inputs (``benchmarks.workload.make_feeds``), and the process's
+peak RSS (``VmHWM``) is read, as well as its RSS once the backend was loaded. A point whose
+process is killed (out of memory) is recorded as failed with the signal, and the sweep goes on.
+Points are run from the smallest call up, and a backend's larger calls are skipped once one
+failed (``--keep-going`` runs them anyway).
+
+Results go to ``benchmarks/results/<machine>/memory-<tag>.{json,md,png}``: a table, and a
+figure of peak RSS against T (at the smallest E) and against E (at the largest T). The
+markdown is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from benchmarks.isolate import ChildDied, max_rss_mb, run_in_child
+from benchmarks.machine import machine_info, package_versions
+from benchmarks.report import save_results
+from benchmarks.runners import BACKENDS
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--backends", default="ort,ov", help=f"of {', '.join(BACKENDS)}")
+    parser.add_argument("--frames", type=int, nargs="+", required=True, help="T values")
+    parser.add_argument("--expressions", type=int, nargs="+", default=[1], help="E values")
+    parser.add_argument("--text-length", type=int, default=20, help="L (clipped to the profile)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--keep-going", action="store_true",
+                        help="run a backend's larger calls after one failed")  # fmt: skip
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/<machine>")
+    parser.add_argument("--tag", default=None, help="default: the bundle's folder name")
+    return parser.parse_args(argv)
+
+
+def check_points(manifest: Any, frames: list[int], expressions: list[int]) -> None:
+    """Every T and E inside the bundle's profiles, before any process starts."""
+    for axis, values in (("T", frames), ("E", expressions)):
+        low, high = manifest.profiles[axis]["min"], manifest.profiles[axis]["max"]
+        outside = [v for v in values if not low <= v <= high]
+        if outside:
+            raise ValueError(f"{axis} = {outside} outside the bundle's {axis} profile "
+                             f"[{low}, {high}]")  # fmt: skip
+
+
+def _point_child(connection: Any, bundle: str, name: str, frames: int, expressions: int,
+                 text_length: int, threads: int) -> None:  # fmt: skip
+    """One call of one backend in this (spawned) process; sends its memory and time."""
+    try:
+        import torch
+
+        from benchmarks.runners import SkipBackend, open_runner
+        from benchmarks.workload import load_baseline_model, make_feeds
+        from runtime.manifest import Manifest
+
+        torch.set_num_threads(threads)
+        manifest = Manifest.load(bundle)
+        feeds = make_feeds(manifest, frames, expressions, text_length)
+        before = max_rss_mb()
+        model = None
+        if BACKENDS[name].runtime == "torch":
+            model = load_baseline_model(manifest, "cpu")
+        try:
+            runner, _ = open_runner(name, manifest, model, "cpu", threads)
+        except SkipBackend as reason:
+            connection.send({"status": "skipped", "reason": str(reason)})
+            return
+        loaded = max_rss_mb()
+        runner(feeds)  # the first call: OpenVINO compiles for the shape here
+        started = time.perf_counter()
+        runner(feeds)
+        seconds = time.perf_counter() - started
+        connection.send({"status": "measured", "peak_rss_mb": max_rss_mb(),
+                         "rss_loaded_mb": loaded, "rss_before_mb": before, "seconds": seconds})  # fmt: skip
+    except BaseException as error:  # noqa: BLE001 - whatever stops the point is its reason
+        connection.send({"status": "failed", "reason": f"{type(error).__name__}: {error}"})
+    finally:
+        connection.close()
+
+
+def sweep(args: argparse.Namespace, backends: list[str], text_length: int) -> list[dict]:
+    points = []
+    calls = sorted((t * e, t, e) for t in args.frames for e in args.expressions)
+    for name in backends:
+        stopped = None
+        for _, frames, expressions in calls:
+            point = {"backend": name, "frames": frames, "expressions": expressions}
+            if stopped and not args.keep_going:
+                point |= {"status": "not run", "reason": f"a smaller call failed: {stopped}"}
+                points.append(point)
+                continue
+            arguments = (args.bundle, name, frames, expressions, text_length, args.threads)
+            try:
+                point |= run_in_child(_point_child, arguments, f"memory-{name}")
+            except ChildDied as error:
+                point |= {"status": "failed", "reason": str(error)}
+            if point["status"] == "failed":
+                stopped = f"T={frames}, E={expressions}"
+            log.info("%s", point)
+            points.append(point)
+    return points
+
+
+def format_markdown(results: dict) -> str:
+    machine = results["machine"]
+    flags = ", ".join(f for f, on in machine["cpu_flags"].items() if on and f != "fma") or "none"
+    setting = results["setting"]
+    lines = [
+        f"# Peak memory per call — {results['bundle']}",
+        "",
+        (
+            f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}); {setting['threads']} "
+            f"threads, L = {setting['text_length']}. Each point in a process of its own: peak "
+            "RSS (VmHWM) of loading the backend and two calls; the second call's seconds."
+        ),
+        "",
+        "| backend | T | E | peak RSS GB | after load GB | 2nd call s | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for p in results["points"]:
+        if p["status"] == "measured":
+            lines.append(f"| {p['backend']} | {p['frames']} | {p['expressions']} | "
+                         f"{p['peak_rss_mb'] / 1024:.2f} | {p['rss_loaded_mb'] / 1024:.2f} | "
+                         f"{p['seconds']:.2f} | |")  # fmt: skip
+        else:
+            lines.append(f"| {p['backend']} | {p['frames']} | {p['expressions']} | – | – | – | "
+                         f"{p['status']}: {p['reason']} |")  # fmt: skip
+    lines += ["", f"Command: `{results['command']}`", ""]
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> Path | None:
+    """Peak RSS against T (at the smallest E) and against E (at the largest T), per backend."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no figure (pip install -e '.[bench]')")
+        return None
+    measured = [p for p in results["points"] if p["status"] == "measured"]
+    e_low = min(results["setting"]["expressions"])
+    t_high = max(results["setting"]["frames"])
+    figure, (by_t, by_e) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(p["backend"] for p in measured):
+        rows = [p for p in measured if p["backend"] == name]
+        t_rows = sorted((p["frames"], p["peak_rss_mb"] / 1024) for p in rows
+                        if p["expressions"] == e_low)  # fmt: skip
+        e_rows = sorted((p["expressions"], p["peak_rss_mb"] / 1024) for p in rows
+                        if p["frames"] == t_high)  # fmt: skip
+        if t_rows:
+            by_t.plot(*zip(*t_rows), marker="o", label=name)
+        if e_rows:
+            by_e.plot(*zip(*e_rows), marker="o", label=name)
+    by_t.set(xlabel="frames T", ylabel="peak RSS (GB)", title=f"E = {e_low}")
+    by_e.set(xlabel="expressions E", ylabel="peak RSS (GB)", title=f"T = {t_high}")
+    for axis in (by_t, by_e):
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(f"Peak memory per call — {results['bundle']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from runtime.manifest import Manifest
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise SystemExit(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    manifest = Manifest.load(args.bundle)
+    check_points(manifest, args.frames, args.expressions)
+    text_length = min(args.text_length, manifest.profiles["L"]["max"])
+    points = sweep(args, backends, text_length)
+    machine = machine_info("cpu")
+    results = {
+        "command": shlex.join(["python", "benchmarks/memory.py", *(argv or sys.argv[1:])]),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine,
+        "versions": package_versions(),
+        "bundle": args.bundle,
+        "setting": {
+            "frames": args.frames,
+            "expressions": args.expressions,
+            "text_length": text_length,
+            "threads": args.threads,
+        },
+        "points": points,
+    }
+    tag = args.tag or Path(args.bundle).name
+    out = save_results(results, args.out, f"memory-{tag}", format_markdown(results))
+    plot(results, out / f"memory-{tag}.png")
+    return results
+
+
+if __name__ == "__main__":
+    main()

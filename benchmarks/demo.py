@@ -143,7 +143,7 @@ def segment_sample(manifest, data: Path, out: Path, threads: int | None) -> None
         target = out / "segment" / precision
         for index, masks in enumerate(result.masks):
             write_masks(masks, names, target / "Annotations" / name / str(index))
-        painted = overlay(frames, result.masks)
+        painted = overlay(frames, result.masks, expressions)  # with a legend
         write_video(painted, target / f"{name}_overlay.gif", fps=6)
         write_video(painted, target / f"{name}_overlay.mp4", fps=6)
         print(f"3/4 {precision}: {name}, {len(frames)} frames, "

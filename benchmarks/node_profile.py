@@ -39,7 +39,9 @@ def _kernels(events: list[dict], window: tuple[float, float]) -> Iterator[tuple[
             yield node, event.get("args", {}).get("op_name", "?"), event["dur"] / 1e3
 
 
-def ort_trace_nodes(profile_files: dict[str, str | Path]) -> dict[str, list[tuple[str, str, float]]]:
+def ort_trace_nodes(
+    profile_files: dict[str, str | Path],
+) -> dict[str, list[tuple[str, str, float]]]:
     """graph -> (node, op type, ms) of the last run in each onnxruntime profile JSON."""
     nodes = {}
     for graph, path in profile_files.items():
@@ -82,6 +84,22 @@ def op_time_table(graph_nodes: dict[str, list[tuple[str, str, float]]], top: int
             "total_ms": total}  # fmt: skip
 
 
+def _profiled_call(name: str, manifest: Manifest, feeds: dict[str, np.ndarray], threads: int,
+                   profile_dir: str | Path, read: str) -> dict:  # fmt: skip
+    """A row opened with profiling on, one warm-up and one profiled call; then each graph's
+    backend's ``read`` method (its profile) by graph name."""
+    runner, _ = open_runner(name, manifest, None, "cpu", threads, profile_dir=profile_dir)
+    try:
+        runner(feeds)
+        runner(feeds)
+        return {
+            "text_encoder": getattr(runner.text_backend, read)(),
+            "video": getattr(runner.video_backend, read)(),
+        }
+    finally:
+        runner.close()
+
+
 def profile_ort(
     name: str,
     manifest: Manifest,
@@ -96,16 +114,7 @@ def profile_ort(
     The raw traces are kept in ``out_dir/profiles/``.
     """
     with tempfile.TemporaryDirectory(prefix="ort-profile-") as work:
-        runner, _ = open_runner(name, manifest, None, "cpu", threads, profile_dir=work)
-        try:
-            runner(feeds)
-            runner(feeds)
-            traces = {
-                "text_encoder": runner.text_backend.end_profiling(),
-                "video": runner.video_backend.end_profiling(),
-            }
-        finally:
-            runner.close()
+        traces = _profiled_call(name, manifest, feeds, threads, work, "end_profiling")
         table = op_time_table(ort_trace_nodes(traces), top)
         keep = out_dir / "profiles"
         keep.mkdir(parents=True, exist_ok=True)
@@ -129,16 +138,7 @@ def profile_openvino(
     """One profiled call (after one warm-up) of an OpenVINO row; per-op-type table of its
     nodes, the op type being OpenVINO's layer type with its kernel. Every node's time is kept
     in ``out_dir/profiles/latency-<tag>-<name>.json``."""
-    runner, _ = open_runner(name, manifest, None, "cpu", threads, profile_dir=out_dir)
-    try:
-        runner(feeds)
-        runner(feeds)
-        infos = {
-            "text_encoder": runner.text_backend.profiling_info(),
-            "video": runner.video_backend.profiling_info(),
-        }
-    finally:
-        runner.close()
+    infos = _profiled_call(name, manifest, feeds, threads, out_dir, "profiling_info")
     table = op_time_table(
         {
             graph: [(i["node"], f"{i['layer_type']} ({i['exec_type']})", i["ms"]) for i in nodes]

@@ -135,6 +135,55 @@ def run_in_child(target: Any, arguments: tuple, name: str) -> Any:
     return result
 
 
+# Expressions of the predictor's memory points (any text: the graphs' memory does not depend on it).
+POINT_TEXTS = ("the red circle moving left", "the big blue square", "the small green triangle",
+               "the yellow diamond", "the circle above the square", "the shape on the right",
+               "the smallest object", "the object moving up")  # fmt: skip
+
+
+def predictor_point_child(connection: Any, bundle: str, runtime: str, precision: str, mode: str,
+                          frames: int, expressions: int, options: dict) -> None:  # fmt: skip
+    """One memory point as the runtime makes it, in this (spawned) process: an
+    ``RVOSPredictor`` of the row's backend segments ``frames`` random frames at the bundle's
+    size for ``expressions`` expressions in one window, twice, with ``mode``'s graphs
+    ("video", or "split": every expression in one ``video_decoder`` call); sends the peak
+    RSS, the RSS once the graphs were loaded and the second call's seconds. No torch here:
+    what a budget measures is the runtime's process."""
+    import time
+
+    import numpy as np
+
+    from runtime.backends import BackendUnavailable
+    from runtime.budget import Plan
+    from runtime.manifest import BundleError
+    from runtime.predictor import RVOSPredictor
+
+    try:
+        before = max_rss_mb()
+        try:
+            predictor = RVOSPredictor(bundle, backend=runtime, precision=precision,
+                                      memory_budget=None, **options)  # fmt: skip
+            plan = Plan(mode, frames, expressions, 0, 0)
+            predictor.prepare(plan)
+        except (BackendUnavailable, BundleError) as reason:
+            connection.send({"status": "skipped", "reason": str(reason)})
+            return
+        loaded = max_rss_mb()
+        height, width = predictor.size
+        clip = np.random.default_rng(0).integers(0, 256, (frames, height, width, 3), np.uint8)
+        texts = [POINT_TEXTS[i % len(POINT_TEXTS)] for i in range(expressions)]
+        predictor.segment(clip, texts, window=frames, plan=plan)  # OpenVINO compiles here
+        started = time.perf_counter()
+        predictor.segment(clip, texts, window=frames, plan=plan)
+        seconds = time.perf_counter() - started
+        connection.send({"status": "measured", "peak_rss_mb": max_rss_mb(),
+                         "rss_loaded_mb": loaded, "rss_before_mb": before, "seconds": seconds})  # fmt: skip
+    except BaseException as error:  # noqa: BLE001 - whatever stops the point is its reason
+        connection.send({"status": "failed", "reason": f"{type(error).__name__}: {error}"})
+    finally:
+        connection.close()
+
+
 class ChildDied(RuntimeError):
     """A child process ended without sending its result (a signal, the OOM killer)."""
 

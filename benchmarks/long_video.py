@@ -38,12 +38,15 @@ import numpy as np
 from benchmarks.isolate import ChildDied, max_rss_mb, run_in_child
 from benchmarks.machine import machine_info, package_versions
 from benchmarks.report import save_results
-from proxyformer.summary import parse_size
 
 log = logging.getLogger(__name__)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # Here, not at the top: the segment children (spawn) import this module, and
+    # proxyformer imports torch, 0.5 GB of RSS the runtime's process does not have.
+    from proxyformer.summary import parse_size
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", required=True)
     parser.add_argument("--backend", default="onnxruntime")
@@ -74,7 +77,7 @@ def write_synthetic_mp4(path: Path, frames: int, size: tuple[int, int], seed: in
     return writer.close()
 
 
-def _segment_child(connection, argv: list[str]) -> None:
+def segment_child(connection, argv: list[str]) -> None:
     """The segment command in this (spawned) process; sends its exit code, seconds, peak RSS."""
     logging.basicConfig(level=logging.WARNING)
     from runtime.__main__ import main
@@ -94,7 +97,7 @@ def measure_memory(args: argparse.Namespace, work: Path) -> list[dict]:
                 str(work / f"out{frames}"), "--text", "the red circle", "--text",
                 "the big square", "--backend", args.backend, "--threads", str(args.threads)]  # fmt: skip
         try:
-            row = run_in_child(_segment_child, (argv,), f"segment-{frames}")
+            row = run_in_child(segment_child, (argv,), f"segment-{frames}")
         except ChildDied as error:
             row = {"exit_code": None, "error": str(error)}
         row["frames"] = frames

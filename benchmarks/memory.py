@@ -4,6 +4,8 @@
         --frames 6 12 24 --expressions 1 2 4 8
     python benchmarks/memory.py --bundle bundles/paper-swin-t --backends ort,ov,ov-bf16 \\
         --frames 9 19 --expressions 1 2
+    python benchmarks/memory.py --bundle bundles/paper-swin-t-split --backends ort,ov-bf16 \\
+        --frames 9 19 --expressions 1 4 --modes video split --ort-arena off --record
 
 Every (backend, T, E) point runs in a process of its own (``spawn``): the backend is loaded,
 called twice on seeded random inputs (``benchmarks.workload.make_feeds``), and the process's
@@ -11,6 +13,12 @@ peak RSS (``VmHWM``) is read, as well as its RSS once the backend was loaded. A 
 process is killed (out of memory) is recorded as failed with the signal, and the sweep goes on.
 Points are run from the smallest call up, and a backend's larger calls are skipped once one
 failed (``--keep-going`` runs them anyway).
+
+``--modes split`` measures the split video graph (``video_encoder`` then ``video_decoder``, a
+bundle exported with ``--split``) beside the one graph. ``--record`` fits each backend's and
+mode's memory model (``runtime.budget.MemoryModel``) to its points and keeps it in the bundle's
+manifest, where a memory budget (``RVOSPredictor(memory_budget=...)``, ``--memory-budget``)
+reads it; onnxruntime rows are best recorded with ``--ort-arena off``, as a budget runs them.
 
 Results go to ``benchmarks/results/<machine>/memory-<tag>.{json,md,png}``: a table, and a
 figure of peak RSS against T (at the smallest E) and against E (at the largest T). The
@@ -28,10 +36,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.isolate import ChildDied, max_rss_mb, run_in_child
+from benchmarks.isolate import ChildDied, max_rss_mb, predictor_point_child, run_in_child
 from benchmarks.machine import machine_info, package_versions
 from benchmarks.report import save_results
-from benchmarks.runners import BACKENDS
+from benchmarks.rows import BACKENDS
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--expressions", type=int, nargs="+", default=[1], help="E values")
     parser.add_argument("--text-length", type=int, default=20, help="L (clipped to the profile)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", default=["video"], choices=("video", "split"),
+                        help="the one video graph, and/or its two parts (a --split bundle)")  # fmt: skip
+    parser.add_argument("--ort-arena", default="on", choices=("on", "off"),
+                        help="onnxruntime's CPU memory arena (a memory budget runs it off)")  # fmt: skip
+    parser.add_argument("--record", action="store_true",
+                        help="fit and keep each backend's memory model in the bundle's manifest")  # fmt: skip
     parser.add_argument("--keep-going", action="store_true",
                         help="run a backend's larger calls after one failed")  # fmt: skip
     parser.add_argument("--out", default=None, help="default: benchmarks/results/<machine>")
@@ -63,7 +77,7 @@ def check_points(manifest: Any, frames: list[int], expressions: list[int]) -> No
 
 def _point_child(connection: Any, bundle: str, name: str, frames: int, expressions: int,
                  text_length: int, threads: int) -> None:  # fmt: skip
-    """One call of one backend in this (spawned) process; sends its memory and time."""
+    """One call of a PyTorch row in this (spawned) process; sends its memory and time."""
     try:
         import torch
 
@@ -99,17 +113,28 @@ def _point_child(connection: Any, bundle: str, name: str, frames: int, expressio
 def sweep(args: argparse.Namespace, backends: list[str], text_length: int) -> list[dict]:
     points = []
     calls = sorted((t * e, t, e) for t in args.frames for e in args.expressions)
-    for name in backends:
+    options = {"cpu_arena": args.ort_arena == "on"}
+    for name, mode in ((n, m) for n in backends for m in args.modes):
         stopped = None
         for _, frames, expressions in calls:
-            point = {"backend": name, "frames": frames, "expressions": expressions}
+            point = {"backend": name, "mode": mode, "frames": frames, "expressions": expressions}
             if stopped and not args.keep_going:
                 point |= {"status": "not run", "reason": f"a smaller call failed: {stopped}"}
                 points.append(point)
                 continue
-            arguments = (args.bundle, name, frames, expressions, text_length, args.threads)
+            spec = BACKENDS[name]
+            if spec.runtime == "torch":
+                target = _point_child
+                arguments = (args.bundle, name, frames, expressions, text_length, args.threads)
+            else:
+                row_options = {"threads": args.threads}
+                if spec.runtime == "onnxruntime":
+                    row_options |= options
+                target = predictor_point_child
+                arguments = (args.bundle, spec.runtime, spec.precision, mode, frames,
+                             expressions, row_options)  # fmt: skip
             try:
-                point |= run_in_child(_point_child, arguments, f"memory-{name}")
+                point |= run_in_child(target, arguments, f"memory-{name}")
             except ChildDied as error:
                 point |= {"status": "failed", "reason": str(error)}
             if point["status"] == "failed":
@@ -132,19 +157,59 @@ def format_markdown(results: dict) -> str:
             "RSS (VmHWM) of loading the backend and two calls; the second call's seconds."
         ),
         "",
-        "| backend | T | E | peak RSS GB | after load GB | 2nd call s | note |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| backend | graph | T | E | peak RSS GiB | after load GiB | 2nd call s | note |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for p in results["points"]:
+        row = f"| {p['backend']} | {p.get('mode', 'video')} | {p['frames']} | {p['expressions']} |"
         if p["status"] == "measured":
-            lines.append(f"| {p['backend']} | {p['frames']} | {p['expressions']} | "
-                         f"{p['peak_rss_mb'] / 1024:.2f} | {p['rss_loaded_mb'] / 1024:.2f} | "
-                         f"{p['seconds']:.2f} | |")  # fmt: skip
+            lines.append(f"{row} {p['peak_rss_mb'] / 1024:.2f} | {p['rss_loaded_mb'] / 1024:.2f} "
+                         f"| {p['seconds']:.2f} | |")  # fmt: skip
         else:
-            lines.append(f"| {p['backend']} | {p['frames']} | {p['expressions']} | – | – | – | "
-                         f"{p['status']}: {p['reason']} |")  # fmt: skip
+            lines.append(f"{row} – | – | – | {p['status']}: {p['reason']} |")
+    if results.get("models"):
+        lines += [
+            "",
+            ("Memory models kept in the bundle (peak = base + a·T + b·T·E, in GB of 10^9 bytes; "
+             "`runtime.budget`):"),
+            "",
+            "| backend | graph | base | a (per frame) | b (per frame and expression) |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for name, by_mode in results["models"].items():
+            for mode, m in by_mode.items():
+                lines.append(f"| {name} | {mode} | {m['base'] / 1e9:.3f} | "
+                             f"{m['per_frame'] / 1e9:.4f} | {m['per_frame_expression'] / 1e9:.4f} |")  # fmt: skip
     lines += ["", f"Command: `{results['command']}`", ""]
     return "\n".join(lines)
+
+
+def record_models(manifest: Any, results: dict) -> dict:
+    """Fit each backend's and mode's memory model to its measured points and keep them in the
+    bundle's manifest (``runtime.budget.record_memory_models``); returns them by row name."""
+    from runtime.budget import MemoryModel, record_memory_models
+
+    fitted: dict[str, dict] = {}
+    for name in dict.fromkeys(p["backend"] for p in results["points"]):
+        spec = BACKENDS[name]
+        if spec.runtime == "torch":
+            continue
+        models = {}
+        for mode in results["setting"]["modes"]:
+            points = [{"T": p["frames"], "E": p["expressions"],
+                       "peak_bytes": int(p["peak_rss_mb"] * 2**20)}
+                      for p in results["points"] if p["backend"] == name
+                      and p.get("mode", "video") == mode and p["status"] == "measured"]  # fmt: skip
+            if len({p["T"] for p in points}) >= 2:
+                models[mode] = MemoryModel.fit(points)
+            else:
+                log.warning("%s %s: too few measured points for a memory model", name, mode)
+        if models:
+            measured = {key: results[key] for key in ("command", "created")}
+            measured |= {"machine": results["machine"]["slug"], "setting": results["setting"]}
+            record_memory_models(manifest, spec.runtime, spec.precision, models, measured)
+            fitted[name] = {mode: model.to_dict() for mode, model in models.items()}
+    return fitted
 
 
 def plot(results: dict, path: Path) -> Path | None:
@@ -171,8 +236,8 @@ def plot(results: dict, path: Path) -> Path | None:
             by_t.plot(*zip(*t_rows), marker="o", label=name)
         if e_rows:
             by_e.plot(*zip(*e_rows), marker="o", label=name)
-    by_t.set(xlabel="frames T", ylabel="peak RSS (GB)", title=f"E = {e_low}")
-    by_e.set(xlabel="expressions E", ylabel="peak RSS (GB)", title=f"T = {t_high}")
+    by_t.set(xlabel="frames T", ylabel="peak RSS (GiB)", title=f"E = {e_low}")
+    by_e.set(xlabel="expressions E", ylabel="peak RSS (GiB)", title=f"T = {t_high}")
     for axis in (by_t, by_e):
         axis.grid(alpha=0.3)
         axis.legend()
@@ -208,9 +273,13 @@ def main(argv: list[str] | None = None) -> dict:
             "expressions": args.expressions,
             "text_length": text_length,
             "threads": args.threads,
+            "modes": args.modes,
+            "ort_arena": args.ort_arena,
         },
         "points": points,
     }
+    if args.record:
+        results["models"] = record_models(manifest, results)
     tag = args.tag or Path(args.bundle).name
     out = save_results(results, args.out, f"memory-{tag}", format_markdown(results))
     plot(results, out / f"memory-{tag}.png")

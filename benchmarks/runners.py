@@ -6,13 +6,13 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from benchmarks.rows import BACKENDS, DEFAULT_BACKENDS, BackendSpec  # noqa: F401 - re-exported
 from benchmarks.timing import synchronize
 from export.graphs import TextGraph, VideoGraph
 from proxyformer.model import ProxyFormer
@@ -24,44 +24,6 @@ from runtime.backends import (
 )
 from runtime.manifest import BundleError, Manifest
 from runtime.precisions import RUNTIME_PRECISIONS, RUNTIME_VARIANT
-
-# torch-compile is asked for by name (--backends ...,torch-compile): inductor compiles every
-# input shape of a run first, minutes on 2 cores, which the default run (make demo) should not
-# pay.
-DEFAULT_BACKENDS = (
-    "torch", "torch-model", "torch-bf16", "ort", "ort-fp16", "ort-int8", "ov", "ov-bf16",
-    "ov-int8", "trt-fp16", "trt-int8",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """A benchmark row: which runtime, which graph variant, which arithmetic it mostly does."""
-
-    runtime: str  # "torch", "onnxruntime", "openvino" or "tensorrt"
-    precision: str  # the video graph's variant (runtime.backends.PRECISIONS) or "bf16"
-    arithmetic: str  # "fp32", "fp16", "bf16" or "int8": the GEMM peak it is held against
-    mode: str = ""  # torch rows: "eager", "compile" or "model" (the model's own forward)
-
-
-BACKENDS = {
-    "torch": BackendSpec("torch", "fp32", "fp32", "eager"),
-    # BF16 autocast on a CPU; on CUDA FP16 autocast (held against the GPU's FP16 peak).
-    "torch-bf16": BackendSpec("torch", "bf16", "bf16", "eager"),
-    "torch-compile": BackendSpec("torch", "fp32", "fp32", "compile"),
-    # The model's own forward as trained, model(frames, ids, mask), FP32 eager.
-    "torch-model": BackendSpec("torch", "fp32", "fp32", "model"),
-    "ort": BackendSpec("onnxruntime", "fp32", "fp32"),
-    "ort-fp16": BackendSpec("onnxruntime", "fp16", "fp16"),
-    "ort-int8": BackendSpec("onnxruntime", "int8-cpu", "int8"),
-    "ort-int8-trt": BackendSpec("onnxruntime", "int8-tensorrt", "int8"),
-    "ov": BackendSpec("openvino", "fp32", "fp32"),
-    "ov-bf16": BackendSpec("openvino", "bf16", "bf16"),
-    "ov-int8": BackendSpec("openvino", "int8-cpu", "int8"),
-    "trt-fp32": BackendSpec("tensorrt", "fp32", "fp32"),
-    "trt-fp16": BackendSpec("tensorrt", "fp16", "fp16"),
-    "trt-int8": BackendSpec("tensorrt", "int8-tensorrt", "int8"),
-}
 
 
 class SkipBackend(Exception):
@@ -180,12 +142,15 @@ class ModelForwardRunner:
 
 
 class BundleRunner:
-    """The bundle's two graphs on ``runtime`` backends: text encoder, then video graph."""
+    """The bundle's graphs on ``runtime`` backends: text encoder, then video graph; or, given a
+    ``decoder``, the split video graph: ``video_backend`` is then the video encoder, and the
+    decoder runs on its levels (the video seconds are both)."""
 
-    def __init__(self, text_backend: Any, video_backend: Any) -> None:
+    def __init__(self, text_backend: Any, video_backend: Any, decoder: Any = None) -> None:
         self.text_backend = text_backend
         self.video_backend = video_backend
-        self.name = video_backend.name
+        self.decoder = decoder
+        self.name = video_backend.name + (" (split)" if decoder is not None else "")
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> tuple[float, float]:
         """Run one call; return (text seconds, video seconds). The backends return host
@@ -194,15 +159,20 @@ class BundleRunner:
         start = time.perf_counter()
         text = self.text_backend.infer({"input_ids": feeds["input_ids"], "attention_mask": mask})
         middle = time.perf_counter()
-        video_feeds = {"frames": feeds["frames"], "text_features": text["text_features"]}
-        self.video_backend.infer(video_feeds | {"attention_mask": mask})
+        text_feeds = {"text_features": text["text_features"], "attention_mask": mask}
+        if self.decoder is None:
+            self.video_backend.infer({"frames": feeds["frames"]} | text_feeds)
+        else:
+            levels = self.video_backend.infer({"frames": feeds["frames"]})
+            self.decoder.infer(levels | text_feeds)
         end = time.perf_counter()
         return middle - start, end - middle
 
     def close(self) -> None:
-        """Release both backends."""
-        for backend in (self.text_backend, self.video_backend):
-            backend.close()
+        """Release the backends."""
+        for backend in (self.text_backend, self.video_backend, self.decoder):
+            if backend is not None:
+                backend.close()
 
 
 def text_precision_for(manifest: Manifest, spec: BackendSpec) -> str:
@@ -287,14 +257,16 @@ def _open_torch(
     }  # fmt: skip
 
 
-def _timed_files(manifest: Manifest, spec: BackendSpec, text_precision: str) -> dict[str, dict]:
+def _timed_files(manifest: Manifest, spec: BackendSpec, text_precision: str,
+                 video_graphs: tuple[str, ...] = ("video",)) -> dict[str, dict]:  # fmt: skip
     """The manifest entries of the files a row times, or ``SkipBackend`` naming what is missing:
     ONNX variants for onnxruntime, engines for TensorRT (the INT8 set's text encoder engine is
     built from a float graph, so it has no INT8 ONNX variant); a runtime precision times the
     variant it runs (bf16: fp32)."""
+    video_precision = RUNTIME_VARIANT.get(spec.precision, spec.precision)
     graphs = (
         ("text_encoder", RUNTIME_VARIANT.get(text_precision, text_precision)),
-        ("video", RUNTIME_VARIANT.get(spec.precision, spec.precision)),
+        *((graph, video_precision) for graph in video_graphs),
     )
     try:
         return {
@@ -331,6 +303,8 @@ def open_runner(
     threads: int,
     status: dict[str, str] | None = None,
     profile_dir: str | Path | None = None,
+    split: bool = False,
+    options: dict[str, Any] | None = None,
 ) -> tuple[Any, dict]:
     """Load a backend row as a runner, or raise ``SkipBackend`` with the reason.
 
@@ -344,6 +318,8 @@ def open_runner(
         status: ``available_backends()`` (computed when not given).
         profile_dir: enable onnxruntime's profiler, writing there (ORT rows), or OpenVINO's
             per-node counters (OpenVINO rows).
+        split: run the split video graph (``video_encoder`` then ``video_decoder``).
+        options: more ``load_backend`` options (e.g. ``cpu_arena`` for onnxruntime rows).
 
     Returns:
         (runner, description: device, arithmetic, text and video precision, files' sha256).
@@ -352,6 +328,8 @@ def open_runner(
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
     spec = BACKENDS[name]
     if spec.runtime == "torch":
+        if split:
+            raise SkipBackend("the split video graph is an ONNX graph; torch rows run the model")
         return _open_torch(manifest, model, torch_device, spec)
     status = status if status is not None else available_backends()
     key = {"onnxruntime": "onnxruntime-cpu", "openvino": "openvino-cpu"}.get(
@@ -360,16 +338,19 @@ def open_runner(
     if status.get(key) != AVAILABLE:
         raise SkipBackend(f"{key} is not available here: {status.get(key)}")
     text_precision = text_precision_for(manifest, spec)
-    entries = _timed_files(manifest, spec, text_precision)
-    options, device = _backend_options(spec, threads, profile_dir)
+    video_graphs = ("video_encoder", "video_decoder") if split else ("video",)
+    entries = _timed_files(manifest, spec, text_precision, video_graphs)
+    row_options, device = _backend_options(spec, threads, profile_dir)
+    row_options |= options or {}
     try:
-        text = load_backend(manifest, "text_encoder", spec.runtime, text_precision, **options)
-        video = load_backend(manifest, "video", spec.runtime, spec.precision, **options)
+        text = load_backend(manifest, "text_encoder", spec.runtime, text_precision, **row_options)
+        video = [load_backend(manifest, graph, spec.runtime, spec.precision, **row_options)
+                 for graph in video_graphs]  # fmt: skip
     except (BackendUnavailable, BundleError) as error:
         raise SkipBackend(str(error)) from None
     files = manifest.data["files"]
     sha = {graph: files.get(entry["file"], {}).get("sha256") for graph, entry in entries.items()}
-    return BundleRunner(text, video), {
+    return BundleRunner(text, *video), {
         "runtime": spec.runtime, "device": device, "arithmetic": spec.arithmetic,
         "text_precision": text_precision, "video_precision": spec.precision, "sha256": sha,
     }  # fmt: skip

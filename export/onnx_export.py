@@ -43,7 +43,14 @@ from runtime.files import make_staging_dir, replace_directory
 from runtime.manifest import Manifest, installed_versions
 
 from .finish import EXTERNAL_DATA_MODES, convert_fp16, finish_graph, graph_metadata
-from .graphs import FRAME_FORMATS, TextGraph, VideoGraph, graph_specs
+from .graphs import (
+    FRAME_FORMATS,
+    TextGraph,
+    VideoDecoderGraph,
+    VideoEncoderGraph,
+    VideoGraph,
+    graph_specs,
+)
 from .parity import FP32_TOLERANCE, Tolerance, check_parity, fp16_tolerance_for, parity_cases
 from .source_model import bundle_model, load_model
 from .torch_export import (
@@ -90,6 +97,7 @@ def export_bundle(
     fp16_tolerance: Tolerance | Callable[[ProxyFormerConfig], Tolerance] = fp16_tolerance_for,
     overwrite: bool = False,
     seed: int = 0,
+    split: bool = False,
 ) -> Manifest:
     """Export a checkpoint (or a preset with random weights) to a bundle directory.
 
@@ -110,6 +118,9 @@ def export_bundle(
         fp32_tolerance, fp16_tolerance: the parity rules; FP16's may be a function of the model
             config (default ``export.parity.fp16_tolerance_for``: the maximum, or the 0.99
             quantile with masked attention).
+        split: also export the video graph in its two parts, ``video_encoder`` (per video)
+            and ``video_decoder`` (per expression), which a memory budget runs to split the
+            expressions into groups without re-running the backbone (``export.graphs``).
     Returns:
         The bundle's ``Manifest`` (already saved).
     """
@@ -136,11 +147,14 @@ def export_bundle(
         model, tokenizer, description = load_model(checkpoint, preset, max_text_len, seed)
     if callable(fp16_tolerance):
         fp16_tolerance = fp16_tolerance(model.config)
-    specs = graph_specs(model, size, frame_format)
+    specs = graph_specs(model, size, frame_format, split)
     modules = {
         "text_encoder": TextGraph(model).eval(),
         "video": VideoGraph(model, frame_format).eval(),
     }
+    if split:
+        modules["video_encoder"] = VideoEncoderGraph(model, frame_format).eval()
+        modules["video_decoder"] = VideoDecoderGraph(model, size).eval()
     preprocessing = _preprocessing(model.config, size, frame_format, max_text_len)
     manifest_profiles = {axis: p.to_dict() for axis, p in profiles.items()}
 

@@ -88,6 +88,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="quantile of |fp16 - fp32| held to the FP16 tolerance (default: 1, the maximum; "
         "0.99 for a model with masked attention, see export/parity.py)",
     )  # fmt: skip
+    parser.add_argument(
+        "--split", action="store_true",
+        help="also write the video graph in two parts, video_encoder (per video) and "
+        "video_decoder (per expression), which a memory budget (--memory-budget) runs to "
+        "split the expressions into groups without running the backbone once per group",
+    )  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     parser.add_argument("--seed", type=int, default=0, help="random weights and parity inputs")
     return parser.parse_args(argv)
@@ -119,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         fp16_tolerance=fp16_rule,
         overwrite=args.overwrite,
         seed=args.seed,
+        split=args.split,
     )
     print(manifest.summary())
     return 0

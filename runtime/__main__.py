@@ -80,6 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.1,
         help="weight of the mask agreement against the class score when linking (0-1)",
     )
+    segment.add_argument(
+        "--memory-budget",
+        default="auto",
+        help="the most memory one call may take, e.g. 8GB or 6GiB: the window and the "
+        "expressions per call are chosen to fit, from the bundle's memory measurements "
+        "(default auto: 80%% of the available memory where the bundle has measurements for "
+        "the backend; off: no budget)",
+    )
     segment.add_argument("--name", default=None, help="video name in the output layout")
     segment.add_argument("--gif", action="store_true", help="write the overlay as a GIF")
     segment.add_argument("--fps", type=float, default=10.0, help="overlay frame rate (> 0)")
@@ -106,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_segment(args: argparse.Namespace) -> dict:
     """Segment one video window by window: each window's masks and overlay frames are written
     as it completes (into the staging area of ``RunOutput``), the result JSON last."""
+    from .budget import parse_memory
     from .outputs import RunOutput, default_name
     from .predictor import RVOSPredictor, check_expressions
     from .stream import check_fraction, check_overlap
@@ -117,15 +126,22 @@ def run_segment(args: argparse.Namespace) -> dict:
     if not args.no_overlay:
         check_fps(args.fps)
     check_fraction("--link-weight", args.link_weight)
+    budget = None if args.memory_budget == "off" else args.memory_budget
+    if budget not in (None, "auto"):
+        budget = parse_memory(budget)
     name = args.name if args.name is not None else default_name(args.video)
     output = RunOutput(args.out, name, args.overwrite)
     video = open_video(args.video, allow_partial=args.allow_partial)  # decoded as windows run
 
     options = {"threads": args.threads} if args.threads else {}
     predictor = RVOSPredictor(
-        args.bundle, backend=args.backend, precision=args.precision, **options
-    )
+        args.bundle, backend=args.backend, precision=args.precision, memory_budget=budget,
+        **options,
+    )  # fmt: skip
     window = predictor.check_window(args.window)  # the bundle's frame profile: its limits
+    plan = predictor.plan(window, len(texts))
+    window = plan.window if plan is not None else window
+    predictor.prepare(plan)  # the graphs the plan runs, loaded before the timed run
     overlap = check_overlap(window // 4 if args.overlap is None else args.overlap, window)
     windows, frames, switches = [], 0, [0] * len(texts)
     scores = [[] for _ in texts]
@@ -172,7 +188,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             "video": str(args.video),
             "name": output.name,
             "bundle": str(args.bundle),
-            "backend": predictor.video_backend.name,
+            "backend": predictor.backend_name,
             "frames": frames,
             "window": window,
             "overlap": overlap,
@@ -190,6 +206,7 @@ def run_segment(args: argparse.Namespace) -> dict:
                 for i, text in enumerate(texts)
             ],
             "windows": windows,
+            "memory_plan": plan.as_dict() if plan is not None else None,
             "timings_ms": {k: round(v, 2) for k, v in timings.items()},
         }
         if not args.no_overlay:

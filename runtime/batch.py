@@ -207,7 +207,7 @@ class SegmentWorker:
         self.predictor = RVOSPredictor(bundle, backend=backend, precision=precision, **options)
 
     def ready(self) -> str:
-        return self.predictor.video_backend.name
+        return self.predictor.backend_name
 
     def run(self, job: VideoJob, out: str) -> dict:
         try:

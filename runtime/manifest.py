@@ -43,6 +43,7 @@ from runtime.manifest_schema import (  # noqa: F401
     FORMAT,
     FRAME_FORMATS,
     GRAPHS,
+    SPLIT_GRAPHS,
     SCHEMA_VERSION,
     BundleError,
     check_manifest,
@@ -277,6 +278,18 @@ class Manifest:
 
     def outputs(self, graph: str) -> list[TensorSpec]:
         return [TensorSpec.from_dict(d) for d in self._graph(graph)["outputs"]]
+
+    @property
+    def graphs(self) -> list[str]:
+        """The bundle's graphs, in the manifest's order."""
+        return list(self.data["graphs"])
+
+    def split_precisions(self) -> list[str]:
+        """The precisions both parts of the split video graph have (none without them)."""
+        if not all(name in self.data["graphs"] for name in SPLIT_GRAPHS):
+            return []
+        encoder, decoder = (self.precisions(name) for name in SPLIT_GRAPHS)
+        return [p for p in encoder if p in decoder]
 
     def precisions(self, graph: str) -> list[str]:
         return list(self._graph(graph)["variants"])

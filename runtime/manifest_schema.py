@@ -28,14 +28,24 @@ FRAME_FORMATS = ("uint8-nhwc", "float-nchw")
 # Symbolic axes of the graphs and what they count.
 AXES = {"E": "expressions", "L": "text tokens", "T": "frames"}
 GRAPHS = ("text_encoder", "video")
+# The video graph in two parts (``export_bundle(split=True)``): optional, both or neither.
+SPLIT_GRAPHS = ("video_encoder", "video_decoder")
+LEVELS = ("level0", "level1", "level2", "level3")
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool")
 # What the runtime feeds each graph (all of it: check_feeds refuses missing and extra inputs)
 # and which outputs it reads (the predictor, calibration's agreement, the benchmarks).
 RUNTIME_INPUTS = {
     "text_encoder": ("input_ids", "attention_mask"),
     "video": ("frames", "text_features", "attention_mask"),
+    "video_encoder": ("frames",),
+    "video_decoder": (*LEVELS, "text_features", "attention_mask"),
 }
-RUNTIME_OUTPUTS = {"text_encoder": ("text_features",), "video": ("pred_logits", "pred_masks")}
+RUNTIME_OUTPUTS = {
+    "text_encoder": ("text_features",),
+    "video": ("pred_logits", "pred_masks"),
+    "video_encoder": LEVELS,
+    "video_decoder": ("pred_logits", "pred_masks"),
+}
 REQUIRED_KEYS = ("model", "preprocessing", "profiles", "graphs", "files", "opset", "versions")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -258,6 +268,11 @@ def _check_graphs(check: _Checker, data: dict, files: dict, profiles: dict, pre:
         if name not in graphs:
             raise BundleError(f"{check.where}: graphs.{name} is missing (the runtime runs "
                               f"{' and '.join(GRAPHS)})")  # fmt: skip
+    present = [name for name in SPLIT_GRAPHS if name in graphs]
+    if present and len(present) != len(SPLIT_GRAPHS):
+        missing = next(name for name in SPLIT_GRAPHS if name not in graphs)
+        raise BundleError(f"{check.where}: graphs.{present[0]} is there but graphs.{missing} is "
+                          "missing: the split video graph needs both parts")  # fmt: skip
     for name, graph in graphs.items():
         field = key_path("graphs", name)
         if not isinstance(graph, dict):

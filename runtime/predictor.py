@@ -15,6 +15,12 @@ Videos longer than the window run in windows that may overlap and link one objec
 expression across them (``runtime.stream``); with no overlap (the default) each window picks
 its own query, as the PyTorch evaluation does. Clips shorter than the profile's minimum are
 padded with their last frame; more expressions than the profile allows run in groups.
+
+Under a memory budget (``memory_budget``, ``runtime.budget``) the predictor picks the window
+length and the expressions per call from the bundle's measured memory models: the one video
+graph when every expression fits in one call, else ``video_encoder`` once per window and
+``video_decoder`` per group of expressions (bundles exported with ``--split``), so the backbone
+never runs twice for a window.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from pathlib import Path
 import numpy as np
 
 from .backends import load_backend
+from .budget import Plan, memory_models, parse_memory, plan_calls
+from .budget import default_budget as default_memory_budget
 from .manifest import Manifest
-from .precisions import RUNTIME_PRECISIONS
+from .precisions import RUNTIME_PRECISIONS, RUNTIME_VARIANT
 from .selection import chosen_tracks, select_queries
 from .stream import TrackLinker, check_overlap, iter_windows, merge_shared
 from .video import VideoStream, open_video, resize_frames
@@ -95,6 +103,7 @@ class Segmentation:
     frame_names: list[str]
     timings_ms: dict[str, float] = field(default_factory=dict)
     windows: list[dict] = field(default_factory=list)  # WindowResult.record() of each window
+    plan: dict | None = None  # the memory budget's plan (runtime.budget.Plan.as_dict)
 
 
 @dataclass
@@ -114,6 +123,7 @@ class WindowResult:
     window: tuple[int, int]  # [first, end) video frames of the call
     choices: list  # runtime.stream.Choice per expression
     timings_ms: dict[str, float]
+    plan: Plan | None = None  # how the window ran under a memory budget
 
     def record(self) -> dict:
         """The window for a result JSON: its span and each expression's choice."""
@@ -155,7 +165,15 @@ class RVOSPredictor:
             with ``infer(feeds)``), used instead of loading them from the bundle: Triton's
             Python model passes backends that call the graphs through BLS
             (``runtime.triton_bls``), so its pre- and post-processing are this class's.
+        memory_budget: the most memory (RSS) one call may take: bytes or a size such as
+            "8GB" (``runtime.budget.parse_memory``); "auto" (the default) is
+            ``runtime.budget.default_budget`` where the bundle has memory measurements for the
+            backend and no budget otherwise; None turns it off. See ``plan``.
         backend_options: passed to the backends (threads, providers, ...).
+
+    Raises:
+        MemoryBudgetError: a budget was given and the bundle has no memory measurements for
+            the backend (``benchmarks/memory.py --record``).
     """
 
     def __init__(
@@ -167,8 +185,16 @@ class RVOSPredictor:
         verify: bool = True,
         text_backend=None,
         video_backend=None,
+        memory_budget: int | str | None = "auto",
         **backend_options,
     ) -> None:
+        if memory_budget is not None and memory_budget != "auto":
+            memory_budget = parse_memory(memory_budget)  # a bad size fails before any loading
+            if str(backend).lower() in ("onnxruntime", "ort"):
+                # onnxruntime's arena keeps the peak of the largest call: 21 GB against 9.7 GB
+                # without it for paper-swin-t at 19 frames. The measurements assume it off.
+                backend_options.setdefault("cpu_arena", False)
+        self.memory_budget = memory_budget
         self.manifest = bundle if isinstance(bundle, Manifest) else Manifest.load(bundle, verify)
         pre = self.manifest.preprocessing
         self.size = self.manifest.size
@@ -185,14 +211,96 @@ class RVOSPredictor:
         self.text_backend = text_backend if text_backend is not None else load_backend(
             self.manifest, "text_encoder", backend, text_precision, **backend_options
         )
-        self.video_backend = video_backend if video_backend is not None else load_backend(
-            self.manifest, "video", backend, precision, **backend_options
-        )
+        self.precision = precision
+        self._load = (backend, precision, backend_options)
+        # The video graphs load when the first window's plan says which (``prepare``): the
+        # one video graph, or its two parts; a budget's measurements hold one set loaded.
+        self._video = video_backend
+        self._split: tuple | None = None  # (video_encoder, video_decoder)
         profiles = self.manifest.profiles
         self.min_frames = profiles["T"]["min"]
         self.max_frames = profiles["T"]["max"]
         self.max_expressions = profiles["E"]["max"]
         self.max_text_length = profiles["L"]["max"]
+
+    # -- memory --------------------------------------------------------------------------
+
+    @property
+    def video_backend(self):
+        """The video graph's backend (loaded on first use)."""
+        if self._video is None:
+            self.prepare(None)
+        return self._video
+
+    @property
+    def backend_name(self) -> str:
+        """The name of the backend running the video graph (or its parts), e.g.
+        "openvino-cpu fp32"."""
+        if self._split is not None:
+            return self._split[0].name
+        return self.video_backend.name
+
+    def _memory_models(self) -> dict:
+        """The bundle's memory models for this backend (``runtime.budget``); the split mode
+        only where the bundle has both split graphs in the precision's variant."""
+        # The runtime "auto" chose: the loaded video graph's, else the text graph's (loaded
+        # by the same choice), so nothing is loaded to find it out.
+        loaded = self._split[0] if self._split is not None else self._video
+        runtime = getattr(loaded if loaded is not None else self.text_backend, "runtime", None)
+        if runtime is None:  # a backend the caller built: nothing was measured for it
+            return {}
+        models = memory_models(self.manifest, runtime, self.precision)
+        variant = RUNTIME_VARIANT.get(self.precision, self.precision)
+        if variant not in self.manifest.split_precisions():
+            models.pop("split", None)
+        return models
+
+    def plan(self, window: int | None, expressions: int) -> Plan | None:
+        """How ``expressions`` expressions run in windows of up to ``window`` frames under the
+        memory budget (``runtime.budget.plan_calls``): None without a budget, or with the
+        default one on a bundle that has no measurements for this backend.
+
+        Raises:
+            MemoryBudgetError: the budget cannot be met (the message names the least that can).
+        """
+        window = self.check_window(window)
+        if self.memory_budget is None:
+            return None
+        models = self._memory_models()
+        backend, precision, _ = self._load
+        what = f"backend {backend!r} at {precision}"
+        if self.memory_budget == "auto":
+            if not models:
+                log.debug("no memory measurements for %s: no budget", what)
+                return None
+            budget = default_memory_budget()
+        else:
+            budget = self.memory_budget
+        plan = plan_calls(models, budget, window, expressions, self.min_frames,
+                          self.max_expressions, what)  # fmt: skip
+        if plan.window < window or plan.mode == "split":
+            log.info("memory budget %.2f GB: %d-frame windows, %s graph, %d expression(s) per "
+                     "call (predicted peak %.2f GB)", budget / 1e9, plan.window, plan.mode,
+                     plan.group, plan.predicted_bytes / 1e9)  # fmt: skip
+        return plan
+
+    def prepare(self, plan: Plan | None) -> None:
+        """Load the graphs ``plan`` runs (the one video graph without a plan), and hold only
+        those: what the memory models measured. ``stream`` calls it; call it first to keep
+        loading out of a timed run."""
+        mode = plan.mode if plan is not None else "video"
+        backend, precision, options = self._load
+        if mode == "split" and self._split is None:
+            if self._video is not None:
+                self._video.close()
+                self._video = None
+            self._split = tuple(load_backend(self.manifest, graph, backend, precision, **options)
+                                for graph in ("video_encoder", "video_decoder"))  # fmt: skip
+        elif mode == "video" and self._video is None:
+            for part in self._split or ():
+                part.close()
+            self._split = None
+            self._video = load_backend(self.manifest, "video", backend, precision, **options)
 
     # -- text ----------------------------------------------------------------------------
 
@@ -244,11 +352,13 @@ class RVOSPredictor:
         allow_partial: bool = False,
         overlap: int = 0,
         link: bool = True,
+        plan: Plan | None = None,
     ) -> Segmentation:
         """Masks ``[E, T, H0, W0]`` and scores for a video (file, folder, ``[T,H,W,3]`` array or
         iterable of frames): ``stream`` collected. See ``stream`` for the arguments."""
         started = time.perf_counter()
-        results = list(self.stream(video, expressions, window, allow_partial, overlap, link))
+        results = list(self.stream(video, expressions, window, allow_partial, overlap, link,
+                                   plan=plan))  # fmt: skip
         timings = {
             k: sum(r.timings_ms[k] for r in results) for k in ("text", "video", "postprocess")
         }
@@ -260,6 +370,7 @@ class RVOSPredictor:
             frame_names=[name for r in results for name in r.names],
             timings_ms=timings,
             windows=[r.record() for r in results],
+            plan=results[0].plan.as_dict() if results and results[0].plan else None,
         )
 
     def stream(
@@ -272,6 +383,7 @@ class RVOSPredictor:
         link: bool = True,
         link_weight: float = 0.1,
         switch_iou: float = 0.5,
+        plan: Plan | None = None,
     ) -> Iterator[WindowResult]:
         """Segment a video window by window, reading only the frames each window needs, and
         yield each window's finished frames and masks (``WindowResult``) as it completes.
@@ -288,6 +400,8 @@ class RVOSPredictor:
                 windows.
             link: link each window's query to the previous track on the shared frames.
             link_weight, switch_iou: see ``runtime.stream.TrackLinker``.
+            plan: run this ``runtime.budget.Plan`` instead of the budget's own (``plan``):
+                what ``benchmarks/memory.py`` measures the modes with.
         """
         # Every input is checked before the first graph runs: window, overlap, expressions,
         # video (what can be checked before decoding).
@@ -296,6 +410,16 @@ class RVOSPredictor:
         if not isinstance(expressions, TextEmbedding):
             expressions = check_expressions(expressions)
         linker = TrackLinker(self.threshold_logit, link, link_weight, switch_iou)
+        count = len(expressions.expressions if isinstance(expressions, TextEmbedding)
+                    else expressions)  # fmt: skip
+        plan = plan if plan is not None else self.plan(window, count)
+        if plan is not None and plan.window < window:
+            window = plan.window
+            if overlap >= window:
+                log.warning("overlap of %d frames cut to %d for the budget's %d-frame windows",
+                            overlap, window // 4, window)  # fmt: skip
+                overlap = window // 4
+        self.prepare(plan)
         source = video if isinstance(video, VideoStream) else open_video(video, None, allow_partial)
         tick = time.perf_counter()
         text = (
@@ -305,7 +429,7 @@ class RVOSPredictor:
         held = None  # the last window's tracks on the frames the next one shares
         for win in iter_windows(source, window, overlap):
             tick = time.perf_counter()
-            logits, mask_logits = self._run_window(win.frames, text)
+            logits, mask_logits = self._run_window(win.frames, text, plan)
             video_ms = (time.perf_counter() - tick) * 1e3
             tick = time.perf_counter()
             tracks, choices = linker.choose(logits, mask_logits, win.overlap)
@@ -330,11 +454,13 @@ class RVOSPredictor:
                     "video": video_ms,
                     "postprocess": post_ms,
                 },
+                plan=plan,
             )
 
-    def _run_window(self, frames: list[np.ndarray], text: TextEmbedding):
+    def _run_window(self, frames: list[np.ndarray], text: TextEmbedding, plan: Plan | None = None):
         """One window's frames -> class logits (E, t, N) and mask logits (E, t, N, h, w) of
-        every expression, the video graph run once per expression group."""
+        every expression: the video graph once per group of the profile's maximum E, or under
+        a split plan the video encoder once and the video decoder per group of the plan's."""
         clip = resize_frames(np.stack(frames), self.size)
         # A graph whose frame profile starts above 1 (Video-Swin: T >= 9) gets short clips
         # padded with copies of their last frame; the padded frames' outputs are dropped.
@@ -342,9 +468,20 @@ class RVOSPredictor:
         if real < self.min_frames:
             clip = np.concatenate([clip, np.repeat(clip[-1:], self.min_frames - real, 0)])
         logits, masks = [], []
-        for first in range(0, len(text.expressions), self.max_expressions):
-            group = slice(first, first + self.max_expressions)
-            out = self.video_backend.infer(self._video_feeds(clip, text, group))
+        if plan is not None and plan.mode == "split":
+            encoder, decoder = self._split
+            levels = encoder.infer({"frames": self._video_feeds(clip, text, slice(0))["frames"]})
+            step = plan.group
+        else:
+            step = self.max_expressions
+        for first in range(0, len(text.expressions), step):
+            group = slice(first, first + step)
+            feeds = self._video_feeds(clip, text, group)
+            if plan is not None and plan.mode == "split":
+                del feeds["frames"]
+                out = decoder.infer(levels | feeds)
+            else:
+                out = self.video_backend.infer(feeds)
             logits.append(out["pred_logits"][:, :real])
             masks.append(out["pred_masks"][:, :real])
         return np.concatenate(logits), np.concatenate(masks)

@@ -49,7 +49,7 @@ class ProxyFormerAPI(ls.LitAPI):
 
     def setup(self, device) -> None:
         self.predictor = RVOSPredictor(self.bundle, **self.options)
-        log.info("inference worker ready: %s", self.predictor.video_backend.name)
+        log.info("inference worker ready: %s", self.predictor.backend_name)
 
     def decode_request(self, request: dict):
         try:  # the gate checked this request already; these checks also decode the frames

@@ -121,14 +121,14 @@ def synth_data(make_synthetic):
 
 @pytest.fixture(scope="session")
 def paper_bundle(tmp_path_factory):
-    """paper-mini with random weights, exported once per session (FP32 and FP16): the
-    paper-architecture tests and the OpenVINO tests share it."""
+    """paper-mini with random weights, exported once per session (FP32 and FP16, with the
+    split video graph): the paper-architecture, OpenVINO and memory-budget tests share it."""
     from export.onnx_export import export_bundle
 
     out = tmp_path_factory.mktemp("paper-mini") / "bundle"
     export_bundle(
         None, out, preset="paper-mini", size=(64, 96), frames="1:3:6", expressions="1:1:4",
-        max_text_len=12, precisions=("fp32", "fp16"), seed=0,
+        max_text_len=12, precisions=("fp32", "fp16"), seed=0, split=True,
     )  # fmt: skip
     return out
 

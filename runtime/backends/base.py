@@ -186,6 +186,7 @@ class BaseBackend:
     """
 
     name: str
+    runtime: str  # "onnxruntime", "openvino" or "tensorrt"
     _closed = False
 
     def __init__(self, manifest: Manifest | str | Path, graph: str, precision: str) -> None:

@@ -200,6 +200,8 @@ class OpenVINOBackend(BaseBackend):
             read it, or its inputs and outputs differ from the manifest's.
     """
 
+    runtime = "openvino"  # the key of its measured memory (runtime.budget.memory_key)
+
     def __init__(
         self,
         manifest: Manifest | str | Path,

@@ -139,6 +139,8 @@ class OnnxRuntimeBackend(BaseBackend):
             from the manifest's.
     """
 
+    runtime = "onnxruntime"  # the key of its measured memory (runtime.budget.memory_key)
+
     def __init__(
         self,
         manifest: Manifest | str | Path,

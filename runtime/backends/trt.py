@@ -223,6 +223,8 @@ class TensorRTBackend(BaseBackend):
             manifest; EngineMismatchError when it was built for another TensorRT or GPU.
     """
 
+    runtime = "tensorrt"  # the key of its measured memory (runtime.budget.memory_key)
+
     def __init__(
         self,
         manifest: Manifest | str | Path,

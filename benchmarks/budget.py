@@ -1,0 +1,194 @@
+"""The memory budget at work: peak memory and time of ``python -m runtime segment`` with and
+without ``--memory-budget``, per backend.
+
+    python benchmarks/budget.py --bundle bundles/paper-swin-t-split --backends ort,ov,ov-bf16 \\
+        --frames 19 --expressions 4 --budget 8GB
+
+For each backend, three runs of the segment command on one synthetic mp4 of ``--frames`` frames
+at the bundle's size (moving shapes), each in a process of its own (``spawn``):
+
+1. one expression, no budget;
+2. ``--expressions`` expressions, no budget;
+3. ``--expressions`` expressions under ``--budget``.
+
+Each records the process's peak RSS (``VmHWM``, loading included), the segment's own time
+(``timings_ms.total`` of its result JSON: decoding, text, video graphs, post-processing and
+writing, not loading), and the budget's plan (window, graph, expressions per call). The report
+gives the budgeted run's time against both unbudgeted ones, the ratios the targets name
+(docs/benchmarks.md, "Memory budget"). The budget needs the bundle's memory models
+(``benchmarks/memory.py --record``) for each backend.
+
+Results go to ``benchmarks/results/<machine>/budget-<tag>.{json,md}``; the markdown is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks.isolate import ChildDied, run_in_child
+from benchmarks.long_video import segment_child, write_synthetic_mp4
+from benchmarks.machine import machine_info, package_versions
+from benchmarks.report import save_results
+from benchmarks.rows import BACKENDS
+
+log = logging.getLogger(__name__)
+
+TEXTS = (
+    "the red circle moving left",
+    "the big blue square",
+    "the small green triangle",
+    "the yellow diamond that stays still",
+    "the circle above the square",
+    "the shape on the right",
+    "the smallest object",
+    "the object moving up",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", required=True)
+    parser.add_argument("--backends", default="ort,ov,ov-bf16",
+                        help="rows of benchmarks.runners.BACKENDS (ONNX runtimes)")  # fmt: skip
+    parser.add_argument("--frames", type=int, default=19, help="frames of the video and window")
+    parser.add_argument("--expressions", type=int, default=4, help=f"at most {len(TEXTS)}")
+    parser.add_argument("--budget", default="8GB", help="the --memory-budget of the third run")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/<machine>")
+    parser.add_argument("--tag", default=None, help="default: the bundle's folder name")
+    return parser.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace, manifest) -> list[str]:
+    """The rows to run; refuses what would fail in every child, before any runs."""
+    from runtime.budget import parse_memory
+
+    parse_memory(args.budget)
+    if not 1 <= args.expressions <= len(TEXTS):
+        raise ValueError(f"--expressions must be in [1, {len(TEXTS)}], got {args.expressions}")
+    low, high = manifest.profiles["T"]["min"], manifest.profiles["T"]["max"]
+    if not low <= args.frames <= high:
+        raise ValueError(f"--frames {args.frames} is outside the bundle's T profile [{low}, {high}]")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    wrong = [b for b in backends if b not in BACKENDS or BACKENDS[b].runtime == "torch"]
+    if wrong:
+        raise ValueError(f"not ONNX runtime rows: {wrong}; choose from "
+                         f"{[n for n, s in BACKENDS.items() if s.runtime != 'torch']}")  # fmt: skip
+    return backends
+
+
+def run_row(args: argparse.Namespace, video: Path, work: Path, name: str, expressions: int,
+            budget: str) -> dict:  # fmt: skip
+    spec = BACKENDS[name]
+    out = work / f"{name}-{expressions}-{budget}"
+    argv = ["segment", "--bundle", args.bundle, "--video", str(video), "--out", str(out),
+            "--backend", spec.runtime, "--precision", spec.precision, "--window",
+            str(args.frames), "--threads", str(args.threads), "--memory-budget", budget,
+            "--no-overlay", "--name", "clip"]  # fmt: skip
+    for text in TEXTS[:expressions]:
+        argv += ["--text", text]
+    row = {"backend": name, "expressions": expressions, "budget": budget}
+    try:
+        row |= run_in_child(segment_child, (argv,), f"budget-{name}")
+    except ChildDied as error:
+        return row | {"exit_code": None, "error": str(error)}
+    result_path = out / "clip_result.json"
+    if row["exit_code"] == 0 and result_path.is_file():
+        result = json.loads(result_path.read_text())
+        row |= {"segment_ms": result["timings_ms"]["total"], "plan": result.get("memory_plan"),
+                "windows": len(result["windows"]), "backend_name": result["backend"]}  # fmt: skip
+    log.info("%s", row)
+    return row
+
+
+def format_markdown(results: dict) -> str:
+    machine = results["machine"]
+    flags = ", ".join(f for f, on in machine["cpu_flags"].items() if on and f != "fma") or "none"
+    setting = results["setting"]
+    lines = [
+        f"# Memory budget — {results['bundle']}",
+        "",
+        (f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}); {setting['threads']} "
+         f"threads. `python -m runtime segment` on a {setting['frames']}-frame synthetic mp4 at "
+         f"the bundle's size, window {setting['frames']}, each run in a process of its own: "
+         "peak RSS (loading included) and the segment's own time (not loading)."),
+        "",
+        ("| backend | E | budget | peak RSS GiB | segment s | plan | windows | vs same E, no "
+         "budget | vs E = 1 |"),
+        "|---|---:|---|---:|---:|---|---:|---:|---:|",
+    ]
+    rows = results["rows"]
+    for row in rows:
+        head = f"| {row['backend']} | {row['expressions']} | {row['budget']} |"
+        if row.get("exit_code") != 0 or "segment_ms" not in row:
+            reason = row.get("error", f"exit code {row.get('exit_code')}")
+            lines.append(f"{head} – | – | {reason} | – | – | – |")
+            continue
+        plan = row.get("plan")
+        plan_text = (f"{plan['mode']}, T {plan['window']}, {plan['expression_group']} per call"
+                     if plan else "none")  # fmt: skip
+        same = _seconds(rows, row["backend"], row["expressions"], "off")
+        single = _seconds(rows, row["backend"], 1, "off")
+        seconds = row["segment_ms"] / 1e3
+        lines.append(f"{head} {row['peak_rss_mb'] / 1024:.2f} | {seconds:.1f} | {plan_text} | "
+                     f"{row['windows']} | {_ratio(seconds, same)} | {_ratio(seconds, single)} |")  # fmt: skip
+    lines += ["", f"Command: `{results['command']}`", ""]
+    return "\n".join(lines)
+
+
+def _seconds(rows: list[dict], backend: str, expressions: int, budget: str) -> float | None:
+    for row in rows:
+        if (row["backend"], row["expressions"], row["budget"]) == (backend, expressions, budget):
+            return row["segment_ms"] / 1e3 if "segment_ms" in row else None
+    return None
+
+
+def _ratio(value: float, reference: float | None) -> str:
+    return f"{value / reference:.2f}x" if reference else "–"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from runtime.manifest import Manifest
+
+    manifest = Manifest.load(args.bundle)
+    backends = check_args(args, manifest)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="proxyformer-budget-") as folder:
+        work = Path(folder)
+        video = write_synthetic_mp4(work / "clip.mp4", args.frames, tuple(manifest.size),
+                                    args.seed)  # fmt: skip
+        for name in backends:
+            for expressions, budget in ((1, "off"), (args.expressions, "off"),
+                                        (args.expressions, args.budget)):  # fmt: skip
+                rows.append(run_row(args, video, work, name, expressions, budget))
+    results = {
+        "command": shlex.join(["python", "benchmarks/budget.py", *(argv or sys.argv[1:])]),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info("cpu"),
+        "versions": package_versions(),
+        "bundle": args.bundle,
+        "setting": {
+            "frames": args.frames,
+            "expressions": args.expressions,
+            "budget": args.budget,
+            "threads": args.threads,
+        },
+        "rows": rows,
+    }
+    save_results(results, args.out, f"budget-{args.tag or Path(args.bundle).name}",
+                 format_markdown(results))  # fmt: skip
+    return results
+
+
+if __name__ == "__main__":
+    main()

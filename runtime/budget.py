@@ -1,0 +1,248 @@
+"""A memory budget for the runtime: how many frames per call and expressions per group fit.
+
+A call's peak memory is a property of the backend (onnxruntime's arena, OpenVINO's fusions)
+as much as of the model: on paper-swin-t at 360x640 and 19 frames, one expression peaks at
+9.7 GB RSS in onnxruntime without its arena and at 4.4 GB in OpenVINO BF16, on the same graph.
+So it is measured, not derived from the graph: ``benchmarks/memory.py --record`` runs calls
+of a few sizes, each in a fresh process, and fits per backend and per mode
+
+    peak(T, G) = base + per_frame * T + per_frame_expression * T * G
+
+(T frames, G expressions in one call), raised by the largest residual so that it bounds every
+measured point. The fit is kept in the bundle's manifest under ``memory``, keyed by
+``<runtime>/<precision>`` (``memory_key``).
+
+The modes are the two ways to run the video graph:
+
+- ``video``: the one graph, all expressions of a window in one call;
+- ``split``: ``video_encoder`` once per window, then ``video_decoder`` once per group of G
+  expressions on the same levels (bundles exported with ``--split``), so the backbone never
+  runs twice for one window.
+
+``plan_calls`` picks the longest window, then the largest group, whose predicted peak fits the
+budget (``video`` before ``split`` at equal T: no levels to hand over). A budget too small
+for the shortest window the bundle takes with one expression is a ``MemoryBudgetError`` that
+names the smallest budget that works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODES = ("video", "split")
+# Of the memory a budget defaults to (``default_budget``), the share of what the system has
+# available: the rest is left to the page cache, the decoder of the video and other processes.
+DEFAULT_SHARE = 0.8
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6,
+          "mib": 2**20, "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12,
+          "tib": 2**40}  # fmt: skip
+
+
+class MemoryBudgetError(ValueError):
+    """A budget that no call fits, or a budget the bundle has no measurements for."""
+
+
+def parse_memory(text: str | float) -> int:
+    """``"8GB"`` (10^9), ``"8GiB"`` (2^30), ``"512MiB"``, ``"1.5G"`` or a number of bytes ->
+    bytes.
+
+    Raises:
+        ValueError: naming the text, for anything else or a size that is not positive.
+    """
+    if isinstance(text, bool):
+        raise TypeError(f"a memory size must be a number of bytes or e.g. '8GB', got {text!r}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+        unit = match.group(2).lower() if match else None
+        if not match or unit not in _UNITS:
+            raise ValueError(f"cannot read {text!r} as a memory size: write e.g. 8GB, 8GiB, "
+                             "512MiB or a number of bytes")  # fmt: skip
+        value = float(match.group(1)) * _UNITS[unit]
+    if not value > 0 or not np.isfinite(value):
+        raise ValueError(f"a memory size must be positive, got {text!r}")
+    return int(value)
+
+
+def format_memory(size: float) -> str:
+    """Bytes as GB (10^9) with two decimals: what ``parse_memory`` reads back."""
+    return f"{size / 1e9:.2f} GB"
+
+
+def _meminfo(field_name: str) -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def current_rss() -> int:
+    """This process's resident set size in bytes (0 where /proc is not there)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def default_budget() -> int:
+    """The budget when none is given: this process's RSS plus ``DEFAULT_SHARE`` of the
+    memory the system reports available (``MemAvailable``), or of its physical memory where
+    that is not reported."""
+    available = _meminfo("MemAvailable")
+    if available is None:
+        try:
+            available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            raise MemoryBudgetError(
+                "cannot tell the available memory on this system: give a memory budget"
+            ) from None
+    return int(current_rss() + DEFAULT_SHARE * available)
+
+
+@dataclass
+class MemoryModel:
+    """Peak RSS of a process that loaded the graphs and ran one call of T frames and G
+    expressions: ``base + per_frame * T + per_frame_expression * T * G`` bytes."""
+
+    base: float
+    per_frame: float
+    per_frame_expression: float
+    points: list[dict] = field(default_factory=list)  # the measurements it was fitted on
+
+    def predict(self, frames: int, group: int) -> int:
+        return int(self.base + self.per_frame * frames + self.per_frame_expression * frames * group)
+
+    @classmethod
+    def fit(cls, points: list[dict]) -> MemoryModel:
+        """Least squares over ``[{"T", "E", "peak_bytes"}, ...]`` with coefficients kept
+        >= 0, then ``base`` raised by the largest underestimate: the model bounds every point.
+
+        Raises:
+            ValueError: fewer than two distinct T (the per-frame slope is not determined).
+        """
+        if len({p["T"] for p in points}) < 2:
+            raise ValueError(f"a memory model needs points at two or more T, got "
+                             f"{[(p['T'], p['E']) for p in points]}")  # fmt: skip
+        frames = np.array([p["T"] for p in points], np.float64)
+        groups = np.array([p["E"] for p in points], np.float64)
+        peaks = np.array([p["peak_bytes"] for p in points], np.float64)
+        design = np.stack([np.ones_like(frames), frames, frames * groups], axis=1)
+        if len(set(groups)) < 2:  # one G: the expression term is not determined
+            design = design[:, :2]
+        coefficients = np.linalg.lstsq(design, peaks, rcond=None)[0]
+        coefficients = np.maximum(coefficients, 0.0)
+        coefficients = np.pad(coefficients, (0, 3 - len(coefficients)))
+        base, per_frame, per_expression = (float(c) for c in coefficients)
+        predicted = base + per_frame * frames + per_expression * frames * groups
+        base += float(max(0.0, (peaks - predicted).max()))
+        return cls(base, per_frame, per_expression, list(points))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MemoryModel:
+        return cls(float(data["base"]), float(data["per_frame"]),
+                   float(data["per_frame_expression"]), list(data.get("points", [])))  # fmt: skip
+
+
+def memory_key(runtime: str, precision: str) -> str:
+    """Where a backend's memory models are kept in the manifest: ``"openvino/bf16"``."""
+    return f"{runtime}/{precision}"
+
+
+def memory_models(manifest, runtime: str, precision: str) -> dict[str, MemoryModel]:
+    """The bundle's measured models for one backend, by mode (empty when none was recorded)."""
+    entry = manifest.data.get("memory", {}).get(memory_key(runtime, precision), {})
+    return {mode: MemoryModel.from_dict(entry[mode]) for mode in MODES if mode in entry}
+
+
+def record_memory_models(manifest, runtime: str, precision: str,
+                         models: dict[str, MemoryModel], measured: dict) -> None:  # fmt: skip
+    """Keep ``models`` (by mode) in the manifest with how they were measured, and save it."""
+    entry = {mode: model.to_dict() for mode, model in models.items()} | {"measured": measured}
+    manifest.data.setdefault("memory", {})[memory_key(runtime, precision)] = entry
+    manifest.save()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a window runs under a budget: the mode, the frames per call and the expressions
+    per call (per ``video_decoder`` call in the split mode), with the predicted peak."""
+
+    mode: str
+    window: int
+    group: int
+    predicted_bytes: int
+    budget_bytes: int
+
+    def as_dict(self) -> dict:
+        return {"mode": self.mode, "window": self.window, "expression_group": self.group,
+                "predicted_peak_gb": round(self.predicted_bytes / 1e9, 2),
+                "budget_gb": round(self.budget_bytes / 1e9, 2)}  # fmt: skip
+
+
+def plan_calls(
+    models: dict[str, MemoryModel],
+    budget: int,
+    window: int,
+    expressions: int,
+    min_frames: int,
+    max_group: int,
+    backend: str = "this backend",
+) -> Plan:
+    """The longest window (from ``window`` down to ``min_frames``), then the largest group of
+    expressions, whose predicted peak is within ``budget``.
+
+    At each window the one video graph with every expression in one call comes first (more
+    than ``max_group`` expressions, the bundle's E profile, always run in groups of it); then
+    the split graphs with groups from ``min(expressions, max_group)`` down to 1.
+
+    Raises:
+        MemoryBudgetError: no model to plan with, or no call fits; the message names the
+            smallest budget that works.
+    """
+    if not models:
+        raise MemoryBudgetError(
+            f"the bundle has no memory measurements for {backend}: run "
+            "benchmarks/memory.py --record for it (docs/deployment.md, 'Memory budget')"
+        )
+    unknown = set(models) - set(MODES)
+    if unknown:
+        raise ValueError(f"unknown mode(s) {sorted(unknown)}; modes are {MODES}")
+    whole = min(expressions, max_group)
+    smallest = []
+    for frames in range(window, min_frames - 1, -1):
+        if "video" in models:
+            peak = models["video"].predict(frames, whole)
+            if peak <= budget:
+                return Plan("video", frames, whole, peak, budget)
+            smallest.append(("video", whole, models["video"].predict(min_frames, whole)))
+        if "split" in models:
+            for group in range(whole, 0, -1):
+                peak = models["split"].predict(frames, group)
+                if peak <= budget:
+                    return Plan("split", frames, group, peak, budget)
+            smallest.append(("split", 1, models["split"].predict(min_frames, 1)))
+    mode, group, need = min(smallest, key=lambda item: item[2])
+    hint = "" if "split" in models else (
+        "; a bundle exported with --split can also run the expressions in smaller groups"
+    )
+    raise MemoryBudgetError(
+        f"a memory budget of {format_memory(budget)} cannot be met by {backend}: the smallest "
+        f"call ({mode} graph, {min_frames} frame(s), {group} expression(s)) needs about "
+        f"{format_memory(need)}; give at least that{hint}"
+    )

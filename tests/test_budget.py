@@ -1,0 +1,217 @@
+"""The memory budget (``runtime.budget``) and the split video graph it runs.
+
+The planning rules are checked on models fitted to given points; the split graph against the
+one video graph on the paper architecture (``paper_bundle``, exported with ``split=True``); and
+the whole path on real measurements: ``benchmarks/memory.py --record`` measures the bundle in
+child processes and keeps the models in its manifest, then the predictor and the segment
+command plan with them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from runtime.budget import (
+    MemoryBudgetError,
+    MemoryModel,
+    format_memory,
+    parse_memory,
+    plan_calls,
+)
+from runtime.manifest import BundleError, Manifest
+
+GB = 10**9
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("8GB", 8 * GB), ("8GiB", 8 * 2**30), ("512MiB", 512 * 2**20), ("1.5g", int(1.5 * GB)),
+     (" 2 gb ", 2 * GB), (4096, 4096), ("123", 123)],
+)  # fmt: skip
+def test_parse_memory_reads_sizes(text, size):
+    assert parse_memory(text) == size
+    if size >= GB:  # what a plan's message shows reads back
+        assert parse_memory(format_memory(size)) == pytest.approx(size, rel=1e-2)
+
+
+@pytest.mark.parametrize("text", ["8 apples", "GB", "-1GB", "0", "", "1e9", "8 GBs"])
+def test_parse_memory_refuses_what_it_cannot_read(text):
+    with pytest.raises(ValueError, match="memory size"):
+        parse_memory(text)
+    with pytest.raises(TypeError):
+        parse_memory(True)
+
+
+def points(base, per_frame, per_expression, frames=(2, 6), groups=(1, 4), noise=0.0):
+    rng = np.random.default_rng(0)
+    return [{"T": t, "E": e, "peak_bytes": int(base + per_frame * t + per_expression * t * e
+                                               + noise * rng.standard_normal())}
+            for t in frames for e in groups]  # fmt: skip
+
+
+def test_a_fitted_model_bounds_every_measured_point():
+    measured = points(2 * GB, 0.3 * GB, 0.05 * GB, noise=0.02 * GB)
+    model = MemoryModel.fit(measured)
+    for p in measured:
+        assert model.predict(p["T"], p["E"]) >= p["peak_bytes"]
+    assert model.per_frame == pytest.approx(0.3 * GB, rel=0.1)
+    assert MemoryModel.from_dict(json.loads(json.dumps(model.to_dict()))) == model
+    with pytest.raises(ValueError, match="two or more T"):
+        MemoryModel.fit(points(GB, GB, GB, frames=(4,)))
+
+
+def test_the_plan_prefers_the_longest_window_then_the_one_graph_then_large_groups():
+    models = {
+        "video": MemoryModel.fit(points(2 * GB, 0.3 * GB, 0.1 * GB)),
+        "split": MemoryModel.fit(points(2 * GB, 0.3 * GB, 0.02 * GB)),
+    }
+    # Everything fits: the one graph, every expression, the whole window.
+    plan = plan_calls(models, 100 * GB, 19, 4, 1, 8)
+    assert (plan.mode, plan.window, plan.group) == ("video", 19, 4)
+    # The one graph at T = 19 and E = 4 needs 2 + 5.7 + 7.6 GB; the split graph with all four
+    # expressions in one call 2 + 5.7 + 1.52.
+    plan = plan_calls(models, 9.5 * GB, 19, 4, 1, 8)
+    assert (plan.mode, plan.window, plan.group) == ("split", 19, 4)
+    assert plan.predicted_bytes <= 9.5 * GB
+    # Tighter: smaller groups of the same window before a shorter window (G = 3 needs
+    # 2 + 5.7 + 1.14 = 8.84 GB, G = 2 8.46).
+    plan = plan_calls(models, 8.5 * GB, 19, 4, 1, 8)
+    assert plan.mode == "split" and plan.predicted_bytes <= 8.5 * GB
+    assert (plan.window, plan.group) == (19, 2)
+    # Without the split graphs the window shrinks instead.
+    plan = plan_calls({"video": models["video"]}, 8.5 * GB, 19, 4, 1, 8)
+    assert (plan.mode, plan.group) == ("video", 4) and plan.window < 19
+    # More expressions than the profile takes: the one graph in groups of the profile's E.
+    plan = plan_calls(models, 100 * GB, 19, 12, 1, 8)
+    assert (plan.mode, plan.group) == ("video", 8)
+
+
+def test_a_budget_that_cannot_be_met_names_the_least_that_can():
+    models = {"video": MemoryModel.fit(points(2 * GB, 0.3 * GB, 0.1 * GB))}
+    need = models["video"].predict(9, 2)
+    with pytest.raises(MemoryBudgetError, match=r"cannot be met.*9 frame\(s\).*needs about "
+                       + format_memory(need).replace(".", r"\.") + ".*--split"):  # fmt: skip
+        plan_calls(models, 2 * GB, 19, 2, 9, 8, "onnxruntime fp32")
+    with pytest.raises(MemoryBudgetError, match="no memory measurements.*memory.py --record"):
+        plan_calls({}, 8 * GB, 19, 2, 9, 8)
+
+
+def test_the_split_graph_is_the_video_graph(paper_bundle):
+    """video_decoder(video_encoder(frames), text) = video(frames, text) in onnxruntime, and the
+    export checked both parts against PyTorch like every graph."""
+    from benchmarks.workload import make_feeds
+    from runtime.backends import load_backend
+
+    manifest = Manifest.load(paper_bundle)
+    assert manifest.split_precisions() == ["fp32", "fp16"]
+    for graph in ("video_encoder", "video_decoder"):
+        parity = manifest.variant(graph, "fp32")["parity"]
+        assert parity["max_abs_error"]["pred_masks" if graph == "video_decoder" else "level0"] \
+            < 1e-3, parity  # fmt: skip
+    feeds = make_feeds(manifest, 5, 3, 8)
+    text = load_backend(manifest, "text_encoder", "onnxruntime").infer(
+        {k: feeds[k] for k in ("input_ids", "attention_mask")})["text_features"]  # fmt: skip
+    words = {"text_features": text, "attention_mask": feeds["attention_mask"]}
+    video = load_backend(manifest, "video", "onnxruntime").infer({"frames": feeds["frames"]} | words)
+    levels = load_backend(manifest, "video_encoder", "onnxruntime").infer(
+        {"frames": feeds["frames"]})  # fmt: skip
+    assert list(levels) == ["level0", "level1", "level2", "level3"]
+    decoder = load_backend(manifest, "video_decoder", "onnxruntime")
+    split = decoder.infer(levels | words)
+    for name in ("pred_logits", "pred_masks"):
+        np.testing.assert_allclose(split[name], video[name], atol=1e-4, rtol=1e-4)
+    # One expression at a time on the same levels: what a budget's groups do.
+    one = decoder.infer(levels | {k: v[1:2] for k, v in words.items()})
+    np.testing.assert_allclose(one["pred_masks"], video["pred_masks"][1:2], atol=1e-4, rtol=1e-4)
+
+
+def test_a_bundle_with_half_the_split_graph_is_refused(paper_bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(paper_bundle, copy)
+    data = json.loads((copy / "manifest.json").read_text())
+    del data["graphs"]["video_decoder"]
+    (copy / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="video_encoder is there but graphs.video_decoder is "
+                       "missing"):  # fmt: skip
+        Manifest.load(copy)
+
+
+@pytest.fixture(scope="module")
+def measured_bundle(paper_bundle, tmp_path_factory):
+    """A copy of the split paper-mini bundle with OpenVINO FP32 memory models measured here."""
+    from benchmarks.memory import main
+
+    copy = tmp_path_factory.mktemp("measured") / "bundle"
+    shutil.copytree(paper_bundle, copy)
+    results = main(["--bundle", str(copy), "--backends", "ov", "--frames", "2", "5",
+                    "--expressions", "1", "3", "--modes", "video", "split", "--record",
+                    "--out", str(tmp_path_factory.mktemp("results"))])  # fmt: skip
+    assert all(p["status"] == "measured" for p in results["points"]), results["points"]
+    return copy, results
+
+
+@pytest.mark.slow
+def test_the_predictor_plans_with_measured_models(measured_bundle, clip, tmp_path):
+    """Measured models are kept in the manifest; a budget between the split and the one
+    graph's needs runs the split graph with the same masks; a budget below the smallest call
+    is refused before anything runs; the segment command records its plan."""
+    from runtime.__main__ import main
+    from runtime.predictor import RVOSPredictor
+
+    bundle, results = measured_bundle
+    manifest = Manifest.load(bundle)
+    entry = manifest.data["memory"]["openvino/fp32"]
+    assert set(entry) == {"video", "split", "measured"}
+    models = {mode: MemoryModel.from_dict(entry[mode]) for mode in ("video", "split")}
+    for p in results["points"]:
+        model = models[p["mode"]]
+        assert model.predict(p["frames"], p["expressions"]) >= p["peak_rss_mb"] * 2**20 - 1
+
+    texts = ["the small red circle moving left", "the square above the green triangle"]
+    frames = clip[:5]
+    reference = RVOSPredictor(bundle, backend="openvino", memory_budget=None).segment(
+        frames, texts, window=5)  # fmt: skip
+    assert reference.plan is None
+    need_video, need_split = models["video"].predict(5, 2), models["split"].predict(5, 2)
+    budget = None
+    if need_split < need_video:
+        budget = (need_split + need_video) // 2
+        predictor = RVOSPredictor(bundle, backend="openvino", memory_budget=budget)
+        result = predictor.segment(frames, texts, window=5)
+        assert result.plan["mode"] == "split" and result.plan["window"] == 5, result.plan
+        assert predictor._video is None  # the one graph is not held beside its parts
+        assert (result.masks == reference.masks).mean() > 0.999
+        np.testing.assert_array_equal(result.queries, reference.queries)
+    # A roomy budget runs the one graph as without a budget.
+    roomy = RVOSPredictor(bundle, backend="openvino", memory_budget="100GB")
+    result = roomy.segment(frames, texts, window=5)
+    assert result.plan["mode"] == "video"
+    np.testing.assert_array_equal(result.masks, reference.masks)
+
+    smallest = min(m.predict(1, 1) for m in models.values())
+    tight = RVOSPredictor(bundle, backend="openvino", memory_budget=smallest // 2)
+    with pytest.raises(MemoryBudgetError, match="give at least"):
+        tight.segment(frames, texts)
+    with pytest.raises(MemoryBudgetError, match="no memory measurements"):
+        RVOSPredictor(bundle, backend="onnxruntime", memory_budget="8GB").plan(5, 2)
+
+    video = tmp_path / "clip"
+    video.mkdir()
+    import cv2
+
+    for index, frame in enumerate(frames):
+        cv2.imwrite(str(video / f"{index:05d}.png"), frame[..., ::-1])
+    budget_text = str(budget) if budget else "100GB"
+    argv = ["segment", "--bundle", str(bundle), "--video", str(video), "--out",
+            str(tmp_path / "out"), "--backend", "openvino", "--window", "5", "--no-overlay",
+            "--memory-budget", budget_text] + sum((["--text", t] for t in texts), [])  # fmt: skip
+    assert main(argv) == 0
+    summary = json.loads((tmp_path / "out" / "clip_result.json").read_text())
+    assert summary["memory_plan"]["mode"] == ("split" if budget else "video")
+    assert summary["memory_plan"]["budget_gb"] > 0
+    argv[argv.index(budget_text)] = "1 apple"
+    assert main(argv) == 2  # refused before the bundle is loaded

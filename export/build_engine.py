@@ -20,7 +20,7 @@ import sys
 
 from export.engine import PRECISIONS, EngineBuildError, build_engines
 from export.trtexec import trtexec_script
-from runtime.manifest import GRAPHS, BundleError
+from runtime.manifest import GRAPHS, SPLIT_GRAPHS, BundleError
 from runtime.precisions import cli_type
 
 
@@ -47,9 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--graphs",
         nargs="+",
-        default=list(GRAPHS),
-        choices=GRAPHS,
-        help="graphs to build (default: all)",
+        default=None,
+        choices=(*GRAPHS, *SPLIT_GRAPHS),
+        help="graphs to build (default: all; the split video graph's parts too, where the "
+        "bundle has them and the precision is not int8)",
     )
     parser.add_argument(
         "--print-trtexec",

@@ -44,7 +44,7 @@ from runtime.backends.base import BackendUnavailable, as_manifest
 from runtime.backends.gpu import gpu_info as probe_gpu
 from runtime.backends.trt import import_tensorrt as load_tensorrt
 from runtime.backends.trt import major_version, tensorrt_logger
-from runtime.manifest import GRAPHS, Manifest, atomic_write_bytes
+from runtime.manifest import GRAPHS, SPLIT_GRAPHS, BundleError, Manifest, atomic_write_bytes
 from runtime.precisions import ENGINE_PRECISIONS, INT8_TENSORRT, precision_name
 from runtime.profiles import PROFILE_POINTS, profile_shape
 
@@ -109,6 +109,11 @@ def plan_build(manifest: Manifest, graph: str, precision: str, tensorrt_major: i
             ),
         )  # fmt: skip
     variant = precision
+    if precision == INT8_TENSORRT and graph in SPLIT_GRAPHS:
+        raise BundleError(
+            f"{graph} has no INT8 variant: calibration quantizes the one video graph; build "
+            "the split video graph's engines at fp16 or fp32"
+        )
     if precision == INT8_TENSORRT and variant not in manifest.precisions(graph) and graph != "video":
         # Calibration quantizes the video graph only; the text encoder (run once per
         # expression, not per frame) goes into the INT8 set of engines at its best float graph.
@@ -119,6 +124,17 @@ def plan_build(manifest: Manifest, graph: str, precision: str, tensorrt_major: i
             f"built from its {fallback} graph",
         )  # fmt: skip
     return BuildPlan(graph, precision, variant, manifest.variant(graph, variant)["file"], True)
+
+
+def engine_graphs(manifest: Manifest, precision: str) -> list[str]:
+    """The graphs an engine set of ``precision`` has by default: the text encoder and the video
+    graph, and the split video graph's two parts where the bundle has them in a float
+    precision (they have no INT8 variant)."""
+    graphs = list(GRAPHS)
+    precision = precision_name(precision, PRECISIONS, "engine precision")
+    if manifest.split_precisions() and precision != INT8_TENSORRT:
+        graphs += SPLIT_GRAPHS
+    return graphs
 
 
 def workspace_mib(workspace_gb: float) -> int:
@@ -162,7 +178,7 @@ def build_engines(
     precision: str = "fp16",
     workspace_gb: float | None = None,
     timing_cache: str | Path | None = None,
-    graphs: tuple[str, ...] | list[str] = GRAPHS,
+    graphs: tuple[str, ...] | list[str] | None = None,
     verbose: bool = False,
 ) -> dict[str, dict]:
     """Build a TensorRT engine per graph of a bundle and record it in the bundle's manifest.
@@ -175,7 +191,7 @@ def build_engines(
             device's memory).
         timing_cache: a timing cache file, loaded when it exists and saved back (atomically)
             after each engine, so rebuilds and the other graph reuse the tactic timings.
-        graphs: which graphs to build.
+        graphs: which graphs to build (default ``engine_graphs``).
         verbose: TensorRT's verbose log.
     Returns:
         graph -> the manifest entry of its engine (file, tensorrt, gpu, compute_capability,
@@ -193,6 +209,7 @@ def build_engines(
     trt = import_tensorrt()
     major = major_version(trt.__version__)
     # Plans first: a missing variant is reported before any GPU work.
+    graphs = engine_graphs(manifest, precision) if graphs is None else graphs
     plans = [plan_build(manifest, graph, precision, major) for graph in graphs]
     gpu = gpu_info()
     logger = tensorrt_logger(trt, verbose)

@@ -13,10 +13,10 @@ import shlex
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from export.engine import BuildPlan, plan_build, workspace_mib
+from export.engine import BuildPlan, engine_graphs, plan_build, workspace_mib
 from runtime.backends.base import as_manifest
 from runtime.backends.trt import MIN_TENSORRT_MAJOR, major_version
-from runtime.manifest import GRAPHS, Manifest
+from runtime.manifest import Manifest
 from runtime.profiles import PROFILE_POINTS, profile_shapes, shape_list
 
 DEFAULT_TENSORRT_MAJOR = 10  # assumed for trtexec commands when TensorRT is not installed here
@@ -61,11 +61,12 @@ def _trtexec_entries(
     precision: str,
     workspace_gb: float | None,
     timing_cache: str | Path | None,
-    graphs: tuple[str, ...] | list[str],
+    graphs: tuple[str, ...] | list[str] | None,
     tensorrt_major: int | None,
 ) -> tuple[str, list[tuple[str, BuildPlan]]]:
     major, origin = resolve_tensorrt_major(tensorrt_major)
     manifest = as_manifest(bundle, verify=False)
+    graphs = engine_graphs(manifest, precision) if graphs is None else graphs
     entries = []
     for graph in graphs:
         plan = plan_build(manifest, graph, precision, major)
@@ -99,7 +100,7 @@ def trtexec_commands(
     precision: str,
     workspace_gb: float | None = None,
     timing_cache: str | Path | None = None,
-    graphs: tuple[str, ...] | list[str] = GRAPHS,
+    graphs: tuple[str, ...] | list[str] | None = None,
     tensorrt_major: int | None = None,
 ) -> list[str]:
     """The ``trtexec`` command (shell-quoted) that builds each graph's engine.
@@ -109,7 +110,7 @@ def trtexec_commands(
         precision: "fp32", "fp16" or "int8-tensorrt" (needs the bundle's "int8-tensorrt" graph).
         workspace_gb: builder workspace limit in GiB (``--memPoolSize``); None: TensorRT's.
         timing_cache: a timing cache file trtexec loads and saves (``--timingCacheFile``).
-        graphs: which graphs.
+        graphs: which graphs (default ``export.engine.engine_graphs``).
         tensorrt_major: the TensorRT major version the flags are for; None: the installed
             version, or 10 when TensorRT is not installed (``trtexec_script`` says which).
     Returns:
@@ -127,7 +128,7 @@ def trtexec_script(
     precision: str,
     workspace_gb: float | None = None,
     timing_cache: str | Path | None = None,
-    graphs: tuple[str, ...] | list[str] = GRAPHS,
+    graphs: tuple[str, ...] | list[str] | None = None,
     tensorrt_major: int | None = None,
 ) -> str:
     """``trtexec_commands`` preceded by comment lines: the TensorRT version assumed, fallbacks."""

@@ -215,3 +215,20 @@ def test_the_predictor_plans_with_measured_models(measured_bundle, clip, tmp_pat
     assert summary["memory_plan"]["budget_gb"] > 0
     argv[argv.index(budget_text)] = "1 apple"
     assert main(argv) == 2  # refused before the bundle is loaded
+
+
+def test_engines_follow_the_split_graph(paper_bundle):
+    """The trtexec commands (and build_engines, which plans the same way) cover the split
+    video graph's parts in float precisions, and refuse them at INT8 rather than building a
+    float engine under an INT8 name."""
+    from export.trtexec import trtexec_commands
+
+    commands = trtexec_commands(paper_bundle, "fp16", tensorrt_major=10)
+    engines = [c.split("--saveEngine=")[1].split()[0].rsplit("/", 1)[1] for c in commands]
+    assert engines == ["text_encoder.fp16.plan", "video.fp16.plan", "video_encoder.fp16.plan",
+                       "video_decoder.fp16.plan"]  # fmt: skip
+    decoder = commands[-1]
+    assert "--minShapes=level0:1x" in decoder and "text_features:1x1x" in decoder
+    with pytest.raises(BundleError, match="video_decoder has no INT8 variant"):
+        trtexec_commands(paper_bundle, "int8-tensorrt", graphs=["video_decoder"],
+                         tensorrt_major=10)  # fmt: skip

@@ -36,9 +36,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .files import atomic_write_text
 from .outputs import RunOutput, check_name, check_out_dir
-from .video import IMAGE_SUFFIXES, load_video
+from .video import IMAGE_SUFFIXES
 from .writers import write_masks
 
 log = logging.getLogger(__name__)
@@ -170,30 +172,41 @@ def is_finished(out: Path, name: str) -> bool:
 
 
 def segment_video(predictor, job: VideoJob, out: Path) -> dict:
-    """Segment one video and write its outputs (masks per expression id, result JSON);
-    earlier, unfinished outputs of the video are replaced."""
+    """Segment one video window by window (``RVOSPredictor.stream``: never the whole video in
+    memory) and write its outputs (masks per expression id as each window completes, the result
+    JSON last); earlier, unfinished outputs of the video are replaced."""
     started = time.perf_counter()
-    video = load_video(job.source)
-    result = predictor.segment(video.frames, [text for _, text in job.expressions])
-    summary = {
-        "video": job.source,
-        "name": job.name,
-        "frames": len(video.names),
-        "expressions": [
-            {
-                "id": exp_id,
-                "text": text,
-                "score": float(score),
-                "queries": result.queries[i].tolist(),
-            }
-            for i, ((exp_id, text), score) in enumerate(zip(job.expressions, result.scores))
-        ],
-        "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
-    }
+    texts = [text for _, text in job.expressions]
+    scores: list[list[float]] = [[] for _ in texts]
+    queries: list[list[int]] = [[] for _ in texts]
+    timings = {"text": 0.0, "video": 0.0, "postprocess": 0.0}
+    frames = 0
     with RunOutput(out, job.name, overwrite=True) as output:
-        for (exp_id, _), masks in zip(job.expressions, result.masks):
-            write_masks(masks, video.names, output.masks_dir / exp_id)
-        summary["seconds"] = round(time.perf_counter() - started, 3)
+        for window in predictor.stream(job.source, texts):
+            for (exp_id, _), masks in zip(job.expressions, window.masks):
+                write_masks(masks, window.names, output.masks_dir / exp_id)
+            for index, choice in enumerate(window.choices):
+                scores[index].append(choice.score)
+                queries[index].append(int(choice.query))
+            for key in timings:
+                timings[key] += window.timings_ms[key]
+            frames += len(window.names)
+        summary = {
+            "video": job.source,
+            "name": job.name,
+            "frames": frames,
+            "expressions": [
+                {
+                    "id": exp_id,
+                    "text": text,
+                    "score": float(np.mean(scores[i])),
+                    "queries": queries[i],
+                }
+                for i, (exp_id, text) in enumerate(job.expressions)
+            ],
+            "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+            "seconds": round(time.perf_counter() - started, 3),
+        }
         return output.commit(summary)
 
 

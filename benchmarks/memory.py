@@ -7,9 +7,12 @@
     python benchmarks/memory.py --bundle bundles/paper-swin-t-split --backends ort,ov-bf16 \\
         --frames 9 19 --expressions 1 4 --modes video split --ort-arena off --record
 
-Every (backend, T, E) point runs in a process of its own (``spawn``): the backend is loaded,
-called twice on seeded random inputs (``benchmarks.workload.make_feeds``), and the process's
-peak RSS (``VmHWM``) is read, as well as its RSS once the backend was loaded. A point whose
+Every (backend, T, E) point runs in a process of its own (``spawn``): for the ONNX runtimes the
+runtime's own ``RVOSPredictor`` segments random frames at the bundle's size in one window
+(``benchmarks.isolate.predictor_point_child``: no torch in the process, twice on OpenVINO, which
+compiles in its first call); PyTorch rows call the model twice on seeded random inputs
+(``benchmarks.workload.make_feeds``). The process's peak RSS (``VmHWM``) is read, as well as its
+RSS once the backend was loaded. A point whose
 process is killed (out of memory) is recorded as failed with the signal, and the sweep goes on.
 Points are run from the smallest call up, and a backend's larger calls are skipped once one
 failed (``--keep-going`` runs them anyway).
@@ -154,7 +157,7 @@ def format_markdown(results: dict) -> str:
         (
             f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}); {setting['threads']} "
             f"threads, L = {setting['text_length']}. Each point in a process of its own: peak "
-            "RSS (VmHWM) of loading the backend and two calls; the second call's seconds."
+            "RSS (VmHWM) of loading the backend and its calls; the last call's seconds."
         ),
         "",
         "| backend | graph | T | E | peak RSS GiB | after load GiB | 2nd call s | note |",

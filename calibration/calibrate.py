@@ -94,6 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "MinMax ranges (--method minmax) in bounded memory, run by that engine clip by clip, "
         "which calibrates paper-size graphs",
     )
+    parser.add_argument(
+        "--range-groups", type=count(1), default=1,
+        help="with --range-backend onnxruntime or openvino: calibrate the tensors in this many "
+        "groups, one augmented graph each (K runs per clip, a lower peak; paper-size graphs at "
+        "19 frames)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=count(1), default=None)
     return parser.parse_args(argv)
 
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
             args.bundle, args.data, (target,), args.method, args.samples, args.split, args.seed,
             args.check_split, args.check_samples, exclude, args.cpu_format, args.threads,
             args.recalibrate, args.frames, args.quantize_class_path, args.range_backend,
+            args.range_groups,
         )  # fmt: skip
         args.recalibrate = False
         entry = manifest.variant("video", target)

@@ -86,6 +86,7 @@ def calibrate_bundle(
     frames: int | None = None,
     quantize_class_path: bool = False,
     range_backend: str = "calibrator",
+    range_groups: int = 1,
 ) -> Manifest:
     """Calibrate on ``samples`` clips of ``split`` and write one INT8 variant per target.
 
@@ -97,8 +98,13 @@ def calibrate_bundle(
     ``range_backend`` "onnxruntime" or "openvino" computes MinMax ranges in bounded memory
     (``calibration.ranges``); "calibrator" is onnxruntime's calibrator.
 
-    The agreement with FP32 runs onnxruntime sessions without their CPU memory arena, one at a
-    time: an arena keeps its peak (near 21 GB for paper-swin-t at 360x640 and 19 frames).
+    ``range_groups`` runs the bounded backend's calibrated tensors in that many groups
+    (``calibration.ranges``).
+
+    The agreement with FP32 runs one graph at a time: onnxruntime sessions without their CPU
+    memory arena (an arena keeps its peak, near 21 GB for paper-swin-t at 360x640 and 19
+    frames), or OpenVINO at f32 when it computes the ranges and every target is one it runs
+    (int8-cpu): onnxruntime's plain FP32 graph alone peaks at 9.7 GB there.
     """
     targets = tuple(precision_name(target, TARGETS, "calibration target") for target in targets)
     _check_counts(samples=samples, check_samples=check_samples, frames=frames)
@@ -111,13 +117,15 @@ def calibrate_bundle(
         "method": method, "samples": len(calibration), "split": split, "seed": seed,
         "data": str(data), "videos": calibration.info.get("videos", []),
         "ranges": f"calibration/{range_cache(manifest, method).name}",
-        "range_backend": range_backend,
+        "range_backend": range_backend, "range_groups": range_groups,
     }  # fmt: skip
     held_out = build_calibration_set(
         manifest, data, check_split, check_samples, seed + 1000, frames
     )
-    fp32 = load_backend(manifest, "video", "onnxruntime", "fp32", threads=threads,
-                        cpu_arena=False)  # fmt: skip
+    check_engine = ("openvino" if range_backend == "openvino" and INT8_TENSORRT not in targets
+                    else "onnxruntime")  # fmt: skip
+    options = {"cpu_arena": False} if check_engine == "onnxruntime" else {}
+    fp32 = load_backend(manifest, "video", check_engine, "fp32", threads=threads, **options)
     reference = run_graph(fp32, held_out.samples)
     fp32.close()  # before calibrating: its memory is needed there
     fp32_path = manifest.variant_path("video", "fp32")
@@ -125,15 +133,15 @@ def calibrate_bundle(
         started = time.perf_counter()
         path = quantize_video(manifest, calibration, target, method, exclude,
                               cpu_format=cpu_format, class_path=quantize_class_path,
-                              range_backend=range_backend, threads=threads)  # fmt: skip
+                              range_backend=range_backend, threads=threads,
+                              range_groups=range_groups)  # fmt: skip
         calibration = None  # the ranges are cached now; the next target reuses them
         manifest.add_variant(
             "video", target, {"file": path.name, "external_data": []}
         )
         manifest.add_file(path.name, "onnx graph")
-        backend = load_backend(
-            manifest, "video", "onnxruntime", target, threads=threads, cpu_arena=False
-        )
+        backend = load_backend(manifest, "video", check_engine, target, threads=threads,
+                               **options)  # fmt: skip
         result = agreement(reference, run_graph(backend, held_out.samples))
         backend.close()
         entry = {
@@ -145,7 +153,8 @@ def calibrate_bundle(
             "float_nodes": list(exclude or []),
             "class_path_float": [] if quantize_class_path else class_path_nodes(fp32_path),
             "quantization": qdq_summary(path),
-            "agreement_vs_fp32": result | {"split": check_split, "clips": len(held_out)},
+            "agreement_vs_fp32": result
+            | {"split": check_split, "clips": len(held_out), "engine": check_engine},
             "seconds": round(time.perf_counter() - started, 1),
         }
         manifest.add_variant("video", target, entry)

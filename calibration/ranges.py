@@ -19,6 +19,13 @@ Measured on paper-swin-t at 360x640, one clip of 9 frames and one expression (2 
 onnxruntime 38 s at a 6.1 GB peak, OpenVINO 32 s at 11.9 GB (the rewiring's Adds cost it its
 fusions); the calibrator's unmodified graph was killed at 24 GB in both.
 
+At 19 frames the rewiring is not enough: onnxruntime's plain video graph alone peaks at 9.7 GB
+(no arena), and OpenVINO's rewired graph grows with the fusions it loses. ``groups`` splits the
+calibrated tensors into that many groups (in graph order) and runs one augmented graph per
+group over every clip, each rewired for its own tensors only: the weights are saved once and
+shared by the group graphs, and only one group's graph is loaded at a time. K groups cost K
+runs per clip.
+
 Histogram methods (entropy, percentile) need every tensor's values, not two numbers; they stay
 with ONNX Runtime's calibrator.
 """
@@ -93,6 +100,34 @@ def reduce_before_use(model) -> int:
     return len(rewired)
 
 
+def keep_reductions(model, tensors: set[str]) -> None:
+    """Drop, in place, the ReduceMin/ReduceMax pairs of every calibrated tensor not in
+    ``tensors``, what reads them (the calibrator reshapes each reduction into its graph
+    output) and those graph outputs: one group's augmented graph."""
+    graph = model.graph
+    dropped = set()
+    kept = []
+    for node in graph.node:  # in topological order: a reader comes after what it reads
+        reduction = node.op_type in ("ReduceMin", "ReduceMax") and node.name.endswith(_SUFFIXES)
+        if (reduction and node.input[0] not in tensors) or dropped.intersection(node.input):
+            dropped.update(node.output)
+            continue
+        kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
+    outputs = [o for o in graph.output if o.name not in dropped]
+    del graph.output[:]
+    graph.output.extend(outputs)
+
+
+def calibrated_tensors(model) -> list[str]:
+    """The tensors the augmented graph reduces, in graph order."""
+    return list(dict.fromkeys(
+        node.input[0] for node in model.graph.node
+        if node.op_type in ("ReduceMin", "ReduceMax") and node.name.endswith(_SUFFIXES)
+    ))  # fmt: skip
+
+
 def _openvino_runner(path: Path, threads: int | None):
     """(run(feeds) -> {output name: array}, engine version) for OpenVINO at f32."""
     from runtime.backends.openvino import import_openvino, shared_core
@@ -142,6 +177,7 @@ def collect_minmax(
     op_types: list[str],
     engine: str = "onnxruntime",
     threads: int | None = None,
+    groups: int = 1,
 ) -> dict:
     """Write the MinMax ranges of ``calibration`` to ``cache`` (ONNX Runtime's format).
 
@@ -152,9 +188,12 @@ def collect_minmax(
         op_types: the op types whose tensors are calibrated (the quantizer's).
         engine: what runs the augmented graph: "onnxruntime" (no arena) or "openvino" (f32).
         threads: the engine's threads (default: all cores).
+        groups: run the calibrated tensors in this many groups, one augmented graph each
+            (module docstring); 1 runs them all at once.
 
     Returns:
-        What was done: engine, tensors, clips, seconds, the augmented graph's node count.
+        What was done: engine, tensors, clips, groups, seconds, the augmented graphs' node
+        counts.
     """
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
@@ -168,6 +207,8 @@ def collect_minmax(
         raise ValueError(f"engine must be one of {sorted(_RUNNERS)}, got {engine!r}")
     if not len(calibration):
         raise ValueError("no calibration clips")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups must be a positive int, got {groups!r}")
     started = time.perf_counter()
     source = manifest.variant_path("video", "fp32")
     work = Path(tempfile.mkdtemp(prefix="proxyformer-ranges-"))
@@ -183,20 +224,33 @@ def collect_minmax(
         calibrater.augment_graph()
         model = calibrater.model
         del calibrater
-        rewired = reduce_before_use(model)
+        # The weights once, beside the first graph; every group's graph points at them.
         onnx.save_model(model, str(augmented), save_as_external_data=True,
                         location=augmented.name + ".data")  # fmt: skip
-        nodes = len(model.graph.node)
+        tensors = calibrated_tensors(model)
         del model  # its copy of the weights is not needed any more
-        run, version = _RUNNERS[engine](augmented, threads)
-        for sample in tqdm(calibration.samples, desc=f"ranges ({engine})", disable=None):
-            for name, value in run(sample).items():
-                tensor, _, which = name.rpartition("_")
-                value = np.asarray(value, dtype=np.float32)
-                # fmin/fmax skip NaN, as the calibrator's nanmin/nanmax do.
-                table, merge = (lowest, np.fmin) if which == "ReduceMin" else (highest, np.fmax)
-                table[tensor] = value if tensor not in table else merge(table[tensor], value)
-        del run
+        chunks = [list(c) for c in np.array_split(np.array(tensors, dtype=object), groups)
+                  if len(c)]  # fmt: skip
+        nodes, rewired = [], 0
+        for index, chunk in enumerate(chunks):
+            part = onnx.load(str(augmented), load_external_data=False)
+            keep_reductions(part, set(chunk))
+            rewired += reduce_before_use(part)
+            nodes.append(len(part.graph.node))
+            path = work / f"group{index}.onnx"
+            onnx.save_model(part, str(path))
+            del part
+            run, version = _RUNNERS[engine](path, threads)
+            label = f"ranges ({engine}, group {index + 1}/{len(chunks)})"
+            for sample in tqdm(calibration.samples, desc=label, disable=None):
+                for name, value in run(sample).items():
+                    tensor, _, which = name.rpartition("_")
+                    value = np.asarray(value, dtype=np.float32)
+                    # fmin/fmax skip NaN, as the calibrator's nanmin/nanmax do.
+                    table, merge = (lowest, np.fmin) if which == "ReduceMin" else (highest, np.fmax)
+                    table[tensor] = value if tensor not in table else merge(table[tensor], value)
+            del run
+            path.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if set(lowest) != set(highest):
@@ -211,12 +265,13 @@ def collect_minmax(
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_tensors_data(ranges, cache)
     seconds = time.perf_counter() - started
-    log.info("MinMax ranges of %d tensors from %d clips in %s in %.1f s",
-             len(lowest), len(calibration), version, seconds)  # fmt: skip
+    log.info("MinMax ranges of %d tensors from %d clips in %d group(s) in %s in %.1f s",
+             len(lowest), len(calibration), len(chunks), version, seconds)  # fmt: skip
     return {
         "engine": engine,
         "tensors": len(lowest),
         "clips": len(calibration),
+        "groups": len(chunks),
         "augmented_nodes": nodes,
         "rewired_tensors": rewired,
         "seconds": round(seconds, 1),

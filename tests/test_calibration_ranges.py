@@ -25,8 +25,10 @@ def bundle(tiny_bundle, tmp_path):
     return copy
 
 
-@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
-def test_ranges_equal_onnxruntime_calibrator(bundle, synth_data, engine):
+@pytest.mark.parametrize(("engine", "groups"),
+                         [("onnxruntime", 1), ("openvino", 1), ("onnxruntime", 3)])  # fmt: skip
+def test_ranges_equal_onnxruntime_calibrator(bundle, synth_data, engine, groups):
+    """The same ranges whether every tensor is reduced in one graph or in groups of them."""
     if engine == "openvino":
         pytest.importorskip("openvino")
     manifest = Manifest.load(bundle)
@@ -36,9 +38,11 @@ def test_ranges_equal_onnxruntime_calibrator(bundle, synth_data, engine):
     quantize_video(manifest, clips, "int8-cpu", "minmax", range_backend="calibrator")
     reference = load_tensors_data(cache).data
     cache.unlink()
-    info = collect_minmax(manifest, clips, cache, list(QUANTIZED_OPS), engine, threads=1)
+    info = collect_minmax(manifest, clips, cache, list(QUANTIZED_OPS), engine, threads=1,
+                          groups=groups)  # fmt: skip
     ranges = load_tensors_data(cache).data
     assert info["clips"] == 3 and info["tensors"] == len(ranges) > 20
+    assert info["groups"] == groups == len(info["augmented_nodes"])
     assert info["rewired_tensors"] == info["tensors"]  # every tensor's consumers wait
     assert set(ranges) == set(reference)  # the quantizer's own tensors, by the same names
     for name, expected in reference.items():
@@ -60,6 +64,22 @@ def test_calibration_with_bounded_ranges(bundle, synth_data):
     assert entry["quantization"]["quantized_ops"] > 20
     assert entry["agreement_vs_fp32"]["tracks"] > 0
     assert range_cache(manifest, "minmax").is_file()
+
+
+def test_openvino_ranges_in_groups_and_agreement_in_openvino(bundle, synth_data):
+    """The bounded path for paper-size graphs: OpenVINO ranges in groups, and the agreement
+    with FP32 measured in OpenVINO too (onnxruntime's FP32 graph is the larger peak)."""
+    pytest.importorskip("openvino")
+    calibrate_bundle(bundle, synth_data, ("int8-cpu",), method="minmax", samples=3,
+                     check_samples=2, threads=1, range_backend="openvino", range_groups=2)  # fmt: skip
+    entry = Manifest.load(bundle).variant("video", "int8-cpu")
+    assert entry["calibration"]["range_groups"] == 2
+    assert entry["agreement_vs_fp32"]["engine"] == "openvino"
+    assert entry["agreement_vs_fp32"]["mask_iou"] > 0.5
+    with pytest.raises(ValueError, match="groups must be a positive int"):
+        collect_minmax(Manifest.load(bundle), build_calibration_set(
+            Manifest.load(bundle), synth_data, "train", 1), bundle / "x.json",
+            list(QUANTIZED_OPS), "openvino", groups=0)  # fmt: skip
 
 
 def test_bounded_range_backends_are_minmax_only(bundle, synth_data):

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -255,6 +256,22 @@ def test_trtexec_int8_uses_the_qdq_graph(bundle, major):
     assert args["--onnx"] == str(bundle / "video.int8-tensorrt.onnx")
     assert args["--saveEngine"] == str(bundle / "engines" / "video.int8-tensorrt.plan")
     assert "--stronglyTyped" in args and "--int8" not in args and "--fp16" not in args
+
+
+def test_trtexec_script_creates_the_engines_folder_first(bundle, tmp_path):
+    """trtexec does not create --saveEngine's folder: the printed script does, before the
+    first build (and running its mkdir line makes exactly the folder the engines go to)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    assert not (copy / "engines").exists()
+    lines = [line for line in trtexec_script(copy, "fp16", tensorrt_major=10).splitlines()
+             if not line.startswith("#")]  # fmt: skip
+    assert lines[0] == shlex.join(["mkdir", "-p", str(copy / "engines")])
+    assert all(line.startswith("trtexec ") for line in lines[1:]) and len(lines) == 3
+    subprocess.run(["bash", "-c", lines[0]], check=True)
+    for line in lines[1:]:
+        assert Path(_args(line)["--saveEngine"]).parent == copy / "engines"
+    assert (copy / "engines").is_dir()
 
 
 def test_trtexec_int8_without_calibration_names_the_variant(fp32_bundle):

@@ -591,3 +591,62 @@ def test_tensorrt_ep_needs_the_libnvinfer_major_it_links():
         assert f'"tensorrt-cu12-libs>={major},<{major + 1}"' in status
     else:
         assert loaded[0] == major and status is None
+
+
+# -- onnxruntime-gpu: the CUDA and TensorRT execution providers (GPU machines only) -------------
+
+
+def _provider_status(key: str) -> str:
+    return available_backends()[key]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not onnxruntime_cuda_present(), reason=_provider_status("onnxruntime-cuda"))
+@pytest.mark.parametrize("options", [{}, {"device_id": 0}, {"device": 0}])
+def test_onnxruntime_cuda_matches_numpy(bundle, options):
+    """The CUDA provider runs the graph (no silent fall back to the CPU) and gets its outputs
+    right; ``device`` and ``device_id`` both reach it."""
+    backend = load_backend(bundle, "video", "onnxruntime", providers=["cuda"], **options)
+    assert backend.name == "onnxruntime-cuda fp32"
+    assert backend.providers[0] == "CUDAExecutionProvider"
+    for frames, expressions in [(3, 2), (4, 3), (1, 1)]:
+        feeds = video_feeds(frames, expressions)
+        outputs = backend.infer(feeds)
+        for name, expected in video_reference(**feeds).items():
+            np.testing.assert_allclose(outputs[name], expected, rtol=1e-4, atol=1e-5)
+    backend.close()
+
+
+@pytest.mark.gpu
+def test_auto_on_a_gpu_without_engines_takes_onnxruntime_cuda(bundle, caplog):
+    if not onnxruntime_cuda_present():
+        pytest.skip(_provider_status("onnxruntime-cuda"))
+    with caplog.at_level(logging.INFO, logger="runtime.backends"):
+        backend = load_backend(bundle, "text_encoder", device=0)
+    assert backend.name == "onnxruntime-cuda fp32", caplog.text
+    assert "TensorRT: the bundle has no fp32 engine for text_encoder" in caplog.text
+    np.testing.assert_allclose(
+        backend.infer(text_feeds())["text_features"], text_reference(**text_feeds()), atol=1e-5
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    _provider_status("onnxruntime-tensorrt") != AVAILABLE,
+    reason=_provider_status("onnxruntime-tensorrt"),
+)
+def test_onnxruntime_tensorrt_ep_matches_numpy_with_one_engine_per_profile(bundle, tmp_path):
+    """The TensorRT provider (libnvinfer of the major it links, loaded) runs the graph at every
+    shape of the manifest's profile from one cached engine."""
+    backend = OnnxRuntimeBackend(bundle, "video", providers=["tensorrt"], trt_cache_dir=tmp_path)
+    assert backend.providers[0] == "TensorrtExecutionProvider"
+    engines = []
+    for frames, expressions in [(3, 2), (4, 3), (1, 1)]:
+        feeds = video_feeds(frames, expressions)
+        outputs = backend.infer(feeds)
+        for name, expected in video_reference(**feeds).items():
+            np.testing.assert_allclose(outputs[name], expected, rtol=1e-3, atol=1e-4)
+        engines.append(sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".engine"))
+    backend.close()
+    # Built for the profile at the first call and cached; the other shapes reuse it.
+    assert engines[0] and engines[0] == engines[-1], engines

@@ -163,25 +163,27 @@ def test_recipe_sanitize_folds_nothing(tiny_bundle, tmp_path):
     assert re.search(r"Original:\s+(\d+), After Folding:\s+\1 \|\s+0 Nodes Folded", run.stdout)
 
 
-def _tensorrt_and_gpu() -> None:
-    pytest.importorskip("tensorrt", reason="tensorrt is not installed")
-    from runtime.backends import AVAILABLE, gpu_status
+def _tensorrt_status() -> str:
+    from runtime.backends import available_backends
 
-    if gpu_status() != AVAILABLE:
-        pytest.skip(gpu_status())
+    return available_backends()["tensorrt"]
+
+
+# Decided at collection, so that the session's bundle is not exported only to be skipped.
+needs_tensorrt = pytest.mark.skipif(_tensorrt_status() != "available", reason=_tensorrt_status())
 
 
 @pytest.mark.gpu
+@needs_tensorrt
 def test_recipe_trt_vs_onnxrt(tiny_bundle, tmp_path):
-    _tensorrt_and_gpu()
     run = run_recipe("trt-vs-onnxrt", tiny_bundle, tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "PASSED" in run.stdout
 
 
 @pytest.mark.gpu
+@needs_tensorrt
 def test_recipe_debug_precision(tiny_bundle, tmp_path):
-    _tensorrt_and_gpu()
     copy = tmp_path / "bundle"
     shutil.copytree(tiny_bundle, copy)
     run = run_recipe("debug-precision", copy, tmp_path)

@@ -32,6 +32,8 @@ def _torch(results: dict) -> list[str]:
             f"**{paper['latency_ms']:.0f} ms** on an {paper['device']} ({paper['setting']})."
         ),
         "",
+        *([f"**{results['preset']} instead of paper-swin-t**: {results['preset_note']}.", ""]
+          if results.get("preset_note") else []),
         "| mode | E | p50 ms | p90 ms | × paper's 109 ms | peak GPU memory GiB | note |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]

@@ -54,6 +54,41 @@ def test_without_a_gpu_every_gpu_part_is_skipped_with_its_reason(tmp_path):
     assert run_check("--parts", "environment", "--out", str(tmp_path), "--overwrite").returncode == 0
 
 
+# What the lent GPU machine lacks (it has torch with CUDA, onnxruntime, timm, transformers,
+# einops, safetensors, tokenizers and numpy): importing any of these there fails.
+ABSENT_THERE = ("tqdm", "onnx", "onnxscript", "onnxslim", "openvino", "polygraphy", "pytest",
+                "PIL", "cv2", "scipy", "matplotlib", "torchvision", "onnx_graphsurgeon", "h5py",
+                "pycocotools", "tensorrt", "cuda", "pycuda")  # fmt: skip
+
+
+def test_runs_with_only_the_gpu_machines_packages(tmp_path):
+    """In a Python where those packages do not import (a ``None`` entry in ``sys.modules`` is
+    what Python does for a package that is not there), the check still ends cleanly: the code
+    each GPU part runs imports, and the parts that need a missing package say which."""
+    code = (
+        "import runpy, sys\n"
+        f"for name in {ABSENT_THERE!r}: sys.modules[name] = None\n"
+        "import benchmarks.gpu_torch, benchmarks.gpu_engines, benchmarks.runners, "
+        "benchmarks.workload, export.engine, export.graphs, proxyformer.model\n"
+        f"sys.argv = ['gpu_check', '--parts', 'environment', 'tests', *{GPU_PARTS!r}, "
+        f"'--out', {str(tmp_path)!r}]\n"
+        "runpy.run_module('benchmarks.gpu_check', run_name='__main__')\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    parts = json.loads((tmp_path / "gpu-check.json").read_text())["parts"]
+    environment = parts["environment"]["results"]
+    assert not any(environment["packages"][name] for name in ("tqdm", "onnx", "pytest", "PIL"))
+    assert parts["tests"] == parts["tests"] | {
+        "status": "skipped",
+        "reason": "pytest is not installed (the dev extra); the gpu tests cannot run",
+    }
+    assert "tensorrt is not installed" in parts["engines"]["reason"]
+    if not torch.cuda.is_available():
+        assert all(parts[name]["status"] == "skipped" for name in GPU_PARTS)
+
+
 def test_bad_arguments_are_refused_before_any_work(tmp_path):
     run = run_check("--tiny-bundle", str(tmp_path), "--out", str(tmp_path))
     assert run.returncode == 2 and "--tiny-bundle" in run.stderr and "no manifest.json" in run.stderr

@@ -178,8 +178,12 @@ def _bundle_engines(kind: str, given: Path | None, args: Any, deadline: float) -
     manifest = Manifest.load(bundle, verify=False)
     feeds = _feeds(manifest, kind)
     reference, reference_s = _reference(manifest, feeds)
-    entry: dict = {"bundle": str(given or bundle), "call": {k: v.shape for k, v in feeds.items()},
-                   "onnxruntime_fp32_cpu_seconds": round(reference_s, 1), "precisions": {}}  # fmt: skip
+    entry: dict = {
+        "bundle": str(given or bundle),
+        "call": {name: list(array.shape) for name, array in feeds.items()},
+        "onnxruntime_fp32_cpu_seconds": round(reference_s, 1),
+        "precisions": {},
+    }
     for precision in ("fp16", "int8-tensorrt"):
         try:
             check_deadline(deadline, f"the {kind} {precision} engines")

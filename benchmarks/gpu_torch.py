@@ -167,7 +167,7 @@ def time_paper_setting(
 
 def _time_mode(torch: Any, mode: str, graphs: tuple, inputs: tuple, warmup: int,
                runs: int) -> dict:  # fmt: skip
-    from benchmarks.timing import summarize_times, time_calls, time_cuda_events
+    from benchmarks.timing import summarize_times, time_calls
 
     row: dict = {"mode": mode}
     device = inputs[0].device
@@ -184,11 +184,7 @@ def _time_mode(torch: Any, mode: str, graphs: tuple, inputs: tuple, warmup: int,
             return row | {"skipped": str(skip)}
         except Exception as error:  # noqa: BLE001 - a capture/compile failure is the row's result
             return row | {"skipped": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
-        if cuda:
-            seconds = time_cuda_events(timed, warmup, runs)
-        else:
-            seconds = time_calls(timed, warmup, runs)
-    stats = summarize_times(seconds)
+        stats = summarize_times(time_calls(timed, warmup, runs, cuda=cuda))
     return row | extra | {
         "p50_ms": round(stats["p50"], 2),
         "p90_ms": round(stats["p90"], 2),

@@ -80,16 +80,28 @@ def time_runner(
     }
 
 
-def time_cuda_events(call: Callable[[], Any], warmup: int, runs: int) -> list[float]:
-    """Seconds of ``runs`` calls of ``call`` on the current CUDA stream, after ``warmup``
-    untimed ones, each measured between two CUDA events (the GPU's own clock: no host-side
-    launch time or synchronisation in the figure)."""
-    import torch  # CUDA only
+def time_calls(
+    call: Callable[[], Any], warmup: int, runs: int, cuda: bool = False
+) -> list[float]:
+    """Seconds of ``runs`` calls of ``call`` after ``warmup`` untimed ones.
 
+    With ``cuda`` each call is measured between two CUDA events on the current stream (the
+    GPU's own clock: no host-side launch time or synchronisation in the figure); otherwise on
+    the host clock (a CPU device: the work is done when the call returns).
+    """
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     for _ in range(warmup):
         call()
+    if not cuda:
+        seconds = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - start)
+        return seconds
+    import torch  # CUDA only
+
     pairs = []
     for _ in range(runs):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -99,18 +111,3 @@ def time_cuda_events(call: Callable[[], Any], warmup: int, runs: int) -> list[fl
         pairs.append((start, end))
     torch.cuda.synchronize()
     return [start.elapsed_time(end) / 1e3 for start, end in pairs]
-
-
-def time_calls(call: Callable[[], Any], warmup: int, runs: int) -> list[float]:
-    """Seconds of ``runs`` calls of ``call`` on the host clock, after ``warmup`` untimed ones
-    (a CPU device: the work is done when the call returns)."""
-    if runs < 1:
-        raise ValueError(f"runs must be >= 1, got {runs}")
-    for _ in range(warmup):
-        call()
-    seconds = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return seconds

@@ -533,8 +533,8 @@ def _with_engine_entry(bundle: Manifest, root: Path, plan: bytes | None) -> Mani
     relative = "engines/text_encoder.fp32.plan"
     (root / relative).write_bytes(plan or b"not an engine")
     manifest.add_file(relative, "tensorrt engine")
-    manifest.add_engine("fp32", "text_encoder", {"file": relative, "tensorrt": "10.9",
-                                                 "gpu": "NVIDIA H100", "compute_capability": "9.0"})  # fmt: skip
+    entry = {"file": relative, "tensorrt": "10.9", "gpu": "NVIDIA H100", "compute_capability": "9.0"}
+    manifest.add_engine("fp32", "text_encoder", entry)
     manifest.save()
     if plan is None:
         (root / relative).unlink()

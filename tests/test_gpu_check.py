@@ -51,7 +51,8 @@ def test_without_a_gpu_every_gpu_part_is_skipped_with_its_reason(tmp_path):
     # Nothing is overwritten without --overwrite, and that is found before any work.
     again = run_check("--parts", "environment", "--out", str(tmp_path))
     assert again.returncode == 2 and "pass --overwrite" in again.stderr
-    assert run_check("--parts", "environment", "--out", str(tmp_path), "--overwrite").returncode == 0
+    replaced = run_check("--parts", "environment", "--out", str(tmp_path), "--overwrite")
+    assert replaced.returncode == 0
 
 
 # What the lent GPU machine lacks (it has torch with CUDA, onnxruntime, timm, transformers,
@@ -91,7 +92,8 @@ def test_runs_with_only_the_gpu_machines_packages(tmp_path):
 
 def test_bad_arguments_are_refused_before_any_work(tmp_path):
     run = run_check("--tiny-bundle", str(tmp_path), "--out", str(tmp_path))
-    assert run.returncode == 2 and "--tiny-bundle" in run.stderr and "no manifest.json" in run.stderr
+    assert run.returncode == 2 and "--tiny-bundle" in run.stderr
+    assert "no manifest.json" in run.stderr
     assert not (tmp_path / "gpu-check.json").exists()
 
 

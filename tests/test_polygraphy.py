@@ -33,7 +33,8 @@ def test_feeds_are_the_graphs_inputs_at_the_opt_or_named_sizes(tiny_bundle):
     manifest = Manifest.load(tiny_bundle)
     opt = {axis: bounds["opt"] for axis, bounds in manifest.profiles.items()}
     for graph in ("text_encoder", "video"):
-        axes = check_feeds(graph, manifest.inputs(graph), manifest.profiles, graph_feeds(manifest, graph))
+        feeds = graph_feeds(manifest, graph)
+        axes = check_feeds(graph, manifest.inputs(graph), manifest.profiles, feeds)
         assert axes == {axis: opt[axis] for axis in axes} and axes
     named = graph_feeds(manifest, "video", {"T": 5, "E": 2, "L": 7})
     assert check_feeds("video", manifest.inputs("video"), manifest.profiles, named) == {
@@ -85,8 +86,8 @@ def test_trt_shape_arguments_follow_the_profile(tiny_bundle):
 def test_fp16_and_int8_graphs_against_fp32_through_polygraphy(tiny_int8):
     from export.polygraphy_compare import compare_variants
 
-    report = compare_variants(tiny_int8, "video", {"fp16": FP16_TOLERANCE,
-                                                   "int8-tensorrt": INT8_QDQ_TOLERANCE})  # fmt: skip
+    candidates = {"fp16": FP16_TOLERANCE, "int8-tensorrt": INT8_QDQ_TOLERANCE}
+    report = compare_variants(tiny_int8, "video", candidates)
     for precision, entry in report.items():
         assert entry["passed"], (precision, entry)
         assert set(entry["outputs"]) == {"pred_logits", "pred_boxes", "pred_masks"}

@@ -119,24 +119,36 @@ def part_tests(args: argparse.Namespace, deadline: float) -> dict:
     if not present("pytest"):
         raise Skip("pytest is not installed (the dev extra); the gpu tests cannot run")
     timeout = max(10.0, min(TESTS_CAP_S, deadline - time.monotonic()))
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider",
+    # -v: one line per test as it ends, so a run cut by the budget still says what passed.
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-v", "-rs", "-p", "no:cacheprovider",
                "--continue-on-collection-errors", "tests"]  # fmt: skip
     try:
         run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                              check=False)  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise Skip(f"the gpu tests did not finish within {timeout:.0f} s") from None
+    except subprocess.TimeoutExpired as expired:
+        output = expired.stdout or b""
+        output = output.decode(errors="replace") if isinstance(output, bytes) else output
+        done = [line for line in output.splitlines() if re.search(r" (PASSED|FAILED|SKIPPED)", line)]
+        raise Skip(f"the gpu tests did not finish within {timeout:.0f} s ({len(done)} ended)",
+                   {"ended": done}) from None
     lines = run.stdout.splitlines()
     summary = next((line.strip("= ") for line in reversed(lines) if " in " in line), "")
     counts = {key: int(value) for value, key in re.findall(r"(\d+) (\w+)", summary)}
     reasons = sorted({m.group(1) for line in lines
                       if (m := re.match(r"SKIPPED \[\d+\] [^:]+:\d+: (.*)", line))})  # fmt: skip
     errors = [line for line in lines if line.startswith("ERROR ")]
+    # A test file that imports a package this machine lacks (onnx, openvino) is not collected:
+    # that is the machine's limit, reported, not a failure of the code under test.
+    missing = [line for line in errors if "ModuleNotFoundError" in line]
+    errors = [line for line in errors if line not in missing]
+    if missing:
+        reasons.append(f"{len(missing)} test files not collected: "
+                       + "; ".join(line.removeprefix("ERROR ") for line in missing))  # fmt: skip
     result = {"command": " ".join(command[1:]), "returncode": run.returncode,
               "summary": summary, "counts": counts, "skip_reasons": reasons,
               "collection_errors": errors}  # fmt: skip
     ran = counts.get("passed", 0) + counts.get("failed", 0)
-    if not ran and not errors and run.returncode in (0, 5):
+    if not ran and not errors and (run.returncode in (0, 5) or missing):
         raise Skip(f"every gpu test skipped ({summary}): " + "; ".join(reasons), result)
     if counts.get("failed") or errors:
         result["tail"] = "\n".join(lines[-40:])

@@ -80,8 +80,13 @@ def _mode_call(torch: Any, mode: str, graphs: tuple, inputs: tuple) -> tuple[Cal
         # Compiled once per shape: the first call compiles, timed apart and reported.
         text_graph, video_graph = torch.compile(text_graph), torch.compile(video_graph)
 
+    # Autocast's cast cache must be off in a CUDA graph capture (PyTorch's CUDA-graph notes):
+    # cached casts made during capture would be freed while the graph still points at them.
+    cache = mode != "cuda-graph-fp16"
+
     def call() -> Any:
-        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None,
+                            cache_enabled=cache):  # fmt: skip
             return video_graph(clip, text_graph(ids, mask), mask)
 
     if mode == "compile-fp16":

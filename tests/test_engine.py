@@ -503,3 +503,24 @@ def test_parser_error_names_the_node(tensorrt, fp32_bundle):
     manifest.save()
     with pytest.raises(EngineBuildError, match="fancy_1"):
         build_engines(fp32_bundle, "fp32", graphs=["video"])
+
+
+@pytest.mark.gpu
+def test_device_is_built_on_and_recorded(tensorrt, bundle):
+    entries = build_engines(bundle, "fp32", graphs=["text_encoder"], device=0)
+    assert entries["text_encoder"]["device"] == 0
+    assert entries["text_encoder"]["gpu"] == gpu_info(0)["name"]
+    with pytest.raises(EngineBuildError, match="CUDA device 99 does not exist"):
+        build_engines(bundle, "fp32", graphs=["text_encoder"], device=99)
+
+
+@pytest.mark.gpu
+def test_a_profile_tensorrt_refuses_names_the_input(tensorrt, bundle):
+    """min above max (a manifest edited in memory, past its checks): TensorRT's set_shape
+    raises (or, should a release return instead, add_optimization_profile refuses it), and
+    the error says so instead of a traceback."""
+    manifest = Manifest.load(bundle)
+    manifest.data["profiles"]["T"] = {"min": 4, "opt": 2, "max": 1}
+    with pytest.raises(EngineBuildError, match=r"TensorRT rejected the video (optimisation )?"
+                                               r"profile"):  # fmt: skip
+        build_engines(manifest, "fp32", graphs=["video"])

@@ -140,3 +140,39 @@ def test_agreement_uses_the_parity_rule_per_output():
     assert agreement(noisy, reference, INT8_QDQ_TOLERANCE)["passed"]
     strict = agreement(noisy, reference, FP32_TOLERANCE)
     assert not strict["passed"] and not strict["outputs"]["pred_masks"]["ok"]
+
+
+def test_bundle_rows_on_the_cpu(tiny_bundle, tmp_path):
+    """The engines and onnxruntime-gpu parts' plumbing with onnxruntime on the CPU in place of
+    the GPU backends: the given bundle is copied (never written), the call's feeds fit its
+    profile, INT8 is calibrated when missing, and each row is checked against FP32 and timed."""
+    from benchmarks.gpu_engines import (
+        _feeds,
+        _reference,
+        _row,
+        _tolerance,
+        ensure_int8,
+        obtain_bundle,
+    )
+    from benchmarks.runners import BundleRunner
+    from runtime.backends import load_backend
+    from runtime.manifest import Manifest
+
+    before = sorted(p.name for p in tiny_bundle.iterdir())
+    bundle = obtain_bundle("tiny", tiny_bundle, tmp_path, time.monotonic() + 300)
+    assert bundle != tiny_bundle and (bundle / "manifest.json").is_file()
+    ensure_int8(bundle, tmp_path, frames=3)
+    assert sorted(p.name for p in tiny_bundle.iterdir()) == before  # the given one untouched
+    manifest = Manifest.load(bundle)
+    assert "int8-tensorrt" in manifest.precisions("video")
+    feeds = _feeds(manifest, "tiny")
+    assert feeds["frames"].shape[0] == 6 and feeds["input_ids"].shape == (2, 12)  # clamped
+    reference, _ = _reference(manifest, feeds)
+    for precision in ("fp16", "int8-tensorrt"):
+        text = "fp16" if precision == "fp16" else "fp32"
+        runner = BundleRunner(load_backend(manifest, "text_encoder", "onnxruntime", text),
+                              load_backend(manifest, "video", "onnxruntime", precision))  # fmt: skip
+        row = _row(runner, feeds, reference, _tolerance(manifest, precision), warmup=0, runs=2)
+        runner.close()
+        assert row["vs_onnxruntime_fp32"]["passed"], (precision, row)
+        assert 0 < row["p50_ms"] <= row["p90_ms"]

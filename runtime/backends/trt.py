@@ -228,9 +228,13 @@ class TensorRTBackend(BaseBackend):
         allow_other_gpu: accept an engine built on another GPU of the same compute capability.
 
     Raises:
-        BackendUnavailable: tensorrt, cuda-python/pycuda or a GPU is missing.
-        BundleError: no engine for this precision and graph, or its I/O differs from the
-            manifest; EngineMismatchError when it was built for another TensorRT or GPU.
+        BackendUnavailable: tensorrt, cuda-python/pycuda or a GPU is missing, or TensorRT
+            cannot create an execution context (GPU memory).
+        BundleError: no engine for this precision and graph, its plan file missing or not
+            deserializable, or its I/O differs from the manifest; EngineMismatchError when it
+            was built for another TensorRT or GPU. All checked before TensorRT is imported
+            where they can be (the entry, the file).
+        CudaError: a CUDA runtime call failed (cudaSetDevice, cudaMalloc, ...).
     """
 
     def __init__(
@@ -271,7 +275,10 @@ class TensorRTBackend(BaseBackend):
             with self._cuda.activate(device):
                 gpu_name, capability = self._load(trt, entry, plan)
         except BaseException:
-            self.close()
+            # The cause (a CUDA error in cudaSetDevice, say) is what the caller must see, not
+            # a second error from releasing on the same device.
+            with contextlib.suppress(Exception):
+                self.close()
             raise
 
         self.cuda_graph = bool(cuda_graph)

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast summary data checkpoint bundle calibrate accuracy latency clean
+.PHONY: setup demo test test-fast summary data checkpoint bundle calibrate accuracy latency gpu-check clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,14 @@ accuracy: data
 latency: setup
 	$(PY) benchmarks/latency.py --bundle $(BUNDLE) --frames 12 \
 		--backends torch,ort,ort-fp16,ort-int8,trt-fp16,trt-int8
+
+# A lent GPU machine's evidence in one command (docs/deployment.md, "GPU check"): no set-up and
+# no downloads, so it runs with the machine's own Python and packages (GPU_PYTHON), skipping
+# what they lack. Results go to benchmarks/results/<machine>/gpu-check.{json,md}.
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PYTHON) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist *.egg-info

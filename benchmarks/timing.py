@@ -3,11 +3,19 @@ makes a clock reading mean "the work is done"."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+
+try:
+    from tqdm import tqdm
+except ImportError:  # the GPU check (benchmarks/gpu_check.py) runs where tqdm may be absent
+
+    def tqdm(iterable, **_):
+        return iterable
+
 
 # One call of a runner: the feeds in, (text encoder seconds, video graph seconds) out.
 Runner = Callable[[dict[str, np.ndarray]], tuple[float, float]]
@@ -70,3 +78,36 @@ def time_runner(
         "video": summarize_times(video),
         "times_ms": [round(t * 1e3, 4) for t in total],
     }
+
+
+def time_calls(
+    call: Callable[[], Any], warmup: int, runs: int, cuda: bool = False
+) -> list[float]:
+    """Seconds of ``runs`` calls of ``call`` after ``warmup`` untimed ones.
+
+    With ``cuda`` each call is measured between two CUDA events on the current stream (the
+    GPU's own clock: no host-side launch time or synchronisation in the figure); otherwise on
+    the host clock (a CPU device: the work is done when the call returns).
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    for _ in range(warmup):
+        call()
+    if not cuda:
+        seconds = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            call()
+            seconds.append(time.perf_counter() - start)
+        return seconds
+    import torch  # CUDA only
+
+    pairs = []
+    for _ in range(runs):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        pairs.append((start, end))
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) / 1e3 for start, end in pairs]

@@ -41,7 +41,7 @@ PHASES = ("data", "forward", "loss", "backward", "optimizer")
 def time_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
     """Seconds per phase for ``steps`` optimizer steps after ``warmup`` untimed ones (one
     micro-batch per step: ``--accumulate`` is not supported here)."""
-    from training.trainer import _to_float
+    from training.losses import outputs_to_float
 
     if trainer.config.accumulate != 1:
         raise ValueError("time one micro-batch per step: leave --accumulate at 1")
@@ -67,7 +67,7 @@ def time_steps(trainer, steps: int, warmup: int) -> dict[str, list[float]]:
         marks.append(time.perf_counter())
         with trainer._autocast():
             outputs = trainer.ddp_model(frames, ids, mask)
-        outputs = _to_float(outputs)
+        outputs = outputs_to_float(outputs)
         sync()
         marks.append(time.perf_counter())
         losses = trainer.criterion(outputs, targets)

@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --print-trtexec: TensorRT major version the flags are for "
         "(default: the installed one, else 10)",
     )
+    parser.add_argument(
+        "--device", type=int, default=0, metavar="N",
+        help="CUDA device to build on (engines run on that GPU model; default 0)",
+    )
     parser.add_argument("--verbose", action="store_true", help="TensorRT's verbose log")
     return parser.parse_args(argv)
 
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.graphs, args.tensorrt_major))  # fmt: skip
             return 0
         entries = build_engines(args.bundle, args.precision, args.workspace, args.timing_cache,
-                                args.graphs, verbose=args.verbose)  # fmt: skip
+                                args.graphs, verbose=args.verbose, device=args.device)  # fmt: skip
     except (EngineBuildError, BundleError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -35,13 +35,16 @@ This module imports ``tensorrt`` only inside ``build_engines``, through the runt
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.backends.base import BackendUnavailable, as_manifest
+from runtime.backends.base import BackendUnavailable, CudaError, as_manifest
 from runtime.backends.gpu import gpu_info as probe_gpu
+from runtime.backends.gpu import load_cuda_api
 from runtime.backends.trt import import_tensorrt as load_tensorrt
 from runtime.backends.trt import major_version, tensorrt_logger
 from runtime.manifest import GRAPHS, SPLIT_GRAPHS, BundleError, Manifest, atomic_write_bytes
@@ -180,6 +183,7 @@ def build_engines(
     timing_cache: str | Path | None = None,
     graphs: tuple[str, ...] | list[str] | None = None,
     verbose: bool = False,
+    device: int = 0,
 ) -> dict[str, dict]:
     """Build a TensorRT engine per graph of a bundle and record it in the bundle's manifest.
 
@@ -193,9 +197,11 @@ def build_engines(
             after each engine, so rebuilds and the other graph reuse the tactic timings.
         graphs: which graphs to build (default ``engine_graphs``).
         verbose: TensorRT's verbose log.
+        device: the CUDA device to build on (TensorRT builds for the current device); its
+            name and compute capability are recorded.
     Returns:
         graph -> the manifest entry of its engine (file, tensorrt, gpu, compute_capability,
-        built_from, strongly_typed, profile, workspace_gb, build_seconds).
+        device, built_from, strongly_typed, profile, workspace_gb, build_seconds).
     Raises:
         EngineBuildError: TensorRT or cuda-python missing, TensorRT < 10, no CUDA GPU, an FP16
             engine without an FP16 graph on TensorRT 11, a parser error (naming the nodes), a
@@ -211,16 +217,32 @@ def build_engines(
     # Plans first: a missing variant is reported before any GPU work.
     graphs = engine_graphs(manifest, precision) if graphs is None else graphs
     plans = [plan_build(manifest, graph, precision, major) for graph in graphs]
-    gpu = gpu_info()
-    logger = tensorrt_logger(trt, verbose)
-    log.info("TensorRT %s on %s (sm %s)", trt.__version__, gpu["name"], gpu["compute_capability"])
+    gpu = gpu_info(device) | {"device": device}
+    logger = tensorrt_logger(trt, verbose)  # also registers TensorRT's plugins for the parser
+    log.info("TensorRT %s on CUDA device %d, %s (sm %s)", trt.__version__, device, gpu["name"],
+             gpu["compute_capability"])  # fmt: skip
     entries = {}
-    for plan in plans:
-        if plan.note:
-            log.warning(plan.note)
-        entries[plan.graph] = _build_engine(trt, logger, manifest, plan, gpu, workspace_gb,
-                                            timing_cache)  # fmt: skip
+    # TensorRT builds on the calling thread's current CUDA device.
+    with _current_device(device):
+        for plan in plans:
+            if plan.note:
+                log.warning(plan.note)
+            entries[plan.graph] = _build_engine(trt, logger, manifest, plan, gpu, workspace_gb,
+                                                timing_cache)  # fmt: skip
     return entries
+
+
+@contextlib.contextmanager
+def _current_device(device: int) -> Iterator[None]:
+    """``device`` current on this thread for the block (the runtime's CUDA layer)."""
+    stack = contextlib.ExitStack()
+    try:
+        cuda = load_cuda_api(device)
+        stack.enter_context(cuda.activate(device))
+    except (BackendUnavailable, CudaError) as error:
+        raise EngineBuildError(f"cannot make CUDA device {device} current: {error}") from None
+    with stack:
+        yield
 
 
 def _build_engine(trt, logger, manifest: Manifest, plan: BuildPlan, gpu: dict,
@@ -266,6 +288,7 @@ def _build_engine(trt, logger, manifest: Manifest, plan: BuildPlan, gpu: dict,
         "tensorrt": trt.__version__,
         "gpu": gpu["name"],
         "compute_capability": gpu["compute_capability"],
+        "device": gpu["device"],
         "built_from": plan.onnx_file,
         "strongly_typed": plan.strongly_typed,
         "profile": profile,
@@ -356,7 +379,17 @@ def _add_profile(builder, config, network, manifest: Manifest, graph: str) -> di
         if all(d >= 0 for d in dims):
             continue
         points = {which: profile_shape(spec, manifest.profiles, which) for which in PROFILE_POINTS}
-        profile.set_shape(tensor.name, points["min"], points["opt"], points["max"])
+        try:
+            profile.set_shape(tensor.name, points["min"], points["opt"], points["max"])
+        except (RuntimeError, TypeError, ValueError) as error:
+            # TensorRT raises (not returns False) for min > opt, opt > max, a negative or
+            # wrong-rank shape: the manifest's profiles are the cause, so name them.
+            raise EngineBuildError(
+                f"TensorRT rejected the {graph} profile of input {tensor.name} (ONNX shape "
+                f"{dims}): min {points['min']}, opt {points['opt']}, max {points['max']} from "
+                f"the manifest's profiles {manifest.profiles} ({error}); re-export the bundle "
+                "with valid --frames/--expressions ranges"
+            ) from None
         shapes[tensor.name] = {which: list(shape) for which, shape in points.items()}
     index = config.add_optimization_profile(profile) if shapes else 0
     if isinstance(index, int) and index < 0:  # -1: TensorRT found the profile invalid

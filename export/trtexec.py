@@ -63,18 +63,15 @@ def _trtexec_entries(
     timing_cache: str | Path | None,
     graphs: tuple[str, ...] | list[str] | None,
     tensorrt_major: int | None,
-) -> tuple[str, list[tuple[str, BuildPlan]]]:
+) -> tuple[str, list[tuple[str, BuildPlan, Path]]]:
     major, origin = resolve_tensorrt_major(tensorrt_major)
     manifest = as_manifest(bundle, verify=False)
     graphs = engine_graphs(manifest, precision) if graphs is None else graphs
     entries = []
     for graph in graphs:
         plan = plan_build(manifest, graph, precision, major)
-        args = [
-            "trtexec",
-            f"--onnx={manifest.path(plan.onnx_file)}",
-            f"--saveEngine={manifest.path(plan.engine_file, listed=False)}",
-        ]
+        engine = manifest.path(plan.engine_file, listed=False)
+        args = ["trtexec", f"--onnx={manifest.path(plan.onnx_file)}", f"--saveEngine={engine}"]
         # --stronglyTyped: opt-in on TensorRT 10; on 11 strong typing is always on and the flag
         # is "no longer needed" (10.x -> 11.x trtexec migration guide), accepted as a no-op.
         # --fp16 exists only on TensorRT 10 (removed in 11 with --int8, --best, ...).
@@ -91,7 +88,7 @@ def _trtexec_entries(
         if timing_cache is not None:
             args.append(f"--timingCacheFile={timing_cache}")
         args.append("--skipInference")  # build and save only; benchmarks measure elsewhere
-        entries.append((shlex.join(args), plan))
+        entries.append((shlex.join(args), plan, engine))
     return origin, entries
 
 
@@ -120,7 +117,7 @@ def trtexec_commands(
     _, entries = _trtexec_entries(
         bundle, precision, workspace_gb, timing_cache, graphs, tensorrt_major
     )
-    return [command for command, _ in entries]
+    return [command for command, _, _ in entries]
 
 
 def trtexec_script(
@@ -135,6 +132,9 @@ def trtexec_script(
     origin, entries = _trtexec_entries(
         bundle, precision, workspace_gb, timing_cache, graphs, tensorrt_major
     )
+    # trtexec does not create --saveEngine's folder, and a fresh bundle has no engines/: it
+    # would build for minutes and then fail to write the plan.
+    folders = dict.fromkeys(str(engine.parent) for _, _, engine in entries)
     lines = [
         f"# trtexec commands ({precision}), {origin}",
         (
@@ -142,6 +142,7 @@ def trtexec_script(
             "export/build_engine.py builds and records them"
         ),
     ]
-    lines += [f"# note: {plan.note}" for _, plan in entries if plan.note]
-    lines += [command for command, _ in entries]
+    lines += [f"# note: {plan.note}" for _, plan, _ in entries if plan.note]
+    lines += [shlex.join(["mkdir", "-p", folder]) for folder in folders]
+    lines += [command for command, _, _ in entries]
     return "\n".join(lines)

@@ -145,3 +145,10 @@ def clip(synth_data) -> np.ndarray:
     folder = min((synth_data / "valid" / "JPEGImages").iterdir())
     frames, _ = read_video(folder)
     return frames[:5]
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tiny_bundle, synth_data, tmp_path_factory):
+    """The test bundle with both INT8 variants, shared read-only (tests that recalibrate take
+    their own ``calibrated_copy``)."""
+    return calibrated_copy(tiny_bundle, synth_data, tmp_path_factory)

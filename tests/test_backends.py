@@ -303,7 +303,8 @@ def test_available_backends_explains_tensorrt(bundle):
         import tensorrt  # noqa: F401
     except ImportError:
         assert "tensorrt is not installed" in backends["tensorrt"]
-        with pytest.raises(BackendUnavailable, match="tensorrt"):
+        # The bundle is checked before TensorRT is imported: no engine is the first problem.
+        with pytest.raises(BundleError, match="no fp32 TensorRT engine for video"):
             load_backend(bundle, "video", "tensorrt", precision="fp32")
     else:
         assert backends["tensorrt"] == AVAILABLE or backends["tensorrt"]
@@ -493,3 +494,159 @@ def test_tensorrt_auto_and_mismatch(engine_bundle):
     engine_bundle.data["engines"]["fp32"]["video"]["tensorrt"] = "0.0.1"
     with pytest.raises(EngineMismatchError, match=r"[Rr]ebuild with"):
         TensorRTBackend(engine_bundle, "video", "fp32")
+
+
+# -- the device option, auto's fallback from TensorRT, the TensorRT EP's library ---------------
+
+
+def test_device_option_reaches_the_backend_under_its_own_name():
+    """TensorRTBackend takes ``device``, onnxruntime ``device_id``: either name reaches either
+    backend (auto dropped the one it did not know, so GPU 1 ran on GPU 0)."""
+    from runtime.backends import TensorRTBackend
+    from runtime.backends.registry import backend_options
+
+    assert backend_options(TensorRTBackend, {"device_id": 1}) == {"device": 1}
+    assert backend_options(OnnxRuntimeBackend, {"device": 1, "threads": 2}) == {
+        "device_id": 1,
+        "threads": 2,
+    }
+    assert backend_options(OnnxRuntimeBackend, {"device_id": 1}) == {"device_id": 1}
+    with pytest.raises(ValueError, match="device=1 and device_id=0 name the same thing"):
+        backend_options(OnnxRuntimeBackend, {"device": 1, "device_id": 0})
+
+
+def test_load_backend_by_name_takes_either_device_name(bundle):
+    """``device`` reaches onnxruntime as ``device_id`` (before, a TypeError by name and a
+    silently dropped option through auto)."""
+    for options in ({"device": 0}, {"device_id": 0}):
+        backend = load_backend(bundle, "text_encoder", "onnxruntime", threads=1, **options)
+        assert isinstance(backend, OnnxRuntimeBackend)
+        backend.close()
+
+
+def _with_engine_entry(bundle: Manifest, root: Path, plan: bytes | None) -> Manifest:
+    """A copy of the toy bundle whose manifest lists an fp32 engine for text_encoder; the
+    plan file holds ``plan`` (bytes that are no TensorRT engine), or is deleted (None)."""
+    shutil.copytree(bundle.root, root)
+    manifest = Manifest.load(root)
+    (root / "engines").mkdir()
+    relative = "engines/text_encoder.fp32.plan"
+    (root / relative).write_bytes(plan or b"not an engine")
+    manifest.add_file(relative, "tensorrt engine")
+    entry = {"file": relative, "tensorrt": "10.9", "gpu": "NVIDIA H100", "compute_capability": "9.0"}
+    manifest.add_engine("fp32", "text_encoder", entry)
+    manifest.save()
+    if plan is None:
+        (root / relative).unlink()
+    return Manifest.load(root, verify=False)
+
+
+def test_tensorrt_backend_names_a_missing_plan_before_loading_tensorrt(bundle, tmp_path):
+    manifest = _with_engine_entry(bundle, tmp_path / "bundle", plan=None)
+    with pytest.raises(BundleError, match=r"text_encoder.fp32.plan .*listed in the manifest but "
+                                          r"missing; rebuild it with"):  # fmt: skip
+        load_backend(manifest, "text_encoder", "tensorrt", precision="fp32")
+
+
+@pytest.mark.parametrize("plan", [None, b"not an engine"], ids=["missing-plan", "bad-plan"])
+def test_auto_falls_back_from_tensorrt_with_the_reason(bundle, tmp_path, caplog, plan):
+    """A listed engine that cannot run (its file gone; here also no TensorRT, or on a GPU
+    machine a plan that does not deserialize) sends auto to the next backend, logged."""
+    manifest = _with_engine_entry(bundle, tmp_path / "bundle", plan=plan)
+    with caplog.at_level(logging.INFO, logger="runtime.backends"):
+        backend = load_backend(manifest, "text_encoder", precision="fp32", threads=1,
+                               cache_dir=None)  # fmt: skip
+    assert backend.name.endswith("fp32") and not backend.name.startswith("tensorrt")
+    assert "not using the TensorRT fp32 engine for text_encoder" in caplog.text
+    if plan is None:
+        assert "listed in the manifest but missing" in caplog.text
+    np.testing.assert_allclose(
+        backend.infer(text_feeds())["text_features"], text_reference(**text_feeds()), atol=1e-6
+    )
+
+
+def test_tensorrt_ep_needs_the_libnvinfer_major_it_links():
+    """The TensorRT EP's check loads libnvinfer.so.<major> (the version the provider links),
+    not just ``import tensorrt``; without TensorRT 10's library it says which one to get."""
+    from runtime.backends.ort import (
+        load_nvinfer,
+        nvinfer_library_names,
+        tensorrt_ep_requirement,
+        tensorrt_ep_status,
+        tensorrt_version_from_int,
+    )
+
+    ort = pytest.importorskip("onnxruntime")
+    assert tensorrt_version_from_int(100900) == (10, 9, 0)
+    assert tensorrt_version_from_int(110400) == (11, 4, 0)
+    assert tensorrt_version_from_int(8601) == (8, 6, 1)
+    assert nvinfer_library_names(10)[0] == "libnvinfer.so.10"
+    path, major = tensorrt_ep_requirement(ort)
+    assert major == 10 or path is not None  # read from the provider's library where it exists
+    loaded = load_nvinfer(major)
+    status = tensorrt_ep_status(ort)
+    if isinstance(loaded, str):  # no TensorRT of that major here
+        assert f"libnvinfer.so.{major}" in loaded
+        assert status is not None and f"needs libnvinfer.so.{major} (TensorRT {major})" in status
+        assert f'"tensorrt-cu12-libs>={major},<{major + 1}"' in status
+    else:
+        assert loaded[0] == major and status is None
+
+
+# -- onnxruntime-gpu: the CUDA and TensorRT execution providers (GPU machines only) -------------
+
+
+def _provider_status(key: str) -> str:
+    return available_backends()[key]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not onnxruntime_cuda_present(), reason=_provider_status("onnxruntime-cuda"))
+@pytest.mark.parametrize("options", [{}, {"device_id": 0}, {"device": 0}])
+def test_onnxruntime_cuda_matches_numpy(bundle, options):
+    """The CUDA provider runs the graph (no silent fall back to the CPU) and gets its outputs
+    right; ``device`` and ``device_id`` both reach it."""
+    backend = load_backend(bundle, "video", "onnxruntime", providers=["cuda"], **options)
+    assert backend.name == "onnxruntime-cuda fp32"
+    assert backend.providers[0] == "CUDAExecutionProvider"
+    for frames, expressions in [(3, 2), (4, 3), (1, 1)]:
+        feeds = video_feeds(frames, expressions)
+        outputs = backend.infer(feeds)
+        for name, expected in video_reference(**feeds).items():
+            np.testing.assert_allclose(outputs[name], expected, rtol=1e-4, atol=1e-5)
+    backend.close()
+
+
+@pytest.mark.gpu
+def test_auto_on_a_gpu_without_engines_takes_onnxruntime_cuda(bundle, caplog):
+    if not onnxruntime_cuda_present():
+        pytest.skip(_provider_status("onnxruntime-cuda"))
+    with caplog.at_level(logging.INFO, logger="runtime.backends"):
+        backend = load_backend(bundle, "text_encoder", device=0)
+    assert backend.name == "onnxruntime-cuda fp32", caplog.text
+    assert "TensorRT: the bundle has no fp32 engine for text_encoder" in caplog.text
+    np.testing.assert_allclose(
+        backend.infer(text_feeds())["text_features"], text_reference(**text_feeds()), atol=1e-5
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    _provider_status("onnxruntime-tensorrt") != AVAILABLE,
+    reason=_provider_status("onnxruntime-tensorrt"),
+)
+def test_onnxruntime_tensorrt_ep_matches_numpy_with_one_engine_per_profile(bundle, tmp_path):
+    """The TensorRT provider (libnvinfer of the major it links, loaded) runs the graph at every
+    shape of the manifest's profile from one cached engine."""
+    backend = OnnxRuntimeBackend(bundle, "video", providers=["tensorrt"], trt_cache_dir=tmp_path)
+    assert backend.providers[0] == "TensorrtExecutionProvider"
+    engines = []
+    for frames, expressions in [(3, 2), (4, 3), (1, 1)]:
+        feeds = video_feeds(frames, expressions)
+        outputs = backend.infer(feeds)
+        for name, expected in video_reference(**feeds).items():
+            np.testing.assert_allclose(outputs[name], expected, rtol=1e-3, atol=1e-4)
+        engines.append(sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".engine"))
+    backend.close()
+    # Built for the profile at the first call and cached; the other shapes reuse it.
+    assert engines[0] and engines[0] == engines[-1], engines

@@ -11,6 +11,7 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -257,6 +258,22 @@ def test_trtexec_int8_uses_the_qdq_graph(bundle, major):
     assert "--stronglyTyped" in args and "--int8" not in args and "--fp16" not in args
 
 
+def test_trtexec_script_creates_the_engines_folder_first(bundle, tmp_path):
+    """trtexec does not create --saveEngine's folder: the printed script does, before the
+    first build (and running its mkdir line makes exactly the folder the engines go to)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    assert not (copy / "engines").exists()
+    lines = [line for line in trtexec_script(copy, "fp16", tensorrt_major=10).splitlines()
+             if not line.startswith("#")]  # fmt: skip
+    assert lines[0] == shlex.join(["mkdir", "-p", str(copy / "engines")])
+    assert all(line.startswith("trtexec ") for line in lines[1:]) and len(lines) == 3
+    subprocess.run(["bash", "-c", lines[0]], check=True)
+    for line in lines[1:]:
+        assert Path(_args(line)["--saveEngine"]).parent == copy / "engines"
+    assert (copy / "engines").is_dir()
+
+
 def test_trtexec_int8_without_calibration_names_the_variant(fp32_bundle):
     with pytest.raises(BundleError, match="int8-tensorrt.*calibrate"):
         trtexec_commands(fp32_bundle, "int8-tensorrt", tensorrt_major=10)
@@ -486,3 +503,24 @@ def test_parser_error_names_the_node(tensorrt, fp32_bundle):
     manifest.save()
     with pytest.raises(EngineBuildError, match="fancy_1"):
         build_engines(fp32_bundle, "fp32", graphs=["video"])
+
+
+@pytest.mark.gpu
+def test_device_is_built_on_and_recorded(tensorrt, bundle):
+    entries = build_engines(bundle, "fp32", graphs=["text_encoder"], device=0)
+    assert entries["text_encoder"]["device"] == 0
+    assert entries["text_encoder"]["gpu"] == gpu_info(0)["name"]
+    with pytest.raises(EngineBuildError, match="CUDA device 99 does not exist"):
+        build_engines(bundle, "fp32", graphs=["text_encoder"], device=99)
+
+
+@pytest.mark.gpu
+def test_a_profile_tensorrt_refuses_names_the_input(tensorrt, bundle):
+    """min above max (a manifest edited in memory, past its checks): TensorRT's set_shape
+    raises (or, should a release return instead, add_optimization_profile refuses it), and
+    the error says so instead of a traceback."""
+    manifest = Manifest.load(bundle)
+    manifest.data["profiles"]["T"] = {"min": 4, "opt": 2, "max": 1}
+    with pytest.raises(EngineBuildError, match=r"TensorRT rejected the video (optimisation )?"
+                                               r"profile"):  # fmt: skip
+        build_engines(manifest, "fp32", graphs=["video"])

@@ -41,6 +41,17 @@ class LossWeights:
             raise ValueError(f"cls_target must be 'matched' or 'iou', got {self.cls_target!r}")
 
 
+def outputs_to_float(outputs):
+    """``outputs`` with every tensor in float32 (the losses' precision under AMP)."""
+    if torch.is_tensor(outputs):
+        return outputs.float()
+    if isinstance(outputs, dict):
+        return {k: outputs_to_float(v) for k, v in outputs.items()}
+    if isinstance(outputs, list):
+        return [outputs_to_float(v) for v in outputs]
+    return outputs
+
+
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2), dim=-1)

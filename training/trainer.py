@@ -34,7 +34,7 @@ from .data import build_dataset
 from .data.collate import RVOSCollate
 from .data.transforms import ClipTransform
 from .finetune import init_weights
-from .losses import LossWeights, RVOSCriterion
+from .losses import LossWeights, RVOSCriterion, outputs_to_float
 from .rundir import RunDirectory
 from .sampling import EpochSampler, expression_pairs
 from .schedule import drop_lr, set_cosine_lr
@@ -353,7 +353,7 @@ class Trainer:
         with no_sync():
             with self._autocast():
                 outputs = self.ddp_model(frames, ids, mask)
-            outputs = _to_float(outputs)  # losses in FP32
+            outputs = outputs_to_float(outputs)  # losses in FP32
             losses = self.criterion(outputs, targets)
             self.scaler.scale(losses["loss"] / self.config.accumulate).backward()
         return {k: float(v.detach()) for k, v in losses.items() if k != "matched" and v.dim() == 0}
@@ -369,17 +369,6 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
-
-
-def _to_float(outputs):
-    """``outputs`` with every tensor in float32 (the losses' precision under AMP)."""
-    if torch.is_tensor(outputs):
-        return outputs.float()
-    if isinstance(outputs, dict):
-        return {k: _to_float(v) for k, v in outputs.items()}
-    if isinstance(outputs, list):
-        return [_to_float(v) for v in outputs]
-    return outputs
 
 
 def train(config: TrainConfig) -> Path:

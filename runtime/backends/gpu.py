@@ -11,7 +11,9 @@ Nothing here imports torch; cuda-python and pycuda are imported inside the funct
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,13 @@ class CudaPython:
 
     def set_device(self, device: int) -> None:
         self._call("cudaSetDevice", self._rt.cudaSetDevice(device))
+
+    @contextlib.contextmanager
+    def activate(self, device: int) -> Iterator[None]:
+        """Make ``device`` current on this thread (the runtime API's current device is
+        per-thread, and a new thread starts on device 0)."""
+        self.set_device(device)
+        yield
 
     def device_info(self, device: int) -> tuple[str, tuple[int, int]]:
         prop = self._call("cudaGetDeviceProperties", self._rt.cudaGetDeviceProperties(device))
@@ -122,16 +131,24 @@ class PyCuda:
         self._drv = driver
         self._drv.init()
         self._device = self._drv.Device(device)
-        # The primary context is the CUDA runtime's, which TensorRT uses.
+        # The primary context is the CUDA runtime's, which TensorRT uses. It is pushed for each
+        # piece of work (activate), not once: a context pushed at construction is current only
+        # on the constructing thread, so a backend used from another thread (a server's worker)
+        # ran without one.
         self._context = self._device.retain_primary_context()
-        self._context.push()
         self._allocations: dict[int, Any] = {}
 
     def device_count(self) -> int:
         return int(self._drv.Device.count())
 
-    def set_device(self, device: int) -> None:
-        """The context pushed at construction stays current on this thread."""
+    @contextlib.contextmanager
+    def activate(self, device: int) -> Iterator[None]:
+        """Push the device's primary context on this thread for the block, then pop it."""
+        self._context.push()
+        try:
+            yield
+        finally:
+            self._drv.Context.pop()
 
     def device_info(self, device: int) -> tuple[str, tuple[int, int]]:
         major, minor = self._device.compute_capability()
@@ -167,10 +184,10 @@ class PyCuda:
         self._drv.memcpy_dtoh(array, self._allocations[pointer])
 
     def release(self) -> None:
+        """Free what is left (call with the context active)."""
         for allocation in self._allocations.values():
             allocation.free()
         self._allocations.clear()
-        self._context.pop()
 
 
 def _text(value: Any) -> str:

@@ -7,7 +7,11 @@ so that it does not shadow the ``onnxruntime`` package).
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import logging
+import mmap
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -107,6 +111,88 @@ def tensorrt_ep_options(
             graph,
         )
     return options
+
+
+# -- the TensorRT execution provider's TensorRT ------------------------------------------------
+
+# onnxruntime-gpu's TensorRT provider is a separate library that links one libnvinfer major
+# (libnvinfer.so.10 for onnxruntime 1.18 and later; the TensorRT EP docs' version table) and
+# finds it on the library path when a session is created. Importing ``tensorrt`` proves
+# nothing: it may be TensorRT 11, whose libnvinfer.so.11 the provider cannot use.
+_TRT_EP_LIBRARIES = ("libonnxruntime_providers_tensorrt.so", "onnxruntime_providers_tensorrt.dll")
+_NVINFER_NAME = re.compile(rb"(?:lib)?nvinfer(?:\.so\.|_)(\d+)(?:\.dll)?\x00")
+TRT_EP_DEFAULT_MAJOR = 10  # what the provider needs when its library cannot be read
+
+
+def tensorrt_ep_requirement(ort: Any) -> tuple[Path | None, int]:
+    """The TensorRT provider's library in this onnxruntime and the libnvinfer major version it
+    links (read from the library's dependency names; 10 when the library is not there)."""
+    capi = Path(ort.__file__).parent / "capi"
+    for name in _TRT_EP_LIBRARIES:
+        path = capi / name
+        if path.is_file():
+            with (
+                path.open("rb") as handle,
+                mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data,
+            ):
+                match = _NVINFER_NAME.search(data)
+            return path, int(match.group(1)) if match else TRT_EP_DEFAULT_MAJOR
+    return None, TRT_EP_DEFAULT_MAJOR
+
+
+def tensorrt_version_from_int(value: int) -> tuple[int, int, int]:
+    """``getInferLibVersion()`` as (major, minor, patch): major*10000 + minor*100 + patch from
+    TensorRT 10 on, major*1000 + minor*100 + patch before."""
+    if value >= 10000:
+        return value // 10000, (value // 100) % 100, value % 100
+    return value // 1000, (value // 100) % 10, value % 100
+
+
+def nvinfer_library_names(major: int) -> list[str]:
+    """Where libnvinfer of a major version is looked for: the library path (as the provider
+    looks), then the ``tensorrt_libs`` wheel's folder (pip's tensorrt-cuXX-libs)."""
+    names = [f"libnvinfer.so.{major}"]
+    spec = importlib.util.find_spec("tensorrt_libs")
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            names.append(str(Path(folder) / f"libnvinfer.so.{major}"))
+    return names
+
+
+def load_nvinfer(major: int) -> tuple[int, int, int] | str:
+    """Load libnvinfer of ``major`` and return its version, or the reason it did not load.
+
+    Loaded by full path from the tensorrt_libs wheel, the library is then found by its soname
+    too, so the provider's own load later in this process succeeds.
+    """
+    errors = []
+    for name in nvinfer_library_names(major):
+        try:
+            library = ctypes.CDLL(name)
+        except OSError as error:
+            errors.append(str(error))
+            continue
+        library.getInferLibVersion.restype = ctypes.c_int32
+        return tensorrt_version_from_int(int(library.getInferLibVersion()))
+    return "; ".join(errors)
+
+
+def tensorrt_ep_status(ort: Any) -> str | None:
+    """None when the TensorRT provider's TensorRT is loadable and of the major version it
+    needs; else the reason, naming the library and the version."""
+    path, major = tensorrt_ep_requirement(ort)
+    where = path.name if path is not None else "onnxruntime's TensorRT provider"
+    version = load_nvinfer(major)
+    if isinstance(version, str):
+        return (
+            f"{where} needs libnvinfer.so.{major} (TensorRT {major}), which could not be "
+            f"loaded ({version}); install TensorRT {major}'s libraries, e.g. "
+            f'pip install "tensorrt-cu12-libs>={major},<{major + 1}"'
+        )
+    if version[0] != major:
+        found = ".".join(map(str, version))
+        return f"{where} needs TensorRT {major}; libnvinfer.so.{major} reports {found}"
+    return None
 
 
 class OnnxRuntimeBackend(BaseBackend):

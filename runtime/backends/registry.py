@@ -10,9 +10,7 @@ model's video graph (issue 21).
 
 from __future__ import annotations
 
-import ctypes.util
 import importlib
-import importlib.util
 import inspect
 import logging
 from pathlib import Path
@@ -22,12 +20,13 @@ from runtime.backends.base import (
     AVAILABLE,
     Backend,
     BackendUnavailable,
+    CudaError,
     EngineMismatchError,
     as_manifest,
 )
 from runtime.backends.gpu import gpu_status, import_cudart
 from runtime.backends.openvino import OPENVINO_PRECISIONS, OpenVINOBackend, openvino_status
-from runtime.backends.ort import OnnxRuntimeBackend, import_onnxruntime
+from runtime.backends.ort import OnnxRuntimeBackend, import_onnxruntime, tensorrt_ep_status
 from runtime.backends.trt import TensorRTBackend, import_tensorrt
 from runtime.manifest import BundleError, Manifest
 from runtime.precisions import PRECISIONS, RUNTIME_PRECISIONS, precision_name
@@ -66,20 +65,12 @@ def _ort_provider_status(provider: str) -> str:
         )
     if provider == "CPUExecutionProvider":
         return AVAILABLE
-    if provider == "TensorrtExecutionProvider" and not _tensorrt_libraries_present():
-        return (
-            "TensorrtExecutionProvider needs the TensorRT libraries (libnvinfer), which were "
-            "not found; pip install tensorrt"
-        )
+    if provider == "TensorrtExecutionProvider":
+        problem = tensorrt_ep_status(ort)
+        if problem is not None:
+            return problem
     # onnxruntime-gpu lists its providers whether or not a GPU is present.
     return gpu_status()
-
-
-def _tensorrt_libraries_present() -> bool:
-    """Whether libnvinfer, which the TensorRT EP loads, is there (tensorrt wheels or system)."""
-    if any(importlib.util.find_spec(name) for name in ("tensorrt_libs", "tensorrt")):
-        return True
-    return ctypes.util.find_library("nvinfer") is not None
 
 
 def available_backends() -> dict[str, str]:
@@ -105,8 +96,32 @@ def _has_engine(manifest: Manifest, precision: str, graph: str) -> bool:
     return True
 
 
+# The same option under each backend's name: TensorRTBackend takes ``device``, onnxruntime
+# ``device_id`` (its provider option's name). Without this, "auto" dropped the GPU choice of
+# whichever backend it chose, and GPU 1 silently ran on GPU 0.
+OPTION_ALIASES = {"device": "device_id", "device_id": "device"}
+
+
+def backend_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with each aliased option under the name ``cls`` takes (``device`` <->
+    ``device_id``); ValueError when both names are given with different values."""
+    parameters = inspect.signature(cls.__init__).parameters
+    renamed = dict(options)
+    for name, alias in OPTION_ALIASES.items():
+        if name in renamed and name not in parameters and alias in parameters:
+            value = renamed.pop(name)
+            if alias in renamed and renamed[alias] != value:
+                raise ValueError(
+                    f"options {name}={value!r} and {alias}={renamed[alias]!r} name the same "
+                    "thing (the CUDA device) with different values"
+                )
+            renamed[alias] = value
+    return renamed
+
+
 def _accepted(cls: type, options: dict[str, Any]) -> dict[str, Any]:
     parameters = inspect.signature(cls.__init__).parameters
+    options = backend_options(cls, options)
     kept = {k: v for k, v in options.items() if k in parameters}
     dropped = sorted(set(options) - set(kept))
     if dropped:
@@ -146,15 +161,12 @@ def load_backend(
     manifest = as_manifest(manifest)
     precision = precision_name(precision, PRECISIONS + RUNTIME_PRECISIONS)
     choice = backend.lower()
-    if choice in ("onnxruntime", "ort"):
-        logger.info("%s %s: onnxruntime (asked for by name)", graph, precision)
-        return OnnxRuntimeBackend(manifest, graph, precision, **options)
-    if choice == "tensorrt":
-        logger.info("%s %s: TensorRT (asked for by name)", graph, precision)
-        return TensorRTBackend(manifest, graph, precision, **options)
-    if choice in ("openvino", "ov"):
-        logger.info("%s %s: OpenVINO (asked for by name)", graph, precision)
-        return OpenVINOBackend(manifest, graph, precision, **options)
+    named = {"onnxruntime": OnnxRuntimeBackend, "ort": OnnxRuntimeBackend,
+             "tensorrt": TensorRTBackend, "openvino": OpenVINOBackend, "ov": OpenVINOBackend}
+    if choice in named:
+        cls = named[choice]
+        logger.info("%s %s: %s (asked for by name)", graph, precision, cls.__name__)
+        return cls(manifest, graph, precision, **backend_options(cls, options))
     if choice != "auto":
         raise ValueError(
             f"backend {backend!r} is not one of 'auto', 'onnxruntime', 'ort', 'tensorrt', "
@@ -163,29 +175,10 @@ def load_backend(
     if precision in RUNTIME_PRECISIONS:
         return _auto_runtime_precision(manifest, graph, precision, options)
 
-    reasons = []
-    trt_status = _tensorrt_status()
-    if trt_status != AVAILABLE:
-        reasons.append(f"TensorRT: {trt_status}")
-    elif not _has_engine(manifest, precision, graph):
-        reasons.append(f"TensorRT: the bundle has no {precision} engine for {graph}")
-    else:
-        try:
-            chosen = TensorRTBackend(
-                manifest, graph, precision, **_accepted(TensorRTBackend, options)
-            )
-        except EngineMismatchError as error:
-            logger.warning("auto: not using the TensorRT engine: %s", error)
-            reasons.append("TensorRT: the engine was built for another TensorRT or GPU")
-        except BackendUnavailable as error:
-            reasons.append(f"TensorRT: {error}")
-        else:
-            logger.info(
-                "%s %s: auto chose TensorRT (tensorrt, a CUDA GPU and a matching engine)",
-                graph,
-                precision,
-            )
-            return chosen
+    reasons: list[str] = []
+    chosen = _auto_tensorrt(manifest, graph, precision, options, reasons)
+    if chosen is not None:
+        return chosen
 
     ort_options = _accepted(OnnxRuntimeBackend, options)
     if ort_options.get("providers") is not None:
@@ -209,6 +202,36 @@ def load_backend(
         return chosen
     logger.info("%s %s: auto chose onnxruntime CPU (%s)", graph, precision, "; ".join(reasons))
     return OnnxRuntimeBackend(manifest, graph, precision, **ort_options)
+
+
+# What makes "auto" pass over native TensorRT to the next backend, with the reason logged: the
+# bundle's side (no engine, its plan file missing, an engine for another TensorRT or GPU, a
+# plan that does not deserialize, engine I/O that differs from the manifest: BundleError and
+# its EngineMismatchError), the machine's (no execution context, a missing library:
+# BackendUnavailable) and CUDA's (cudaSetDevice or cudaMalloc failing: CudaError).
+TENSORRT_FALLBACK_ERRORS = (BundleError, BackendUnavailable, CudaError)
+
+
+def _auto_tensorrt(
+    manifest: Manifest, graph: str, precision: str, options: dict[str, Any], reasons: list[str]
+) -> Backend | None:
+    """Native TensorRT for "auto", or None with the reason appended to ``reasons``."""
+    if not _has_engine(manifest, precision, graph):
+        reasons.append(f"TensorRT: the bundle has no {precision} engine for {graph}")
+        return None
+    # No separate probe first: the constructor checks the plan file, then imports tensorrt,
+    # then CUDA, and each failure is a reason to fall back (TENSORRT_FALLBACK_ERRORS).
+    try:
+        chosen = TensorRTBackend(manifest, graph, precision, **_accepted(TensorRTBackend, options))
+    except TENSORRT_FALLBACK_ERRORS as error:
+        logger.warning("auto: not using the TensorRT %s engine for %s: %s", precision, graph, error)
+        kind = "engine mismatch" if isinstance(error, EngineMismatchError) else type(error).__name__
+        reasons.append(f"TensorRT ({kind}): {error}")
+        return None
+    logger.info(
+        "%s %s: auto chose TensorRT (tensorrt, a CUDA GPU and a matching engine)", graph, precision
+    )
+    return chosen
 
 
 def _auto_openvino(

@@ -37,7 +37,10 @@ from runtime.manifest import BundleError, Manifest
 logger = logging.getLogger(__name__)
 
 MIN_TENSORRT_MAJOR = 10  # name-based I/O (set_input_shape, set_tensor_address, execute_async_v3)
-INSTALL_HINT = 'pip install tensorrt (in this repository: pip install -e ".[tensorrt]")'
+INSTALL_HINT = (
+    'pip install tensorrt-cu12 (in this repository: pip install -e ".[tensorrt]", or '
+    '".[tensorrt-cu13]" with a CUDA 13 driver)'
+)
 
 
 def major_version(version: str) -> int:
@@ -103,6 +106,13 @@ def tensorrt_logger(trt: Any = None, verbose: bool | None = None) -> Any:
                 trt_log.log(levels.get(level, logging.INFO), "%s", msg)
 
         _TRT_LOGGER = _Logger()
+        # The plugins shipped in libnvinfer_plugin (the ONNX parser maps some operators to
+        # them, and an engine that uses one cannot be deserialized without them) register only
+        # when asked, once per process, before the parser or deserialize_cuda_engine runs.
+        # Builder and runtime both get their logger here, so both are covered.
+        if not trt.init_libnvinfer_plugins(_TRT_LOGGER, ""):
+            logger.warning("TensorRT's init_libnvinfer_plugins failed: engines that use "
+                           "TensorRT's own plugins will not build or load")
     return _TRT_LOGGER
 
 
@@ -218,9 +228,13 @@ class TensorRTBackend(BaseBackend):
         allow_other_gpu: accept an engine built on another GPU of the same compute capability.
 
     Raises:
-        BackendUnavailable: tensorrt, cuda-python/pycuda or a GPU is missing.
-        BundleError: no engine for this precision and graph, or its I/O differs from the
-            manifest; EngineMismatchError when it was built for another TensorRT or GPU.
+        BackendUnavailable: tensorrt, cuda-python/pycuda or a GPU is missing, or TensorRT
+            cannot create an execution context (GPU memory).
+        BundleError: no engine for this precision and graph, its plan file missing or not
+            deserializable, or its I/O differs from the manifest; EngineMismatchError when it
+            was built for another TensorRT or GPU. All checked before TensorRT is imported
+            where they can be (the entry, the file).
+        CudaError: a CUDA runtime call failed (cudaSetDevice, cudaMalloc, ...).
     """
 
     runtime = "tensorrt"  # the key of its measured memory (runtime.budget.memory_key)
@@ -234,12 +248,21 @@ class TensorRTBackend(BaseBackend):
         cuda_graph: bool = False,
         allow_other_gpu: bool = False,
     ) -> None:
+        self._allow_other_gpu = allow_other_gpu
         self._closed = True  # close() is a no-op until everything below exists
-        trt = import_tensorrt()
+        # The bundle first (cheap, and what "auto" falls back on): the engine entry and its
+        # file, before TensorRT, CUDA or the GPU are touched.
         super().__init__(manifest, graph, precision)
         self.device = device
         entry = self.manifest.engine(self.precision, graph)
         plan = self.manifest.path(entry["file"])  # inside the bundle, listed, hash-checked
+        if not plan.is_file():
+            raise BundleError(
+                f"engine {plan} ({graph} {self.precision}) is listed in the manifest but "
+                f"missing; rebuild it with {BUILD_ENGINE} --bundle {self.manifest.root} "
+                f"--precision {self.precision}"
+            )
+        trt = import_tensorrt()
 
         self._cuda = load_cuda_api(device)
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (pointer, capacity in bytes)
@@ -251,37 +274,13 @@ class TensorRTBackend(BaseBackend):
         self._input_shapes: dict[str, tuple[int, ...]] = {}
         self._closed = False
         try:
-            gpu_name, capability = self._cuda.device_info(device)
-            check_engine_entry(
-                entry,
-                graph,
-                self.precision,
-                self.manifest.root,
-                trt.__version__,
-                gpu_name,
-                capability,
-                allow_other_gpu,
-            )
-            if not plan.is_file():
-                raise BundleError(f"engine {plan} listed in the manifest is missing")
-            serialized = self.manifest.read_verified(entry["file"])  # the bytes deserialized
-            self._logger = tensorrt_logger()
-            self._runtime = trt.Runtime(self._logger)
-            self._engine = self._runtime.deserialize_cuda_engine(serialized)
-            if self._engine is None:
-                raise BundleError(
-                    f"TensorRT {trt.__version__} could not deserialize {plan} (see the "
-                    f"tensorrt log above); rebuild with {BUILD_ENGINE} --bundle "
-                    f"{self.manifest.root} --precision {self.precision}"
-                )
-            self._context = self._engine.create_execution_context()
-            if self._context is None:
-                raise RuntimeError(f"TensorRT could not create an execution context for {plan}")
-            self._dtypes = self._check_engine_io(trt, plan)
-            self._stream = self._cuda.stream_create()
-            self._stream_handle = self._cuda.stream_handle(self._stream)
+            with self._cuda.activate(device):
+                gpu_name, capability = self._load(trt, entry, plan)
         except BaseException:
-            self.close()
+            # The cause (a CUDA error in cudaSetDevice, say) is what the caller must see, not
+            # a second error from releasing on the same device.
+            with contextlib.suppress(Exception):
+                self.close()
             raise
 
         self.cuda_graph = bool(cuda_graph)
@@ -300,6 +299,43 @@ class TensorRTBackend(BaseBackend):
             self._cuda.library,
             ", CUDA graphs" if self.cuda_graph else "",
         )
+
+    def _load(self, trt: Any, entry: Mapping[str, Any], plan: Path) -> tuple[str, tuple[int, int]]:
+        """Check the engine entry against this GPU, deserialize the plan, create the execution
+        context and the stream (on ``self.device``, made current by the caller)."""
+        gpu_name, capability = self._cuda.device_info(self.device)
+        check_engine_entry(
+            entry,
+            self.graph,
+            self.precision,
+            self.manifest.root,
+            trt.__version__,
+            gpu_name,
+            capability,
+            self._allow_other_gpu,
+        )
+        serialized = self.manifest.read_verified(entry["file"])  # the bytes deserialized
+        self._logger = tensorrt_logger()  # also registers TensorRT's plugins, before deserializing
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(serialized)
+        if self._engine is None:
+            raise BundleError(
+                f"TensorRT {trt.__version__} could not deserialize {plan} (see the "
+                f"tensorrt log above); rebuild with {BUILD_ENGINE} --bundle "
+                f"{self.manifest.root} --precision {self.precision}"
+            )
+        self._context = self._engine.create_execution_context()
+        if self._context is None:
+            # TensorRT returns None (and logs why) when it cannot allocate the context's
+            # activation memory: a machine condition, not a bundle fault.
+            raise BackendUnavailable(
+                f"TensorRT could not create an execution context for {plan} on CUDA device "
+                f"{self.device} (out of GPU memory? see the tensorrt log above)"
+            )
+        self._dtypes = self._check_engine_io(trt, plan)
+        self._stream = self._cuda.stream_create()
+        self._stream_handle = self._cuda.stream_handle(self._stream)
+        return gpu_name, capability
 
     def _check_engine_io(self, trt: Any, plan: Path) -> dict[str, np.dtype]:
         engine = self._engine
@@ -329,7 +365,12 @@ class TensorRTBackend(BaseBackend):
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Copy the (checked) feeds to the GPU, run the engine and copy the outputs back into
         new host arrays."""
-        self._cuda.set_device(self.device)
+        # The device (cuda-python) or context (pycuda) is made current on the calling thread
+        # for each call: a predictor may be created on one thread and run on another.
+        with self._cuda.activate(self.device):
+            return self._run(feeds)
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         context = self._context
 
         host_inputs: dict[str, np.ndarray] = {}
@@ -426,23 +467,25 @@ class TensorRTBackend(BaseBackend):
             self._cuda.graph_destroy(graph, graph_exec)
 
     def _release(self) -> None:
-        """Free the CUDA graph, device buffers and stream, then the context and engine."""
-        try:
-            if self._stream is not None:
-                self._cuda.synchronize(self._stream)
-            self._destroy_graph()
-            for pointer, _ in self._buffers.values():
-                self._cuda.free(pointer)
-            self._buffers.clear()
-            if self._stream is not None:
-                self._cuda.stream_destroy(self._stream)
-                self._stream = None
-        finally:
-            # The context before the engine, the engine before the runtime.
-            for attribute in ("_context", "_engine", "_runtime"):
-                if hasattr(self, attribute):
-                    setattr(self, attribute, None)
-            self._cuda.release()
+        """Free the CUDA graph, device buffers and stream, then the context and engine, with
+        the backend's device current on this thread."""
+        with self._cuda.activate(self.device):
+            try:
+                if self._stream is not None:
+                    self._cuda.synchronize(self._stream)
+                self._destroy_graph()
+                for pointer, _ in self._buffers.values():
+                    self._cuda.free(pointer)
+                self._buffers.clear()
+                if self._stream is not None:
+                    self._cuda.stream_destroy(self._stream)
+                    self._stream = None
+            finally:
+                # The context before the engine, the engine before the runtime.
+                for attribute in ("_context", "_engine", "_runtime"):
+                    if hasattr(self, attribute):
+                        setattr(self, attribute, None)
+                self._cuda.release()
 
     def __del__(self) -> None:
         # At interpreter shutdown CUDA may already be torn down.

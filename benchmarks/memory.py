@@ -160,7 +160,7 @@ def format_markdown(results: dict) -> str:
             "RSS (VmHWM) of loading the backend and its calls; the last call's seconds."
         ),
         "",
-        "| backend | graph | T | E | peak RSS GiB | after load GiB | 2nd call s | note |",
+        "| backend | graph | T | E | peak RSS GiB | after load GiB | last call s | note |",
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for p in results["points"]:

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from benchmarks.isolate import ChildDied, run_in_child
 from benchmarks.long_video import segment_child, write_synthetic_mp4
-from benchmarks.machine import machine_info, package_versions
+from benchmarks.machine import cpu_line, machine_info, package_versions
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
 
@@ -111,12 +111,11 @@ def run_row(args: argparse.Namespace, video: Path, work: Path, name: str, expres
 
 def format_markdown(results: dict) -> str:
     machine = results["machine"]
-    flags = ", ".join(f for f, on in machine["cpu_flags"].items() if on and f != "fma") or "none"
     setting = results["setting"]
     lines = [
         f"# Memory budget — {results['bundle']}",
         "",
-        (f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}); {setting['threads']} "
+        (f"{cpu_line(machine)}; {setting['threads']} "
          f"threads. `python -m runtime segment` on a {setting['frames']}-frame synthetic mp4 at "
          f"the bundle's size, window {setting['frames']}, each run in a process of its own: "
          "peak RSS (loading included) and the segment's own time (not loading)."),

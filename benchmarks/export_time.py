@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.isolate import max_rss_mb
-from benchmarks.machine import machine_info, package_versions
+from benchmarks.machine import cpu_line, machine_info, package_versions
 from benchmarks.report import fmt, save_results
 from proxyformer.summary import parse_size
 
@@ -45,7 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def format_markdown(results: dict) -> str:
     """The stage table of one export."""
     machine, setting = results["machine"], results["setting"]
-    flags = ", ".join(f for f, on in machine["cpu_flags"].items() if on and f != "fma") or "none"
     total = results["seconds"]["total"]
     lines = [
         (
@@ -54,7 +53,7 @@ def format_markdown(results: dict) -> str:
         ),
         "",
         (
-            f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}). Peak RSS "
+            f"{cpu_line(machine)}. Peak RSS "
             f"{fmt(results['peak_rss_mb'] / 1024)} GB. Total {total:.0f} s ({total / 60:.1f} min)."
         ),
         "",

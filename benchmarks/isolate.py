@@ -141,42 +141,25 @@ POINT_TEXTS = ("the red circle moving left", "the big blue square", "the small g
                "the smallest object", "the object moving up")  # fmt: skip
 
 
-def predictor_point_child(connection: Any, bundle: str, runtime: str, precision: str, mode: str,
-                          frames: int, expressions: int, options: dict) -> None:  # fmt: skip
-    """One memory point as the runtime makes it, in this (spawned) process: an
-    ``RVOSPredictor`` of the row's backend segments ``frames`` random frames at the bundle's
-    size for ``expressions`` expressions in one window with ``mode``'s graphs ("video", or
-    "split": every expression in one ``video_decoder`` call), twice on OpenVINO (which
-    compiles for the shape in the first call); sends the peak RSS, the RSS once the graphs
-    were loaded and the last call's seconds. No torch here:
-    what a budget measures is the runtime's process."""
+def point_body(connection: Any, load: Any) -> None:
+    """The body of a memory point's child: ``load()`` returns ``(call, warm)``, or the reason
+    the point is skipped (a string); ``call`` runs once more first when ``warm`` (OpenVINO
+    compiles for the shape in its first call). Sends the peak RSS, the RSS once loaded and the
+    last call's seconds, or how the point failed."""
     import time
-
-    import numpy as np
-
-    from runtime.backends import BackendUnavailable
-    from runtime.budget import Plan
-    from runtime.manifest import BundleError
-    from runtime.predictor import RVOSPredictor
 
     try:
         before = max_rss_mb()
-        try:
-            predictor = RVOSPredictor(bundle, backend=runtime, precision=precision,
-                                      memory_budget=None, **options)  # fmt: skip
-            plan = Plan(mode, frames, expressions, 0, 0)
-            predictor.prepare(plan)
-        except (BackendUnavailable, BundleError) as reason:
-            connection.send({"status": "skipped", "reason": str(reason)})
+        loaded_call = load()
+        if isinstance(loaded_call, str):
+            connection.send({"status": "skipped", "reason": loaded_call})
             return
+        call, warm = loaded_call
         loaded = max_rss_mb()
-        height, width = predictor.size
-        clip = np.random.default_rng(0).integers(0, 256, (frames, height, width, 3), np.uint8)
-        texts = [POINT_TEXTS[i % len(POINT_TEXTS)] for i in range(expressions)]
-        if runtime == "openvino":  # OpenVINO compiles for the shape in its first call
-            predictor.segment(clip, texts, window=frames, plan=plan)
+        if warm:
+            call()
         started = time.perf_counter()
-        predictor.segment(clip, texts, window=frames, plan=plan)
+        call()
         seconds = time.perf_counter() - started
         connection.send({"status": "measured", "peak_rss_mb": max_rss_mb(),
                          "rss_loaded_mb": loaded, "rss_before_mb": before, "seconds": seconds})  # fmt: skip
@@ -184,6 +167,41 @@ def predictor_point_child(connection: Any, bundle: str, runtime: str, precision:
         connection.send({"status": "failed", "reason": f"{type(error).__name__}: {error}"})
     finally:
         connection.close()
+
+
+def predictor_point_child(connection: Any, bundle: str, runtime: str, precision: str, mode: str,
+                          frames: int, expressions: int, options: dict) -> None:  # fmt: skip
+    """One memory point as the runtime makes it, in this (spawned) process: an
+    ``RVOSPredictor`` of the row's backend segments ``frames`` random frames at the bundle's
+    size for ``expressions`` expressions in one window with ``mode``'s graphs ("video", or
+    "split": every expression in one ``video_decoder`` call), twice on OpenVINO
+    (``point_body``). No torch here: what a budget measures is the runtime's process."""
+
+    def load():
+        import numpy as np
+
+        from runtime.backends import BackendUnavailable
+        from runtime.budget import Plan
+        from runtime.manifest import BundleError
+        from runtime.predictor import RVOSPredictor
+
+        try:
+            predictor = RVOSPredictor(bundle, backend=runtime, precision=precision,
+                                      memory_budget=None, **options)  # fmt: skip
+            plan = Plan(mode, frames, expressions, 0, 0)
+            predictor.prepare(plan)
+        except (BackendUnavailable, BundleError) as reason:
+            return str(reason)
+        height, width = predictor.size
+        clip = np.random.default_rng(0).integers(0, 256, (frames, height, width, 3), np.uint8)
+        texts = [POINT_TEXTS[i % len(POINT_TEXTS)] for i in range(expressions)]
+
+        def call():
+            predictor.segment(clip, texts, window=frames, plan=plan)
+
+        return call, runtime == "openvino"
+
+    point_body(connection, load)
 
 
 class ChildDied(RuntimeError):

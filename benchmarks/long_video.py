@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.isolate import ChildDied, max_rss_mb, run_in_child
-from benchmarks.machine import machine_info, package_versions
+from benchmarks.machine import cpu_line, machine_info, package_versions
 from benchmarks.report import save_results
 
 log = logging.getLogger(__name__)
@@ -177,9 +177,8 @@ def ratio_longest_shortest(rows: list[dict]) -> float | None:
 
 def format_markdown(results: dict) -> str:
     machine = results["machine"]
-    flags = ", ".join(f for f, on in machine["cpu_flags"].items() if on and f != "fma") or "none"
     lines = [f"# Long videos — {results['bundle']}", "",
-             f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}).", ""]  # fmt: skip
+             f"{cpu_line(machine)}.", ""]  # fmt: skip
     memory = results["memory"]
     if memory:
         size = results["setting"]["memory_size"]

@@ -121,3 +121,9 @@ def is_busy(load: float | None) -> bool:
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages that decide the timings."""
     return installed_versions(TIMED_PACKAGES)
+
+
+def cpu_line(machine: dict) -> str:
+    """"CPU <model> (<cores> cores; <ISA flags>)" of ``machine_info``, for a report's header."""
+    flags = ", ".join(f for f, on in machine["cpu_flags"].items() if on and f != "fma") or "none"
+    return f"CPU {machine['cpu']} ({machine['cores']} cores; {flags})"

@@ -34,13 +34,12 @@ import argparse
 import logging
 import shlex
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from benchmarks.isolate import ChildDied, max_rss_mb, predictor_point_child, run_in_child
-from benchmarks.machine import machine_info, package_versions
+from benchmarks.isolate import ChildDied, point_body, predictor_point_child, run_in_child
+from benchmarks.machine import cpu_line, machine_info, package_versions
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
 
@@ -80,8 +79,9 @@ def check_points(manifest: Any, frames: list[int], expressions: list[int]) -> No
 
 def _point_child(connection: Any, bundle: str, name: str, frames: int, expressions: int,
                  text_length: int, threads: int) -> None:  # fmt: skip
-    """One call of a PyTorch row in this (spawned) process; sends its memory and time."""
-    try:
+    """One call of a PyTorch row in this (spawned) process, twice (``point_body``)."""
+
+    def load():
         import torch
 
         from benchmarks.runners import SkipBackend, open_runner
@@ -91,26 +91,14 @@ def _point_child(connection: Any, bundle: str, name: str, frames: int, expressio
         torch.set_num_threads(threads)
         manifest = Manifest.load(bundle)
         feeds = make_feeds(manifest, frames, expressions, text_length)
-        before = max_rss_mb()
-        model = None
-        if BACKENDS[name].runtime == "torch":
-            model = load_baseline_model(manifest, "cpu")
+        model = load_baseline_model(manifest, "cpu")
         try:
             runner, _ = open_runner(name, manifest, model, "cpu", threads)
         except SkipBackend as reason:
-            connection.send({"status": "skipped", "reason": str(reason)})
-            return
-        loaded = max_rss_mb()
-        runner(feeds)  # the first call: OpenVINO compiles for the shape here
-        started = time.perf_counter()
-        runner(feeds)
-        seconds = time.perf_counter() - started
-        connection.send({"status": "measured", "peak_rss_mb": max_rss_mb(),
-                         "rss_loaded_mb": loaded, "rss_before_mb": before, "seconds": seconds})  # fmt: skip
-    except BaseException as error:  # noqa: BLE001 - whatever stops the point is its reason
-        connection.send({"status": "failed", "reason": f"{type(error).__name__}: {error}"})
-    finally:
-        connection.close()
+            return str(reason)
+        return (lambda: runner(feeds)), True
+
+    point_body(connection, load)
 
 
 def sweep(args: argparse.Namespace, backends: list[str], text_length: int) -> list[dict]:
@@ -149,13 +137,12 @@ def sweep(args: argparse.Namespace, backends: list[str], text_length: int) -> li
 
 def format_markdown(results: dict) -> str:
     machine = results["machine"]
-    flags = ", ".join(f for f, on in machine["cpu_flags"].items() if on and f != "fma") or "none"
     setting = results["setting"]
     lines = [
         f"# Peak memory per call — {results['bundle']}",
         "",
         (
-            f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}); {setting['threads']} "
+            f"{cpu_line(machine)}; {setting['threads']} "
             f"threads, L = {setting['text_length']}. Each point in a process of its own: peak "
             "RSS (VmHWM) of loading the backend and its calls; the last call's seconds."
         ),

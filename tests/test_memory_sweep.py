@@ -26,7 +26,7 @@ def test_memory_sweep_measures_every_point(tiny_bundle, tmp_path, capsys):
         assert point["peak_rss_mb"] >= point["rss_loaded_mb"] >= point["rss_before_mb"] > 0
     # A call over 12 frame-expressions needs at least the memory of one over 2.
     assert points[(6, 4)]["peak_rss_mb"] >= points[(2, 1)]["peak_rss_mb"] * 0.95
-    assert "| ort | 6 | 4 |" in capsys.readouterr().out
+    assert "| ort | video | 6 | 4 |" in capsys.readouterr().out
     if (tmp_path / "memory-t.png").exists():
         assert (tmp_path / "memory-t.png").stat().st_size > 0
 

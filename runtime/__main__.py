@@ -115,8 +115,9 @@ def run_segment(args: argparse.Namespace) -> dict:
     """Segment one video window by window: each window's masks and overlay frames are written
     as it completes (into the staging area of ``RunOutput``), the result JSON last."""
     from .budget import parse_memory
+    from .expressions import check_expressions
     from .outputs import RunOutput, default_name
-    from .predictor import RVOSPredictor, check_expressions
+    from .predictor import RVOSPredictor
     from .stream import check_fraction, check_overlap
     from .video import open_video
     from .writers import OverlayWriter, WriteError, check_fps, write_masks
@@ -229,8 +230,8 @@ def progress(results, frames: int | None, window: int, overlap: int):
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    from .expressions import shorten
     from .manifest import BundleError, Manifest
-    from .predictor import shorten
     from .video import VideoError
 
     try:

@@ -36,6 +36,7 @@ import numpy as np
 from .backends import load_backend
 from .budget import Plan, memory_models, parse_memory, plan_calls
 from .budget import default_budget as default_memory_budget
+from .expressions import check_expressions, shorten
 from .manifest import Manifest
 from .precisions import RUNTIME_PRECISIONS, RUNTIME_VARIANT
 from .selection import chosen_tracks, select_queries
@@ -43,47 +44,6 @@ from .stream import TrackLinker, check_overlap, iter_windows, merge_shared
 from .video import VideoStream, open_video, resize_frames
 
 log = logging.getLogger(__name__)
-
-# How much of an expression a message shows: a 10,000-character text is not a log line.
-SHOWN_CHARACTERS = 60
-
-
-def shorten(text: str, limit: int = SHOWN_CHARACTERS) -> str:
-    """``text`` quoted, cut to its first ``limit`` characters with its length when longer."""
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
-
-
-def check_expressions(expressions: list[str] | str) -> list[str]:
-    """The expressions as a list, each a non-empty string that encodes as UTF-8.
-
-    Python strings can hold lone surrogates ("\\ud800", or undecodable bytes of a command
-    line under ``surrogateescape``) that no tokenizer can encode; they are refused here with
-    the expression's index rather than failing inside the tokenizer.
-
-    Raises:
-        ValueError: naming the index of the first bad expression.
-    """
-    if isinstance(expressions, str):
-        expressions = [expressions]
-    expressions = list(expressions)
-    if not expressions:
-        raise ValueError("no expressions given")
-    for index, text in enumerate(expressions):
-        if not isinstance(text, str):
-            raise TypeError(f"expression {index} must be a string, got {type(text).__name__}")
-        if not text.strip():
-            raise ValueError(f"expression {index} is empty: {text!r}")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as error:
-            raise ValueError(
-                f"expression {index} cannot be encoded as UTF-8 ({error.reason}: "
-                f"{text[error.start]!r} at character {error.start}): {shorten(text)}"
-            ) from None
-    return expressions
-
 
 @dataclass
 class TextEmbedding:
@@ -222,6 +182,11 @@ class RVOSPredictor:
         self.max_frames = profiles["T"]["max"]
         self.max_expressions = profiles["E"]["max"]
         self.max_text_length = profiles["L"]["max"]
+        if self._video is None:
+            if memory_budget is None or not self._memory_models():
+                self.prepare(None)  # no plan to wait for: a bad variant fails here, not later
+            else:  # the plan picks the graphs; the variant must be there either way
+                self.manifest.variant("video", RUNTIME_VARIANT.get(precision, precision))
 
     # -- memory --------------------------------------------------------------------------
 

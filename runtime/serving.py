@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .predictor import RVOSPredictor, Segmentation, TextEmbedding, check_expressions
+from .expressions import check_expressions
+from .predictor import RVOSPredictor, Segmentation, TextEmbedding
 
 FRAME_DTYPE = "uint8"
 

@@ -147,6 +147,16 @@ def part_tests(args: argparse.Namespace, deadline: float) -> dict:
     result = {"command": " ".join(command[1:]), "returncode": run.returncode,
               "summary": summary, "counts": counts, "skip_reasons": reasons,
               "collection_errors": errors}  # fmt: skip
+    if run.returncode not in (0, 1, 5) and not counts:
+        # pytest stopped before running anything: tests/conftest.py imports a package this
+        # machine lacks (torch, numpy), or a usage error. Its message is in the output.
+        tail = "\n".join((run.stdout + run.stderr).splitlines()[-20:])
+        why = next((line.strip() for line in reversed(tail.splitlines()) if "Error" in line),
+                   f"exit code {run.returncode}")  # fmt: skip
+        result["tail"] = tail
+        if "ModuleNotFoundError" in tail or "ImportError" in tail:
+            raise Skip(f"pytest could not start here: {why}", result)
+        raise PartFailed(f"pytest could not start (exit code {run.returncode}): {why}", result)
     ran = counts.get("passed", 0) + counts.get("failed", 0)
     if not ran and not errors and (run.returncode in (0, 5) or missing):
         raise Skip(f"every gpu test skipped ({summary}): " + "; ".join(reasons), result)

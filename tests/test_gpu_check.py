@@ -5,6 +5,7 @@ a small model (the same functions, host clock), and its report renders their fig
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -176,3 +177,19 @@ def test_bundle_rows_on_the_cpu(tiny_bundle, tmp_path):
         runner.close()
         assert row["vs_onnxruntime_fp32"]["passed"], (precision, row)
         assert 0 < row["p50_ms"] <= row["p90_ms"]
+
+
+def test_a_pytest_that_cannot_start_is_a_skip_with_its_reason(tmp_path):
+    """On a machine without torch, tests/conftest.py cannot import and pytest exits before
+    collecting (exit code 4): the tests part says so instead of reporting an empty run."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    run = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--parts", "tests",
+                          "--out", str(tmp_path / "out")], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    tests = json.loads((tmp_path / "out" / "gpu-check.json").read_text())["parts"]["tests"]
+    assert tests["status"] == "skipped", tests
+    assert "pytest could not start here" in tests["reason"] and "torch" in tests["reason"]

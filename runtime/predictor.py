@@ -131,9 +131,9 @@ class RVOSPredictor:
             backend and no budget otherwise; None turns it off. See ``plan``.
         backend_options: passed to the backends (threads, providers, ...).
 
-    Raises:
-        MemoryBudgetError: a budget was given and the bundle has no memory measurements for
-            the backend (``benchmarks/memory.py --record``).
+    ``plan`` (and so ``stream`` and ``segment``, before any frame is read) raises
+    ``MemoryBudgetError`` for a budget given where the bundle has no memory measurements for
+    the backend (``benchmarks/memory.py --record``), or one no call fits.
     """
 
     def __init__(

@@ -37,18 +37,12 @@ from torch import nn
 
 from proxyformer.model import ProxyFormer
 from runtime.manifest import FRAME_FORMATS, TensorSpec
+from runtime.manifest_schema import LEVELS
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
 TEXT_OUTPUTS = ("text_features",)
 VIDEO_INPUTS = ("frames", "text_features", "attention_mask")
 VIDEO_OUTPUTS = ("pred_logits", "pred_boxes", "pred_masks")
-# The two parts of the split video graph (``split_graph_specs``).
-SPLIT_GRAPHS = ("video_encoder", "video_decoder")
-
-
-def level_names(count: int) -> list[str]:
-    """The split graphs' feature tensors: ``level0`` (finest) to ``level{count-1}``."""
-    return [f"level{i}" for i in range(count)]
 
 
 def _frames_to_model(model: ProxyFormer, frames: torch.Tensor, frame_format: str) -> torch.Tensor:
@@ -147,9 +141,9 @@ def level_shapes(model: ProxyFormer, size: tuple[int, int]) -> list[tuple[int, i
         frame = torch.zeros(1, 1, 3, int(size[0]), int(size[1]))
         shapes = [tuple(int(d) for d in level.shape[2:]) for level in model.encode_frames(frame)]
     model.train(was_training)
-    if len(shapes) != 4:
-        raise ValueError(f"the split video graph takes 4 backbone levels; this model has "
-                         f"{len(shapes)}")  # fmt: skip
+    if len(shapes) != len(LEVELS):
+        raise ValueError(f"the split video graph takes {len(LEVELS)} backbone levels; this "
+                         f"model has {len(shapes)}")  # fmt: skip
     return shapes
 
 
@@ -182,8 +176,9 @@ def graph_specs(
     }
     if split:
         shapes = level_shapes(model, size)
+        # The names the manifest's schema expects of the split graphs (level0 is the finest).
         levels = [TensorSpec(name, "float32", ("T", *shape))
-                  for name, shape in zip(level_names(len(shapes)), shapes)]  # fmt: skip
+                  for name, shape in zip(LEVELS, shapes)]  # fmt: skip
         specs["video_encoder"] = ([frames], levels)
         specs["video_decoder"] = ([*levels, text_features, attention_mask], predictions)
     return specs

@@ -47,13 +47,48 @@ def cpu_model() -> str:
     return _cpuinfo().get("model name") or platform.processor() or platform.machine() or "cpu"
 
 
+# What oneDNN may dispatch under each ``ONEDNN_MAX_CPU_ISA`` cap (its documented values), as
+# the flags of CPU_FLAGS it leaves usable. An AVX-512 cap leaves out the VEX-encoded AVX-VNNI.
+_AVX512 = ("avx2", "fma", "avx512f")
+ISA_CAPS = {
+    "SSE41": (),
+    "AVX": (),
+    "AVX2": ("avx2", "fma"),
+    "AVX2_VNNI": ("avx2", "fma", "avx_vnni"),
+    "AVX512_CORE": _AVX512,
+    "AVX512_CORE_VNNI": (*_AVX512, "avx512_vnni"),
+    "AVX512_CORE_BF16": (*_AVX512, "avx512_vnni", "avx512_bf16"),
+    "AVX512_CORE_FP16": (*_AVX512, "avx512_vnni", "avx512_bf16", "avx512_fp16"),
+}
+ISA_CAP_VARIABLE = "ONEDNN_MAX_CPU_ISA"
+
+
+def isa_cap() -> str | None:
+    """The ``ONEDNN_MAX_CPU_ISA`` cap this process runs under, None without one (or "ALL").
+
+    It emulates an older CPU on this one (a Cascade Lake: ``AVX512_CORE_VNNI``). Only oneDNN
+    reads it: PyTorch's CPU kernels and OpenVINO's oneDNN primitives obey it; onnxruntime's
+    MLAS and OpenVINO's own JIT kernels dispatch on the real CPU.
+    """
+    cap = os.environ.get(ISA_CAP_VARIABLE, "").strip().upper()
+    if not cap or cap == "ALL" or "AMX" in cap:
+        return None
+    if cap not in ISA_CAPS:
+        raise ValueError(f"{ISA_CAP_VARIABLE}={cap!r} is not one of {sorted(ISA_CAPS)} or ALL")
+    return cap
+
+
 def cpu_flags() -> dict[str, bool]:
-    """Which of the SIMD/matrix extensions that matter for GEMM peaks this CPU reports.
+    """Which of the SIMD/matrix extensions that matter for GEMM peaks this CPU reports, less
+    those above an ``ONEDNN_MAX_CPU_ISA`` cap (:func:`isa_cap`).
 
     The same flags ``lscpu`` prints (it reads ``/proc/cpuinfo``): AVX-512 VNNI or AMX-INT8 for
     INT8 dot products, AVX512-BF16 or AMX-BF16 for BF16.
     """
     flags = set(_cpuinfo().get("flags", "").split())
+    cap = isa_cap()
+    if cap is not None:
+        flags &= set(ISA_CAPS[cap])
     return {flag: flag in flags for flag in CPU_FLAGS}
 
 
@@ -96,6 +131,7 @@ def machine_info(torch_device: str) -> dict:
         "cpu": cpu_model(),
         "cores": cores,
         "cpu_flags": cpu_flags(),
+        "isa_cap": isa_cap(),
         "gpu": gpu,
         "torch_device": str(torch_device),
         "platform": platform.platform(),
@@ -126,4 +162,6 @@ def package_versions() -> dict[str, str]:
 def cpu_line(machine: dict) -> str:
     """"CPU <model> (<cores> cores; <ISA flags>)" of ``machine_info``, for a report's header."""
     flags = ", ".join(f for f, on in machine["cpu_flags"].items() if on and f != "fma") or "none"
-    return f"CPU {machine['cpu']} ({machine['cores']} cores; {flags})"
+    cap = machine.get("isa_cap")
+    capped = f"; capped by {ISA_CAP_VARIABLE}={cap}, which MLAS ignores" if cap else ""
+    return f"CPU {machine['cpu']} ({machine['cores']} cores; {flags}{capped})"

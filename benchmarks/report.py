@@ -59,6 +59,15 @@ def _header(results: dict) -> list[str]:
         "= text encoder + video graph, uint8 frames and token ids in, raw outputs out.",
         "",
     ]
+    if machine.get("isa_cap"):
+        lines += [
+            (f"**ISA capped** at {machine['isa_cap']} by ONEDNN_MAX_CPU_ISA, emulating a CPU "
+             "without what lies above it (the flags below are what is left). PyTorch and "
+             "OpenVINO's oneDNN primitives obey the cap; onnxruntime's MLAS and OpenVINO's own "
+             "JIT kernels dispatch on the real CPU, so a row of theirs that can use AMX (INT8, "
+             "BF16) does not stand for that CPU."),
+            "",
+        ]
     loads = [machine.get("load_average_start"), machine.get("load_average_end")]
     if any(is_busy(load) for load in loads):
         warning = (

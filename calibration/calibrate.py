@@ -95,10 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "which calibrates paper-size graphs",
     )
     parser.add_argument(
-        "--range-groups", type=count(1), default=1,
-        help="with --range-backend onnxruntime or openvino: calibrate the tensors in this many "
-        "groups, one augmented graph each (K runs per clip, a lower peak; paper-size graphs at "
-        "19 frames)",
+        "--range-pieces", type=count(1), default=1,
+        help="with --range-backend onnxruntime or openvino: cut the video graph into this many "
+        "consecutive pieces, run one after the other on each clip, so only one piece's tensors "
+        "are alive at a time (paper-size graphs at 19 frames: 64)",
     )  # fmt: skip
     parser.add_argument("--threads", type=count(1), default=None)
     return parser.parse_args(argv)
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
             args.bundle, args.data, (target,), args.method, args.samples, args.split, args.seed,
             args.check_split, args.check_samples, exclude, args.cpu_format, args.threads,
             args.recalibrate, args.frames, args.quantize_class_path, args.range_backend,
-            args.range_groups,
+            args.range_pieces,
         )  # fmt: skip
         args.recalibrate = False
         entry = manifest.variant("video", target)

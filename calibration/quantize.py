@@ -89,7 +89,7 @@ def quantize_video(
     class_path: bool = False,
     range_backend: str = "calibrator",
     threads: int | None = None,
-    range_groups: int = 1,
+    range_pieces: int = 1,
 ) -> Path:
     """Write an INT8 copy of the bundle's FP32 ``video.onnx`` and return its path.
 
@@ -106,7 +106,7 @@ def quantize_video(
             / "openvino" (MinMax only, in bounded memory, run by that engine:
             ``calibration.ranges``).
         threads: the bounded range backend's threads.
-        range_groups: the bounded range backend's tensor groups (``collect_minmax``).
+        range_pieces: the bounded range backend's graph pieces (``collect_minmax``).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -124,7 +124,7 @@ def quantize_video(
     check_range_backend(range_backend, method)
     if calibration is not None and range_backend != "calibrator":
         collect_minmax(manifest, calibration, cache, list(QUANTIZED_OPS), range_backend, threads,
-                       range_groups)  # fmt: skip
+                       range_pieces)  # fmt: skip
         calibration = None  # quantize_static reads the ranges from the cache
     calibrate_method = {
         "entropy": CalibrationMethod.Entropy,

@@ -1,4 +1,4 @@
-"""MinMax calibration ranges in bounded memory, clip by clip.
+"""MinMax calibration ranges in bounded memory, clip by clip and piece by piece.
 
 ONNX Runtime's MinMax calibrator adds a ReduceMin and a ReduceMax after every tensor it will
 quantize, so only two numbers per tensor come out of a clip. Yet on paper-swin-t at 360x640 it
@@ -6,25 +6,21 @@ was killed at 24 GB on a single 9-frame clip: the reductions hang off the graph 
 to graph outputs, and neither onnxruntime (its arena on or off) nor OpenVINO runs them as soon
 as their tensor exists, so every calibrated tensor stays alive to the end of the graph.
 
-Here the augmented graph (made by ONNX Runtime's own ``MinMaxCalibrater``, so the tensors and
-their names are those its quantizer looks up) is rewired by ``reduce_before_use`` so that each
-tensor's consumers wait for its reductions, and the tensor is freed as in the plain graph. It
-runs one clip at a time in onnxruntime without its arena, or in OpenVINO at f32; each clip's
-minima and maxima are folded into running ones (``np.fmin``/``np.fmax``, NaN skipped as the
-calibrator's ``nanmin``/``nanmax`` do). The ranges are written as ONNX Runtime's calibration
+Two things bound the memory here:
+
+- Each tensor's consumers wait for its reductions (``reduce_before_use``), so a tensor is freed
+  as in the plain graph.
+- The graph is cut into consecutive pieces (``graph_pieces``), each its own graph with the
+  reductions of the tensors it makes; a clip runs through them one after the other, and only
+  the tensors a later piece reads are carried across. The peak is then that of the largest
+  piece, not of the whole graph: onnxruntime's plain video graph alone peaks at 9.7 GB at 19
+  frames (no arena), above the 8 GB target, and OpenVINO's rewired whole graph at 12.2 GB.
+
+The tensors are those ONNX Runtime's calibrator selects, by the names its quantizer looks up.
+Each clip's minima and maxima are folded into running ones (``np.fmin``/``np.fmax``, NaN
+skipped as the calibrator's ``nanmin``/``nanmax`` do) and written as ONNX Runtime's calibration
 cache, which ``quantize_static`` reads instead of calibrating, so everything after the ranges
 (Q/DQ placement, both INT8 targets, the cache's reuse) is unchanged.
-
-Measured on paper-swin-t at 360x640, one clip of 9 frames and one expression (2 cores, AMX):
-onnxruntime 38 s at a 6.1 GB peak, OpenVINO 32 s at 11.9 GB (the rewiring's Adds cost it its
-fusions); the calibrator's unmodified graph was killed at 24 GB in both.
-
-At 19 frames the rewiring is not enough: onnxruntime's plain video graph alone peaks at 9.7 GB
-(no arena), and OpenVINO's rewired graph grows with the fusions it loses. ``groups`` splits the
-calibrated tensors into that many groups (in graph order) and runs one augmented graph per
-group over every clip, each rewired for its own tensors only: the weights are saved once and
-shared by the group graphs, and only one group's graph is loaded at a time. K groups cost K
-runs per clip.
 
 Histogram methods (entropy, percentile) need every tensor's values, not two numbers; they stay
 with ONNX Runtime's calibrator.
@@ -36,7 +32,9 @@ import logging
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -100,71 +98,166 @@ def reduce_before_use(model) -> int:
     return len(rewired)
 
 
-def keep_reductions(model, tensors: set[str]) -> None:
-    """Drop, in place, the ReduceMin/ReduceMax pairs of every calibrated tensor not in
-    ``tensors``, what reads them (the calibrator reshapes each reduction into its graph
-    output) and those graph outputs: one group's augmented graph."""
+def graph_pieces(model, tensors: list[str], pieces: int) -> list[Piece]:
+    """Cut ``model``'s graph (nodes in topological order) into ``pieces`` consecutive pieces of
+    about equal node count, each a graph of its own that reduces the calibrated ``tensors`` it
+    produces (rewired by :func:`reduce_before_use`).
+
+    A piece's inputs are the tensors it reads that an earlier piece (or the caller) produced;
+    its outputs, the tensors a later piece reads or the model returns, and its reductions. A
+    model input that is calibrated is reduced by the first piece that reads it. Initializers
+    stay where the model keeps them: with ``model`` loaded without its external data, every
+    piece points at the one weights file.
+    """
+    from onnx import helper
+
     graph = model.graph
-    dropped = set()
-    kept = []
-    for node in graph.node:  # in topological order: a reader comes after what it reads
-        reduction = node.op_type in ("ReduceMin", "ReduceMax") and node.name.endswith(_SUFFIXES)
-        if (reduction and node.input[0] not in tensors) or dropped.intersection(node.input):
-            dropped.update(node.output)
-            continue
-        kept.append(node)
-    del graph.node[:]
-    graph.node.extend(kept)
-    outputs = [o for o in graph.output if o.name not in dropped]
-    del graph.output[:]
-    graph.output.extend(outputs)
+    nodes = list(graph.node)
+    if not nodes:
+        raise ValueError("the graph has no nodes to cut")
+    spans = [span for span in np.array_split(np.arange(len(nodes)), min(pieces, len(nodes)))]
+    initializers = {init.name: init for init in graph.initializer}
+    model_inputs = [i.name for i in graph.input if i.name not in initializers]
+    model_outputs = [o.name for o in graph.output]
+    types = _elem_types(model)
+    producer, last_reader = {name: -1 for name in model_inputs}, {}
+    for index, span in enumerate(spans):
+        for position in span:
+            node = nodes[position]
+            for name in node.input:
+                if name:
+                    last_reader[name] = index
+            for name in node.output:
+                producer[name] = index
+    for name in model_outputs:
+        last_reader[name] = len(spans)  # read "after" the last piece: always an output
+    calibrated = set(tensors)
+    reduced: set[str] = set()
+    result = []
+    for index, span in enumerate(spans):
+        part = [nodes[position] for position in span]
+        made = {name for node in part for name in node.output if name}
+        read = [name for node in part for name in node.input if name]
+        inputs = list(dict.fromkeys(n for n in read if n not in made and n not in initializers))
+        outputs = [n for node in part for n in node.output
+                   if n and last_reader.get(n, -1) > index]  # fmt: skip
+        # A piece's own tensors in graph order, then model inputs it is the first to read.
+        mine = [n for node in part for n in node.output if n in calibrated]
+        mine += [n for n in inputs if n in calibrated and producer.get(n) == -1]
+        mine = [n for n in dict.fromkeys(mine) if n not in reduced]
+        reduced.update(mine)
+        reductions = []
+        for name in mine:
+            for op, suffix in zip(("ReduceMin", "ReduceMax"), _SUFFIXES):
+                reductions.append(helper.make_node(
+                    # keepdims=1 as ONNX Runtime's calibrator: a 0-size axis cannot be dropped.
+                    op, [name], [name + suffix], name=name + suffix, keepdims=1
+                ))  # fmt: skip
+        used = {n for node in part for n in node.input}
+        piece_graph = helper.make_graph(
+            part + reductions,
+            f"{graph.name}_piece{index}",
+            [helper.make_tensor_value_info(n, types[n], None) for n in inputs],
+            [helper.make_tensor_value_info(n, types[n], None) for n in outputs]
+            + [helper.make_tensor_value_info(n + s, types[n], None)
+               for n in mine for s in _SUFFIXES],
+            [initializers[n] for n in initializers if n in used],
+        )  # fmt: skip
+        piece = helper.make_model(piece_graph, opset_imports=model.opset_import,
+                                  ir_version=model.ir_version)  # fmt: skip
+        reduce_before_use(piece)
+        result.append(Piece(piece, inputs, outputs, mine, last_reader))
+    return result
 
 
-def calibrated_tensors(model) -> list[str]:
-    """The tensors the augmented graph reduces, in graph order."""
-    return list(dict.fromkeys(
-        node.input[0] for node in model.graph.node
-        if node.op_type in ("ReduceMin", "ReduceMax") and node.name.endswith(_SUFFIXES)
-    ))  # fmt: skip
+@dataclass
+class Piece:
+    """One piece of a cut graph: its ``ModelProto``, what it reads and returns, the calibrated
+    tensors it reduces, and (shared by all pieces) the last piece that reads each tensor."""
+
+    model: Any
+    inputs: list[str]
+    outputs: list[str]
+    reduces: list[str]
+    last_reader: dict[str, int]
+
+
+def _elem_types(model) -> dict[str, int]:
+    """Every tensor's element type, from the graph's value infos, shape inference filling in
+    what the exporter did not record."""
+
+    def known(m) -> dict[str, int]:
+        infos = [*m.graph.input, *m.graph.output, *m.graph.value_info]
+        types = {i.name: i.type.tensor_type.elem_type for i in infos}
+        types.update({init.name: init.data_type for init in m.graph.initializer})
+        return {name: kind for name, kind in types.items() if kind}
+
+    types = known(model)
+    if any(n and n not in types for node in model.graph.node for n in node.output):
+        types = known(onnx.shape_inference.infer_shapes(model)) | types
+    return types
 
 
 def _openvino_runner(path: Path, threads: int | None):
-    """(run(feeds) -> {output name: array}, engine version) for OpenVINO at f32."""
+    """run(feeds) -> {output name: array} for OpenVINO at f32, compiled at the first call for
+    that call's input shapes (every clip has the same): compiled for the graph's dynamic axes,
+    OpenVINO plans its memory per call, and the rewired paper-size graph at 19 frames was
+    stopped at 23 GB; for the one shape, 12.2 GB (the runtime's backend compiles static shapes
+    for the same reason).
+
+    Each compiled piece keeps its own intermediate buffers between calls, so pieces do not
+    bound OpenVINO's memory the way they bound onnxruntime's (no arena): 64 pieces of
+    paper-swin-t at 19 frames were killed at 24 GB, and with ``CompiledModel.release_memory()``
+    after each call they were at 19.7 GB and growing within the first clip."""
     from runtime.backends.openvino import import_openvino, shared_core
 
-    ov = import_openvino()
+    import_openvino()
     config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    core = shared_core()
-    compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-    ports = {
-        name: port for port in compiled.outputs for name in port.get_names()
-        if name.endswith(_SUFFIXES)
-    }  # fmt: skip
-    request = compiled.create_infer_request()
+    state: dict[str, Any] = {}
 
     def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = request.infer(feeds)
-        return {name: results[port] for name, port in ports.items()}
+        if "request" not in state:
+            # OpenVINO's ONNX reader needs every input's rank, which a piece's inputs do not
+            # declare: they get the first call's shapes, in a copy beside the weights file.
+            proto = onnx.load(str(path), load_external_data=False)
+            for value in proto.graph.input:
+                if value.name in feeds:
+                    shape = value.type.tensor_type.shape
+                    shape.Clear()
+                    for size in feeds[value.name].shape:
+                        shape.dim.add().dim_value = size
+            static = path.with_name(f"{path.stem}.static.onnx")
+            onnx.save_model(proto, str(static))
+            del proto
+            core = shared_core()
+            compiled = core.compile_model(core.read_model(str(static)), "CPU", config)
+            state["ports"] = {port.get_any_name(): port for port in compiled.outputs}
+            state["request"] = compiled.create_infer_request()
+        results = state["request"].infer(feeds)
+        return {name: np.array(results[port]) for name, port in state["ports"].items()}
 
-    return run, f"openvino {ov.__version__}"
+    return run
 
 
 def _onnxruntime_runner(path: Path, threads: int | None):
-    """(run, engine version) for an onnxruntime CPU session without its memory arena (an arena
-    keeps the peak of the largest run): the parity check's session."""
-    import onnxruntime as ort
-
-    from export.parity import ort_session
+    """run(feeds) -> {output name: array} for an onnxruntime CPU session without its memory
+    arena (an arena keeps the peak of the largest run): the parity check's session."""
+    from export.parity import ort_session, run_ort
 
     session = ort_session(path, threads)
-    names = [o.name for o in session.get_outputs() if o.name.endswith(_SUFFIXES)]
+    return lambda feeds: run_ort(session, feeds)
 
-    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(names, session.run(names, feeds)))
 
-    return run, f"onnxruntime {ort.__version__}"
+def _engine_version(engine: str) -> str:
+    if engine == "openvino":
+        from runtime.backends.openvino import import_openvino
+
+        return f"openvino {import_openvino().__version__}"
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__}"
 
 
 _RUNNERS = {"onnxruntime": _onnxruntime_runner, "openvino": _openvino_runner}
@@ -177,23 +270,22 @@ def collect_minmax(
     op_types: list[str],
     engine: str = "onnxruntime",
     threads: int | None = None,
-    groups: int = 1,
+    pieces: int = 1,
 ) -> dict:
     """Write the MinMax ranges of ``calibration`` to ``cache`` (ONNX Runtime's format).
 
     Args:
         manifest: the bundle; its FP32 video graph is calibrated.
-        calibration: the clips, each the video graph's feeds.
+        calibration: the clips, each the video graph's feeds, all of one shape.
         cache: the range cache ``quantize_static`` reads (``calibration.quantize.range_cache``).
         op_types: the op types whose tensors are calibrated (the quantizer's).
-        engine: what runs the augmented graph: "onnxruntime" (no arena) or "openvino" (f32).
+        engine: what runs the graph: "onnxruntime" (no arena) or "openvino" (f32).
         threads: the engine's threads (default: all cores).
-        groups: run the calibrated tensors in this many groups, one augmented graph each
-            (module docstring); 1 runs them all at once.
+        pieces: cut the graph into this many consecutive pieces, run one after the other on
+            each clip (module docstring); 1 runs the whole graph at once.
 
     Returns:
-        What was done: engine, tensors, clips, groups, seconds, the augmented graphs' node
-        counts.
+        What was done: engine, tensors, clips, pieces, seconds, the pieces' node counts.
     """
     from onnxruntime.quantization.calibrate import (
         CalibrationMethod,
@@ -207,56 +299,70 @@ def collect_minmax(
         raise ValueError(f"engine must be one of {sorted(_RUNNERS)}, got {engine!r}")
     if not len(calibration):
         raise ValueError("no calibration clips")
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise ValueError(f"groups must be a positive int, got {groups!r}")
+    if isinstance(pieces, bool) or not isinstance(pieces, int) or pieces < 1:
+        raise ValueError(f"pieces must be a positive int, got {pieces!r}")
+    shapes = {name: tuple(value.shape) for name, value in calibration.samples[0].items()}
+    for index, sample in enumerate(calibration.samples):
+        found = {name: tuple(value.shape) for name, value in sample.items()}
+        if found != shapes:
+            raise ValueError(
+                f"calibration clip {index} has input shapes {found}, clip 0 has {shapes}: "
+                "ranges are collected at one shape (build the clips with one --frames)"
+            )
     started = time.perf_counter()
     source = manifest.variant_path("video", "fp32")
     work = Path(tempfile.mkdtemp(prefix="proxyformer-ranges-"))
     lowest: dict[str, np.ndarray] = {}
     highest: dict[str, np.ndarray] = {}
     try:
-        augmented = work / "augmented.onnx"
-        # The quantizer's own selection of tensors and its ReduceMin/ReduceMax naming.
-        calibrater = MinMaxCalibrater(
-            source, op_types_to_calibrate=op_types, augmented_model_path=str(augmented),
-            use_external_data_format=True,
-        )  # fmt: skip
-        calibrater.augment_graph()
-        model = calibrater.model
+        # The quantizer's own selection of tensors (ONNX Runtime's MinMax calibrator's).
+        calibrater = MinMaxCalibrater(source, op_types_to_calibrate=op_types,
+                                      augmented_model_path=str(work / "augmented.onnx"),
+                                      use_external_data_format=True)  # fmt: skip
+        tensors = sorted(calibrater.select_tensors_to_calibrate(calibrater.model)[0])
         del calibrater
-        # The weights once, beside the first graph; every group's graph points at them.
-        onnx.save_model(model, str(augmented), save_as_external_data=True,
-                        location=augmented.name + ".data")  # fmt: skip
-        tensors = calibrated_tensors(model)
-        del model  # its copy of the weights is not needed any more
-        chunks = [list(c) for c in np.array_split(np.array(tensors, dtype=object), groups)
-                  if len(c)]  # fmt: skip
-        nodes, rewired = [], 0
-        for index, chunk in enumerate(chunks):
-            part = onnx.load(str(augmented), load_external_data=False)
-            keep_reductions(part, set(chunk))
-            rewired += reduce_before_use(part)
-            nodes.append(len(part.graph.node))
-            path = work / f"group{index}.onnx"
-            onnx.save_model(part, str(path))
-            del part
-            run, version = _RUNNERS[engine](path, threads)
-            label = f"ranges ({engine}, group {index + 1}/{len(chunks)})"
-            for sample in tqdm(calibration.samples, desc=label, disable=None):
-                for name, value in run(sample).items():
-                    tensor, _, which = name.rpartition("_")
-                    value = np.asarray(value, dtype=np.float32)
+        # The weights once, in one file every piece points at (small constants, such as the
+        # shapes Reshape reads at load, stay inline).
+        model = onnx.load(str(source))
+        weights = work / "weights.onnx"
+        onnx.save_model(model, str(weights), save_as_external_data=True,
+                        location="weights.data")  # fmt: skip
+        del model
+        model = onnx.load(str(weights), load_external_data=False)
+        cut = graph_pieces(model, tensors, pieces)
+        del model
+        runs = []
+        for index, piece in enumerate(cut):
+            path = work / f"piece{index}.onnx"
+            onnx.save_model(piece.model, str(path))
+            runs.append(_RUNNERS[engine](path, threads))
+        nodes = [len(piece.model.graph.node) for piece in cut]
+        for piece in cut:
+            piece.model = None  # the protos are on disk; the engines hold what they need
+        label = f"ranges ({engine}, {len(cut)} piece(s))"
+        for sample in tqdm(calibration.samples, desc=label, disable=None):
+            values = dict(sample)
+            for index, (piece, run) in enumerate(zip(cut, runs)):
+                results = run({name: values[name] for name in piece.inputs})
+                for name in piece.reduces:
+                    # Shape [1], as the calibrator's Reshape leaves them.
+                    low, high = (np.asarray(results.pop(name + s), np.float32).reshape(-1)
+                                 for s in _SUFFIXES)  # fmt: skip
                     # fmin/fmax skip NaN, as the calibrator's nanmin/nanmax do.
-                    table, merge = (lowest, np.fmin) if which == "ReduceMin" else (highest, np.fmax)
-                    table[tensor] = value if tensor not in table else merge(table[tensor], value)
-            del run
-            path.unlink()
+                    lowest[name] = low if name not in lowest else np.fmin(lowest[name], low)
+                    highest[name] = high if name not in highest else np.fmax(highest[name], high)
+                values.update(results)
+                # Free what no later piece reads.
+                for name in [n for n in values if piece.last_reader.get(n, -1) <= index]:
+                    del values[name]
+            del values
+        del runs
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if set(lowest) != set(highest):
+    missing = sorted(set(tensors) - set(lowest))
+    if missing:
         raise RuntimeError(
-            f"{engine} returned a minimum without a maximum (or the reverse) for "
-            f"{sorted(set(lowest) ^ set(highest))[:5]}"
+            f"{engine} returned no range for {len(missing)} tensor(s): {missing[:5]}"
         )
     ranges = TensorsData(
         CalibrationMethod.MinMax,
@@ -265,14 +371,14 @@ def collect_minmax(
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_tensors_data(ranges, cache)
     seconds = time.perf_counter() - started
-    log.info("MinMax ranges of %d tensors from %d clips in %d group(s) in %s in %.1f s",
-             len(lowest), len(calibration), len(chunks), version, seconds)  # fmt: skip
+    version = _engine_version(engine)
+    log.info("MinMax ranges of %d tensors from %d clips in %d piece(s) in %s in %.1f s",
+             len(lowest), len(calibration), len(cut), version, seconds)  # fmt: skip
     return {
-        "engine": engine,
+        "engine": version,
         "tensors": len(lowest),
         "clips": len(calibration),
-        "groups": len(chunks),
-        "augmented_nodes": nodes,
-        "rewired_tensors": rewired,
+        "pieces": len(cut),
+        "piece_nodes": nodes,
         "seconds": round(seconds, 1),
     }

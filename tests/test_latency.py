@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from benchmarks import latency  # the command line
-from benchmarks.machine import machine_slug
+from benchmarks.machine import cpu_flags, cpu_line, isa_cap, machine_slug
 from benchmarks.report import RESULTS_DIR, format_markdown
 from benchmarks.runners import SkipBackend, open_runner
 from benchmarks.suite import run_benchmark
@@ -183,6 +183,24 @@ def test_machine_slug():
     slug = machine_slug("Intel(R) Xeon(R) Processor @ 2.50GHz", 2)
     assert slug == "cpu-xeon-2.50ghz-2c"
     assert machine_slug("x", 2, gpu="NVIDIA H100 80GB HBM3") == "gpu-h100-80gb-hbm3"
+
+
+def test_isa_cap_masks_the_flags_it_forbids(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA emulates an older CPU: the reported flags drop what lies above it, and
+    every report names the cap."""
+    real = cpu_flags()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_vnni")
+    assert isa_cap() == "AVX512_CORE_VNNI"
+    capped = cpu_flags()
+    assert not any(capped[f] for f in ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16"))
+    assert capped["avx512_vnni"] == real["avx512_vnni"]  # below the cap: as the CPU has it
+    line = cpu_line({"cpu": "x", "cores": 2, "cpu_flags": capped, "isa_cap": isa_cap()})
+    assert "ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI" in line
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    assert isa_cap() is None and cpu_flags() == real
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX9000")
+    with pytest.raises(ValueError, match="ONEDNN_MAX_CPU_ISA='AVX9000' is not one of"):
+        cpu_flags()
 
 
 def test_frames_outside_profile(tiny_bundle):

@@ -26,15 +26,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
-import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.isolate import ChildDied, run_in_child
 from benchmarks.long_video import segment_child, write_synthetic_mp4
-from benchmarks.machine import cpu_line, machine_info, package_versions
+from benchmarks.machine import cpu_line, run_record
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
 
@@ -171,10 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         (args.expressions, args.budget)):  # fmt: skip
                 rows.append(run_row(args, video, work, name, expressions, budget))
     results = {
-        "command": shlex.join(["python", "benchmarks/budget.py", *(argv or sys.argv[1:])]),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info("cpu"),
-        "versions": package_versions(),
+        **run_record("benchmarks/budget.py", argv),
         "bundle": args.bundle,
         "setting": {
             "frames": args.frames,

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import shutil
-import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.isolate import max_rss_mb
-from benchmarks.machine import cpu_line, machine_info, package_versions
+from benchmarks.machine import cpu_line, machine_info, run_record
 from benchmarks.report import fmt, save_results
 from proxyformer.summary import parse_size
 
@@ -106,10 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     machine = machine_info("cpu")
     source = args.preset or args.checkpoint
     results = {
-        "command": shlex.join(["python", "benchmarks/export_time.py", *(argv or sys.argv[1:])]),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
-        "versions": package_versions(),
+        **run_record("benchmarks/export_time.py", argv, machine),
         "setting": {
             "source": source,
             "size": f"{height}x{width}",

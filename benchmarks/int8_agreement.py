@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.isolate import ChildDied, max_rss_mb, run_in_child
-from benchmarks.machine import cpu_line, machine_info, package_versions
+from benchmarks.machine import cpu_line, run_record
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
 
@@ -183,10 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
             log.info("%s", row)
             results_rows.append(row)
     results = {
-        "command": shlex.join(["python", "benchmarks/int8_agreement.py", *(argv or sys.argv[1:])]),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info("cpu"),
-        "versions": package_versions(),
+        **run_record("benchmarks/int8_agreement.py", argv),
         "bundle": args.bundle,
         "setting": {
             "data": args.data,

@@ -26,17 +26,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import shlex
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.isolate import ChildDied, max_rss_mb, run_in_child
-from benchmarks.machine import cpu_line, machine_info, package_versions
+from benchmarks.machine import cpu_line, machine_info, run_record
 from benchmarks.report import save_results
 
 log = logging.getLogger(__name__)
@@ -217,10 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     done = [r for r in memory if r.get("peak_rss_mb")]
     height, width = args.memory_size
     results = {
-        "command": shlex.join(["python", "benchmarks/long_video.py", *(argv or sys.argv[1:])]),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
-        "versions": package_versions(),
+        **run_record("benchmarks/long_video.py", argv, machine),
         "bundle": args.bundle,
         "setting": {
             "backend": args.backend,

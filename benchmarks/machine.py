@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
+import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 from runtime.manifest import installed_versions
@@ -157,6 +160,18 @@ def is_busy(load: float | None) -> bool:
 def package_versions() -> dict[str, str]:
     """Versions of Python and the packages that decide the timings."""
     return installed_versions(TIMED_PACKAGES)
+
+
+def run_record(script: str, argv: list[str] | None, machine: dict | None = None) -> dict:
+    """The head of every benchmark's results: the command that reproduces them (``script``
+    and its arguments, ``sys.argv`` when ``argv`` is empty), when, the machine (default:
+    :func:`machine_info` on the CPU) and the versions of the packages that decide them."""
+    return {
+        "command": shlex.join(["python", script, *(argv or sys.argv[1:])]),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine if machine is not None else machine_info("cpu"),
+        "versions": package_versions(),
+    }
 
 
 def cpu_line(machine: dict) -> str:

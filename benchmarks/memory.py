@@ -32,14 +32,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from benchmarks.isolate import ChildDied, point_body, predictor_point_child, run_in_child
-from benchmarks.machine import cpu_line, machine_info, package_versions
+from benchmarks.machine import cpu_line, machine_info, run_record
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
 
@@ -253,10 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     points = sweep(args, backends, text_length)
     machine = machine_info("cpu")
     results = {
-        "command": shlex.join(["python", "benchmarks/memory.py", *(argv or sys.argv[1:])]),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine,
-        "versions": package_versions(),
+        **run_record("benchmarks/memory.py", argv, machine),
         "bundle": args.bundle,
         "setting": {
             "frames": args.frames,

@@ -5,7 +5,8 @@
     python calibration/calibrate.py --bundle bundles/tiny --data data/synth --sensitivity
     python calibration/calibrate.py --bundle bundles/tiny --data data/synth --keep-float 4
     python calibration/calibrate.py --bundle bundles/paper-swin-t --data data/synth-360 \
-        --samples 32 --frames 19 --method minmax --range-backend onnxruntime   # bounded memory
+        --samples 32 --frames 19 --method minmax --range-backend onnxruntime \
+        --range-pieces 128 --target int8-cpu                         # bounded memory
 
 Writes ``video.int8-tensorrt.onnx`` / ``video.int8-cpu.onnx`` and their manifest entries
 (calibration settings, Q/DQ summary, mask agreement with FP32 on held-out clips). The work is
@@ -97,8 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--range-pieces", type=count(1), default=1,
         help="with --range-backend onnxruntime or openvino: cut the video graph into this many "
-        "consecutive pieces, run one after the other on each clip, so only one piece's tensors "
-        "are alive at a time (paper-size graphs at 19 frames: 64)",
+        "consecutive pieces (at most; cut before LayerNorms), run one after the other on each "
+        "clip, so only one piece's tensors are alive at a time (paper-swin-t at 19 frames: 128)",
     )  # fmt: skip
     parser.add_argument("--threads", type=count(1), default=None)
     return parser.parse_args(argv)

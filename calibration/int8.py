@@ -9,7 +9,6 @@ the largest mask-logit difference). J&F against the ground truth is ``benchmarks
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import json
 import logging
@@ -34,6 +33,7 @@ from .quantize import (
     quantized_nodes,
     range_cache,
 )
+from .ranges import release_memory
 
 log = logging.getLogger(__name__)
 
@@ -177,16 +177,6 @@ def calibrate_bundle(
     _refresh_tensorrt_report(manifest)
     manifest.save()
     return manifest
-
-
-def release_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing
-    elsewhere): between calibration's phases, what one engine freed is otherwise kept by the
-    allocator and counted again under the next phase's peak."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _check_counts(**counts: int | None) -> None:

@@ -123,8 +123,11 @@ def quantize_video(
         raise FileNotFoundError(f"no calibration samples and no cached ranges at {cache}")
     check_range_backend(range_backend, method)
     if calibration is not None and range_backend != "calibrator":
-        collect_minmax(manifest, calibration, cache, list(QUANTIZED_OPS), range_backend, threads,
-                       range_pieces)  # fmt: skip
+        # A cached range file is these samples' (new samples delete it), and quantize_static
+        # reuses it on the calibrator's path too: another target costs no second pass.
+        if not cache.is_file():
+            collect_minmax(manifest, calibration, cache, list(QUANTIZED_OPS), range_backend,
+                           threads, range_pieces)  # fmt: skip
         calibration = None  # quantize_static reads the ranges from the cache
     calibrate_method = {
         "entropy": CalibrationMethod.Entropy,

@@ -13,8 +13,10 @@ Two things bound the memory here:
 - The graph is cut into consecutive pieces (``graph_pieces``), each its own graph with the
   reductions of the tensors it makes; a clip runs through them one after the other, and only
   the tensors a later piece reads are carried across. The peak is then that of the largest
-  piece, not of the whole graph: onnxruntime's plain video graph alone peaks at 9.7 GB at 19
-  frames (no arena), above the 8 GB target, and OpenVINO's rewired whole graph at 12.2 GB.
+  piece and what crosses into it, not of the whole graph: onnxruntime's plain video graph
+  alone peaks at 9.7 GB at 19 frames (no arena), above the 8 GB target, and OpenVINO's
+  rewired whole graph at 12.2 GB. Cuts fall before LayerNorms (``_spans``), where little
+  crosses.
 
 The tensors are those ONNX Runtime's calibrator selects, by the names its quantizer looks up.
 Each clip's minima and maxima are folded into running ones (``np.fmin``/``np.fmax``, NaN
@@ -28,6 +30,7 @@ with ONNX Runtime's calibrator.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import shutil
 import tempfile
@@ -74,7 +77,8 @@ def reduce_before_use(model) -> int:
         if node.op_type in ("ReduceMin", "ReduceMax") and node.name.endswith(_SUFFIXES):
             reductions.setdefault(node.input[0], {})[node.op_type] = node.output[0]
     zero = "proxyformer_calibration_zero"
-    graph.initializer.append(helper.make_tensor(zero, TensorProto.FLOAT, [], [0.0]))
+    if reductions:  # a piece that reduces nothing gets no unused initializer
+        graph.initializer.append(helper.make_tensor(zero, TensorProto.FLOAT, [], [0.0]))
     new_nodes, rewired = [], {}
     for tensor, pair in reductions.items():
         if set(pair) != {"ReduceMin", "ReduceMax"}:
@@ -98,9 +102,19 @@ def reduce_before_use(model) -> int:
     return len(rewired)
 
 
+def release_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing
+    elsewhere). Between pieces and between calibration's phases, what one engine freed may
+    otherwise stay with the allocator and count again under the next one's peak."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def graph_pieces(model, tensors: list[str], pieces: int) -> list[Piece]:
-    """Cut ``model``'s graph (nodes in topological order) into ``pieces`` consecutive pieces of
-    about equal node count, each a graph of its own that reduces the calibrated ``tensors`` it
+    """Cut ``model``'s graph (nodes in topological order) into at most ``pieces`` consecutive
+    pieces (:func:`_spans`), each a graph of its own that reduces the calibrated ``tensors`` it
     produces (rewired by :func:`reduce_before_use`).
 
     A piece's inputs are the tensors it reads that an earlier piece (or the caller) produced;
@@ -115,7 +129,7 @@ def graph_pieces(model, tensors: list[str], pieces: int) -> list[Piece]:
     nodes = list(graph.node)
     if not nodes:
         raise ValueError("the graph has no nodes to cut")
-    spans = [span for span in np.array_split(np.arange(len(nodes)), min(pieces, len(nodes)))]
+    spans = _spans(nodes, pieces)
     initializers = {init.name: init for init in graph.initializer}
     model_inputs = [i.name for i in graph.input if i.name not in initializers]
     model_outputs = [o.name for o in graph.output]
@@ -168,6 +182,31 @@ def graph_pieces(model, tensors: list[str], pieces: int) -> list[Piece]:
         reduce_before_use(piece)
         result.append(Piece(piece, inputs, outputs, mine, last_reader))
     return result
+
+
+def _spans(nodes: list, pieces: int) -> list[np.ndarray]:
+    """Node index ranges of at most ``pieces`` pieces of about equal node count, each cut just
+    before a LayerNormalization where the graph has them.
+
+    Where a cut falls decides what crosses it. Before a LayerNorm, the start of a transformer
+    block's attention or MLP half, little is alive besides the residual stream; a cut at an
+    arbitrary node of Video-Swin's stage 1 can fall inside window attention and carry its
+    1-2 GB attention maps across (measured: the worst piece then started at 4.3 GB and peaked
+    at 8.9). A graph without LayerNorms is cut by node count alone.
+    """
+    count = len(nodes)
+    candidates = np.array([i for i, node in enumerate(nodes)
+                           if node.op_type == "LayerNormalization" and i > 0])  # fmt: skip
+    if not len(candidates):
+        return [span for span in np.array_split(np.arange(count), min(pieces, count))]
+    targets = [count * k / pieces for k in range(1, pieces)]
+    cuts = sorted({int(candidates[np.abs(candidates - t).argmin()]) for t in targets})
+    spans = []
+    longest = 2 * -(-count // pieces)  # a stretch without LayerNorms is cut by count
+    for a, b in zip([0, *cuts], [*cuts, count]):
+        parts = -(-(b - a) // longest) if b - a > longest else 1
+        spans += [span for span in np.array_split(np.arange(a, b), parts)]
+    return spans
 
 
 @dataclass
@@ -340,7 +379,8 @@ def collect_minmax(
         for piece in cut:
             piece.model = None  # the protos are on disk; the engines hold what they need
         label = f"ranges ({engine}, {len(cut)} piece(s))"
-        for sample in tqdm(calibration.samples, desc=label, disable=None):
+        for number, sample in enumerate(tqdm(calibration.samples, desc=label, disable=None)):
+            clip_started = time.perf_counter()
             values = dict(sample)
             for index, (piece, run) in enumerate(zip(cut, runs)):
                 results = run({name: values[name] for name in piece.inputs})
@@ -352,10 +392,14 @@ def collect_minmax(
                     lowest[name] = low if name not in lowest else np.fmin(lowest[name], low)
                     highest[name] = high if name not in highest else np.fmax(highest[name], high)
                 values.update(results)
+                del results
                 # Free what no later piece reads.
                 for name in [n for n in values if piece.last_reader.get(n, -1) <= index]:
                     del values[name]
+                release_memory()
             del values
+            log.info("ranges: clip %d/%d in %.1f s", number + 1, len(calibration),
+                     time.perf_counter() - clip_started)  # fmt: skip
         del runs
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -107,7 +107,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("root").setLevel(logging.WARNING)
+    # onnxruntime's quantizer logs through the root logger, line by line: keep the root at
+    # WARNING and this project's own loggers (progress, clip by clip) at INFO.
+    logging.getLogger().setLevel(logging.WARNING)
+    for name in ("calibration", "runtime", "export"):
+        logging.getLogger(name).setLevel(logging.INFO)
     args = parse_args(argv)
     try:
         return run(args)

@@ -320,8 +320,8 @@ def collect_minmax(
         op_types: the op types whose tensors are calibrated (the quantizer's).
         engine: what runs the graph: "onnxruntime" (no arena) or "openvino" (f32).
         threads: the engine's threads (default: all cores).
-        pieces: cut the graph into this many consecutive pieces, run one after the other on
-            each clip (module docstring); 1 runs the whole graph at once.
+        pieces: cut the graph into at most this many consecutive pieces (before LayerNorms:
+            ``_spans``), run one after the other on each clip; 1 runs the whole graph at once.
 
     Returns:
         What was done: engine, tensors, clips, pieces, seconds, the pieces' node counts.

@@ -9,7 +9,6 @@ the largest mask-logit difference). J&F against the ground truth is ``benchmarks
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime.backends import load_backend
+from runtime.backends import AVAILABLE, load_backend, openvino_status
 from runtime.manifest import Manifest, atomic_write_text
 from runtime.precisions import INT8_TENSORRT, precision_name
 from runtime.selection import chosen_tracks, select_queries
@@ -143,7 +142,7 @@ def calibrate_bundle(
     )
     # The bounded path checks in OpenVINO where it can (its FP32 graph peaks at 4.7 GB at the
     # paper size against onnxruntime's 9.7); onnxruntime runs the symmetric target right.
-    bounded = range_backend != "calibrator" and importlib.util.find_spec("openvino") is not None
+    bounded = range_backend != "calibrator" and openvino_status() == AVAILABLE
     check_engine = "openvino" if bounded and INT8_TENSORRT not in targets else "onnxruntime"
     options = {"cpu_arena": False} if check_engine == "onnxruntime" else {}
     fp32 = load_backend(manifest, "video", check_engine, "fp32", threads=threads, **options)

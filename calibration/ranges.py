@@ -43,7 +43,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, installed_versions
 
 from .data import CalibrationSet
 
@@ -289,16 +289,6 @@ def _onnxruntime_runner(path: Path, threads: int | None):
     return lambda feeds: run_ort(session, feeds)
 
 
-def _engine_version(engine: str) -> str:
-    if engine == "openvino":
-        from runtime.backends.openvino import import_openvino
-
-        return f"openvino {import_openvino().__version__}"
-    import onnxruntime
-
-    return f"onnxruntime {onnxruntime.__version__}"
-
-
 _RUNNERS = {"onnxruntime": _onnxruntime_runner, "openvino": _openvino_runner}
 
 
@@ -359,14 +349,12 @@ def collect_minmax(
                                       augmented_model_path=str(work / "augmented.onnx"),
                                       use_external_data_format=True)  # fmt: skip
         tensors = sorted(calibrater.select_tensors_to_calibrate(calibrater.model)[0])
-        del calibrater
         # The weights once, in one file every piece points at (small constants, such as the
-        # shapes Reshape reads at load, stay inline).
-        model = onnx.load(str(source))
+        # shapes Reshape reads at load, stay inline), from the model the calibrator loaded.
         weights = work / "weights.onnx"
-        onnx.save_model(model, str(weights), save_as_external_data=True,
+        onnx.save_model(calibrater.model, str(weights), save_as_external_data=True,
                         location="weights.data")  # fmt: skip
-        del model
+        del calibrater
         model = onnx.load(str(weights), load_external_data=False)
         cut = graph_pieces(model, tensors, pieces)
         del model
@@ -415,7 +403,8 @@ def collect_minmax(
     cache.parent.mkdir(parents=True, exist_ok=True)
     save_tensors_data(ranges, cache)
     seconds = time.perf_counter() - started
-    version = _engine_version(engine)
+    package = "openvino" if engine == "openvino" else "onnxruntime"
+    version = f"{engine} {installed_versions((package,)).get(package, '?')}"
     log.info("MinMax ranges of %d tensors from %d clips in %d piece(s) in %s in %.1f s",
              len(lowest), len(calibration), len(cut), version, seconds)  # fmt: skip
     return {

@@ -29,11 +29,11 @@ import logging
 import tempfile
 from pathlib import Path
 
-from benchmarks.isolate import ChildDied, run_in_child
 from benchmarks.long_video import segment_child, write_synthetic_mp4
 from benchmarks.machine import cpu_line, run_record
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
+from runtime.child import ChildDied, run_in_child
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from benchmarks.isolate import max_rss_mb
 from benchmarks.machine import cpu_line, machine_info, run_record
 from benchmarks.report import fmt, save_results
 from proxyformer.summary import parse_size
+from runtime.child import max_rss_mb
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

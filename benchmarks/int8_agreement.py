@@ -6,8 +6,8 @@ forms), BF16, and FP32 in another runtime, against onnxruntime FP32.
 
 Held-out clips of ``--split`` (another seed than calibration's: ``calibration.data``) are
 built once, at ``--frames`` frames, with the text features of the bundle's own text graph. Each
-row then runs the video graph on every clip in a process of its own (``spawn``: its peak RSS is
-its own), and the chosen tracks are compared with the reference row's: mean mask IoU of the
+row then runs the video graph on every clip in a process of its own
+(``calibration.int8.outputs_child``, ``spawn``: its peak RSS is its own), and the chosen tracks are compared with the reference row's: mean mask IoU of the
 chosen queries' stride-4 masks, the same-query rate and the largest mask-logit error
 (``calibration.int8.agreement``, the measure calibration records in the manifest). Latency is
 ``benchmarks/latency.py``'s job; the seconds here are one untimed-warm-up call per clip.
@@ -21,21 +21,18 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from benchmarks.isolate import ChildDied, max_rss_mb, run_in_child
 from benchmarks.machine import cpu_line, run_record
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
+from runtime.child import ChildDied, run_in_child
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ROWS = "ort,ort-int8,ort-int8-trt,ov,ov-bf16,ov-int8"
-KEPT = ("pred_logits", "pred_masks")  # what the agreement reads
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,45 +62,6 @@ def check_rows(text: str) -> list[str]:
             f"{[n for n, s in BACKENDS.items() if s.runtime in ('onnxruntime', 'openvino')]}"
         )
     return rows
-
-
-def row_child(connection: Any, bundle: str, clips: str, name: str, threads: int,
-              out: str) -> None:  # fmt: skip
-    """Run one row's video graph on every clip; save the outputs the agreement reads to
-    ``out`` (npz) and send what the row cost, or the reason it could not run."""
-    try:
-        from calibration.data import CalibrationSet
-        from runtime.backends import load_backend
-        from runtime.manifest import Manifest
-
-        manifest = Manifest.load(bundle)
-        held_out = CalibrationSet.load(clips, manifest)
-        spec = BACKENDS[name]
-        options = {"cpu_arena": False} if spec.runtime == "onnxruntime" else {}
-        started = time.perf_counter()
-        backend = load_backend(manifest, "video", spec.runtime, spec.precision, threads=threads,
-                               **options)  # fmt: skip
-        load_s = time.perf_counter() - started
-        arrays, seconds = {}, []
-        for index, sample in enumerate(held_out.samples):
-            started = time.perf_counter()
-            outputs = backend.infer(sample)
-            seconds.append(time.perf_counter() - started)
-            arrays |= {f"{key}_{index}": outputs[key] for key in KEPT}
-        backend.close()
-        np.savez(out, **arrays)
-        connection.send({"status": "ran", "load_s": round(load_s, 1),
-                         "seconds_per_clip": [round(s, 2) for s in seconds],
-                         "peak_rss_mb": max_rss_mb(), "backend_name": backend.name})  # fmt: skip
-    except Exception as error:  # noqa: BLE001 - the reason is the row's result
-        connection.send({"status": "failed", "reason": f"{type(error).__name__}: {error}"})
-    finally:
-        connection.close()
-
-
-def _outputs(path: Path, clips: int) -> list[dict[str, np.ndarray]]:
-    with np.load(path) as data:
-        return [{key: data[f"{key}_{i}"] for key in KEPT} for i in range(clips)]
 
 
 def format_markdown(results: dict) -> str:
@@ -145,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from calibration.data import build_calibration_set
-    from calibration.int8 import agreement
+    from calibration.int8 import agreement, outputs_child, read_outputs
     from runtime.manifest import Manifest
 
     rows = check_rows(args.backends)
@@ -167,12 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
             row = {"backend": name, "runtime": spec.runtime, "precision": spec.precision}
             out = work / f"{name}.npz"
             try:
-                row |= run_in_child(row_child, (args.bundle, str(work / "clips"), name,
-                                                args.threads, str(out)), f"agreement-{name}")  # fmt: skip
+                row |= run_in_child(outputs_child, (args.bundle, str(work / "clips"),
+                                                    spec.runtime, spec.precision, args.threads,
+                                                    str(out)), f"agreement-{name}")  # fmt: skip
             except ChildDied as error:
                 row |= {"status": "failed", "reason": str(error)}
             if row["status"] == "ran":
-                outputs = _outputs(out, args.clips)
+                outputs = read_outputs(out, args.clips)
                 if name == rows[0]:
                     reference = outputs
                 elif reference is not None:

@@ -14,29 +14,13 @@ the GEMM peaks come from the parent, measured once.
 from __future__ import annotations
 
 import logging
-import multiprocessing
-import resource
-import signal
 import traceback
 from pathlib import Path
 from typing import Any
 
+from runtime.child import ChildDied, max_rss_mb, run_in_child
+
 log = logging.getLogger(__name__)
-
-
-def max_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB.
-
-    Linux's ``VmHWM`` (``/proc/self/status``), the high-water mark of this process's own
-    address space. Not ``ru_maxrss``: it survives ``execve``, so a spawned child starts with its
-    parent's peak (a child of a 1.4 GB pytest process reported 1.4 GB before doing anything).
-    Elsewhere ``ru_maxrss`` is the fallback (KiB on Linux).
-    """
-    try:
-        status = Path("/proc/self/status").read_text()
-        return int(status.split("VmHWM:")[1].split()[0]) / 1024
-    except (OSError, IndexError, ValueError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _child(
@@ -116,25 +100,6 @@ def _count_child(connection: Any, bundle: str, setting: dict, torch_device: str)
         connection.close()
 
 
-def run_in_child(target: Any, arguments: tuple, name: str) -> Any:
-    """Run ``target(connection, *arguments)`` in a fresh ``spawn`` child and return what it
-    sent; raise ``ChildDied`` naming how the child died if it sent nothing."""
-    context = multiprocessing.get_context("spawn")
-    reader, writer = context.Pipe(duplex=False)
-    process = context.Process(target=target, args=(writer, *arguments), name=name)
-    process.start()
-    writer.close()  # the child holds the only writer: a dead child means EOF here
-    try:
-        result = reader.recv()
-    except EOFError:
-        process.join()
-        raise ChildDied(_death_reason(process.exitcode)) from None
-    finally:
-        reader.close()
-    process.join()
-    return result
-
-
 # Expressions of the predictor's memory points (any text: the graphs' memory does not depend on it).
 POINT_TEXTS = ("the red circle moving left", "the big blue square", "the small green triangle",
                "the yellow diamond", "the circle above the square", "the shape on the right",
@@ -204,10 +169,6 @@ def predictor_point_child(connection: Any, bundle: str, runtime: str, precision:
     point_body(connection, load)
 
 
-class ChildDied(RuntimeError):
-    """A child process ended without sending its result (a signal, the OOM killer)."""
-
-
 def gflops_in_child(bundle: str | Path, setting: dict, torch_device: str) -> dict:
     """``count_gflops`` at every E of the run, in a child process: counting runs the model
     eagerly (about 10 GB at the paper size), which the benchmark's own process must not keep
@@ -219,14 +180,6 @@ def gflops_in_child(bundle: str | Path, setting: dict, torch_device: str) -> dic
     if isinstance(counts, BaseException):
         raise counts
     return counts
-
-
-def _death_reason(exitcode: int | None) -> str:
-    if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name
-        hint = " (killed: out of memory?)" if name == "SIGKILL" else ""
-        return f"the row's process died from {name}{hint} before reporting"
-    return f"the row's process exited with code {exitcode} before reporting"
 
 
 def measure_in_child(

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.isolate import ChildDied, max_rss_mb, run_in_child
 from benchmarks.machine import cpu_line, machine_info, run_record
 from benchmarks.report import save_results
+from runtime.child import ChildDied, max_rss_mb, run_in_child
 
 log = logging.getLogger(__name__)
 

@@ -35,10 +35,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from benchmarks.isolate import ChildDied, point_body, predictor_point_child, run_in_child
+from benchmarks.isolate import point_body, predictor_point_child
 from benchmarks.machine import cpu_line, machine_info, run_record
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
+from runtime.child import ChildDied, run_in_child
 
 log = logging.getLogger(__name__)
 

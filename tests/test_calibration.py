@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,11 +12,17 @@ import pytest
 from conftest import calibrated_copy
 from onnx import numpy_helper
 
-from calibration.data import CalibrationDataError, CalibrationSet, build_calibration_set
+from calibration.data import (
+    CalibrationDataError,
+    CalibrationSet,
+    ShardSamples,
+    build_calibration_set,
+)
 from calibration.int8 import (
     agreement,
     calibrate_bundle,
     float_nodes_from_sensitivity,
+    outputs_in_child,
     sensitivity,
 )
 from calibration.quantize import class_path_nodes, quantize_video, quantized_nodes
@@ -137,6 +144,11 @@ def test_samples_are_cached_and_checked(calibrated, tiny_bundle, synth_data, cap
     samples = CalibrationSet.load(directory, manifest)
     assert len(samples) == 6 and samples.info["split"] == "train"
     assert samples.samples[0]["frames"].dtype == np.uint8
+    # Read from the shards when used (none held), each the same arrays every time.
+    assert isinstance(samples.samples, ShardSamples)
+    pair = samples.samples[1:3]
+    assert len(pair) == 2 and samples.samples[-1:][0].keys() == pair[0].keys()
+    np.testing.assert_array_equal(pair[1]["frames"], samples.samples[2]["frames"])
     # Data made for another resolution or dtype is refused, naming the tensor.
     bad = CalibrationSet([dict(samples.samples[0], frames=samples.samples[0]["frames"][:, :32])])
     with pytest.raises(CalibrationDataError, match="sample 0.*'frames' expects uint8"):
@@ -196,10 +208,24 @@ def test_command_line(calibrated, synth_data, capsys):
     from calibration.calibrate import main
 
     args = ["--bundle", str(calibrated), "--data", str(synth_data), "--samples", "3",
-            "--target", "cpu", "--check-samples", "2", "--frames", "2", "--threads", "2"]  # fmt: skip
+            "--target", "cpu", "--check-samples", "0", "--frames", "2", "--threads", "2"]  # fmt: skip
     assert main(args) == 0
-    assert "video.int8-cpu.onnx" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "video.int8-cpu.onnx" in out and "not checked against FP32 (--check-samples 0)" in out
     entry = Manifest.load(calibrated).variant("video", "int8-cpu")
     assert entry["calibration"]["samples"] == 3
+    assert entry["agreement_vs_fp32"] is None  # --check-samples 0: no check, none recorded
     samples = CalibrationSet.load(calibrated / "calibration" / "samples")
     assert samples.samples[0]["frames"].shape[0] == 2
+
+
+def test_a_check_that_cannot_run_names_the_graph(tiny_bundle, synth_data, tmp_path):
+    """The agreement's graphs run in child processes; one that fails is an error naming the
+    runtime, the precision and the clips, with the child's reason."""
+    manifest = Manifest.load(tiny_bundle)
+    build_calibration_set(manifest, synth_data, "valid", 1, seed=1000).save(tmp_path / "clips")
+    with pytest.raises(RuntimeError, match=r"onnxruntime int8-cpu video graph on .*clips: .*"):
+        outputs_in_child(Path(tiny_bundle), tmp_path / "clips", "onnxruntime", "int8-cpu", 1,
+                         tmp_path / "out.npz")  # fmt: skip
+    with pytest.raises(ValueError, match="check_samples must be an int of at least 0"):
+        calibrate_bundle(tiny_bundle, synth_data, ("int8-cpu",), check_samples=-1)

@@ -14,11 +14,12 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from benchmarks.isolate import _death_reason, measure_in_child
+from benchmarks.isolate import measure_in_child
 from benchmarks.report import format_markdown
 from benchmarks.suite import run_benchmark
 from benchmarks.targets import evaluate_targets
 from runtime.backends import available_backends
+from runtime.child import death_reason
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +101,8 @@ def test_a_row_whose_process_dies_is_failed_with_the_signal(tiny_bundle):
 
 
 def test_death_reasons():
-    assert "SIGSEGV" in _death_reason(-signal.SIGSEGV)
-    assert "exited with code 3" in _death_reason(3)
+    assert "SIGSEGV" in death_reason(-signal.SIGSEGV)
+    assert "exited with code 3" in death_reason(3)
 
 
 def _row(name: str, runtime: str, p50: float, rss: float | None = None, gflops_s: float = 1.0):

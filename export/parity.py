@@ -160,7 +160,7 @@ def failures(report: dict[str, dict]) -> list[str]:
 
 
 def ort_session(path: Path, threads: int | None = None):
-    """A CPU ONNX Runtime session of one graph file, without the memory arena."""
+    """A CPU ONNX Runtime session of one graph file, without the memory arena or pattern."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -169,6 +169,10 @@ def ort_session(path: Path, threads: int | None = None):
     # No arena: parity runs large shapes once per session, and an arena keeps its peak
     # (tens of GB for Video-Swin at 360x640 x 20 frames x 3 expressions) until the end.
     options.enable_cpu_mem_arena = False
+    # No memory pattern either: from a session's second run at the same shapes, onnxruntime
+    # allocates one block laid out by the first run's plan, which held a stage-1 piece of
+    # paper-swin-t (calibration.ranges) 1.7 GB above the first run's peak, clip after clip.
+    options.enable_mem_pattern = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

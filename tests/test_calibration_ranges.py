@@ -14,7 +14,7 @@ from onnxruntime.quantization.calibrate import load_tensors_data
 from calibration.data import build_calibration_set
 from calibration.int8 import calibrate_bundle
 from calibration.quantize import QUANTIZED_OPS, quantize_video, range_cache
-from calibration.ranges import _spans, collect_minmax
+from calibration.ranges import _schedule, _spans, collect_minmax
 from runtime.manifest import Manifest
 
 
@@ -68,6 +68,33 @@ def test_cuts_fall_before_layer_norms():
     assert max(len(span) for span in spans) <= 2 * -(-len(nodes) // 8)  # the Add tail is cut
     plain = [helper.make_node("Add", [f"x{i}"], [f"x{i + 1}"]) for i in range(10)]
     assert [len(span) for span in _spans(plain, 3)] == [4, 3, 3]
+
+
+def test_shape_only_work_moves_before_the_block_that_uses_it():
+    """A window mask built from a block's input shape, emitted by the exporter between the
+    attention scores and their use, moves to just before the block's LayerNorm (so no cut
+    carries the scores across it); data nodes and the Shape that reads data keep their order,
+    and the result is topological."""
+    from onnx import helper
+
+    make = helper.make_node
+    nodes = [
+        make("MatMul", ["x", "w0"], ["h"], name="stem"),
+        make("Shape", ["h"], ["shape"], name="shape"),  # reads data: stays put
+        make("Add", ["h", "b0"], ["r"], name="residual"),
+        make("LayerNormalization", ["r", "g", "b"], ["n"], name="norm"),
+        make("MatMul", ["n", "w1"], ["scores"], name="scores"),
+        make("ConstantOfShape", ["shape"], ["zeros"], name="mask0"),  # shape-only chain
+        make("Slice", ["zeros", "s0", "s1"], ["part"], name="mask1"),
+        make("Cast", ["part"], ["mask"], name="mask2"),
+        make("Add", ["scores", "mask"], ["masked"], name="masked"),
+        make("Softmax", ["masked"], ["attention"], name="softmax"),
+    ]
+    order = [node.name for node in _schedule(nodes, {"w0", "b0", "g", "b", "w1", "s0", "s1"})]
+    assert order == ["stem", "shape", "residual", "mask0", "mask1", "mask2", "norm", "scores",
+                     "masked", "softmax"]  # fmt: skip
+    plain = nodes[:5]  # nothing shape-only to move: the same list
+    assert _schedule(plain, {"w0", "b0", "g", "b", "w1"}) == plain
 
 
 def test_calibration_with_bounded_ranges(bundle, synth_data):

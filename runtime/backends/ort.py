@@ -216,7 +216,10 @@ class OnnxRuntimeBackend(BaseBackend):
             spinning threads of one slowed the other by up to 2x on a 2-core CPU.
         cpu_arena: onnxruntime's CPU memory arena (its default). An arena keeps the peak of
             the largest run until the session closes: near 21 GB for paper-swin-t's video
-            graph at 360x640 and 19 frames. Off, tensors are freed as the run goes.
+            graph at 360x640 and 19 frames. Off, tensors are freed as the run goes, and
+            onnxruntime's memory pattern is off too: from the second run at the same shapes it
+            allocates one block laid out by the first run's plan, which held a stage-1 piece
+            of paper-swin-t 1.7 GB above the first run's peak (``calibration.ranges``).
 
     Raises:
         BackendUnavailable: onnxruntime is missing, a requested provider is not available
@@ -261,6 +264,7 @@ class OnnxRuntimeBackend(BaseBackend):
             options.intra_op_num_threads = int(threads)
         options.graph_optimization_level = _optimization_level(ort, graph_optimization_level)
         options.enable_cpu_mem_arena = bool(cpu_arena)
+        options.enable_mem_pattern = bool(cpu_arena)  # bounded memory: neither (docstring)
         if not allow_spinning:
             # Idle intra-op threads otherwise spin for a while after each run, taking cores
             # from whatever runs next (the other graph, post-processing, another process).

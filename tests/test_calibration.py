@@ -227,5 +227,3 @@ def test_a_check_that_cannot_run_names_the_graph(tiny_bundle, synth_data, tmp_pa
     with pytest.raises(RuntimeError, match=r"onnxruntime int8-cpu video graph on .*clips: .*"):
         outputs_in_child(Path(tiny_bundle), tmp_path / "clips", "onnxruntime", "int8-cpu", 1,
                          tmp_path / "out.npz")  # fmt: skip
-    with pytest.raises(ValueError, match="check_samples must be an int of at least 0"):
-        calibrate_bundle(tiny_bundle, synth_data, ("int8-cpu",), check_samples=-1)

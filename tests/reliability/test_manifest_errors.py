@@ -155,14 +155,16 @@ def test_the_toy_bundle_itself_passes(toy, capsys):
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [["--samples", "0"], ["--samples", "-3"], ["--check-samples", "-1"], ["--check-samples", "0"],
-     ["--frames", "0"]],
-    ids=lambda argv: " ".join(argv),
+    ("argv", "least"),
+    [(["--samples", "0"], 1), (["--samples", "-3"], 1), (["--check-samples", "-1"], 0),
+     (["--frames", "0"], 1)],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else str(value),
 )
-def test_calibrate_refuses_a_count_below_one_before_any_work(argv, tmp_path, capsys):
+def test_calibrate_refuses_a_count_below_its_least_before_any_work(argv, least, tmp_path,
+                                                                   capsys):  # fmt: skip
     """argparse's usage error (exit 2) naming the flag, before the bundle is even looked
-    for: the bundle and data given here do not exist."""
+    for: the bundle and data given here do not exist. (``--check-samples 0`` is allowed: it
+    skips the agreement check.)"""
     from calibration.calibrate import main as calibrate
 
     missing = str(tmp_path / "no-bundle")
@@ -170,11 +172,13 @@ def test_calibrate_refuses_a_count_below_one_before_any_work(argv, tmp_path, cap
         calibrate(["--bundle", missing, "--data", missing, *argv])
     assert raised.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument {argv[0]}: must be at least 1, got {int(argv[1])}" in err, err
+    assert f"argument {argv[0]}: must be at least {least}, got {int(argv[1])}" in err, err
 
 
 def test_calibrate_bundle_checks_its_counts_first(tmp_path):
     from calibration.int8 import calibrate_bundle
 
-    with pytest.raises(ValueError, match="samples must be a positive int, got 0"):
+    with pytest.raises(ValueError, match="samples must be an int of at least 1, got 0"):
         calibrate_bundle(tmp_path / "no-bundle", tmp_path / "no-data", samples=0)
+    with pytest.raises(ValueError, match="check_samples must be an int of at least 0, got -1"):
+        calibrate_bundle(tmp_path / "no-bundle", tmp_path / "no-data", check_samples=-1)

@@ -106,8 +106,10 @@ def test_batch_resumes_and_a_corrupt_video_fails_alone(ray_cluster, tiny_bundle,
     report = run_batch(tiny_bundle, folder, expressions_file, out, address=ray_cluster,
                        workers=2, backend="onnxruntime", progress=False)  # fmt: skip
     good = sorted(name for name in expressions if name != "broken")
-    assert report["skipped_finished"] == len(finished)
-    assert report["done"] == len(good) - len(finished)
+    # The killed driver's Ray worker may still finish the video it held (the cluster outlives
+    # the driver), so at least what was finished at the kill is skipped, and the rest is done.
+    assert len(finished) <= report["skipped_finished"] <= len(good)
+    assert report["done"] == len(good) - report["skipped_finished"]
     assert [f["video"] for f in report["failed"]] == ["broken"]
     assert "broken.mp4" in report["failed"][0]["error"]
     assert report["workers"] == 2 and report["videos_per_minute"] > 0

@@ -9,8 +9,9 @@ built once, at ``--frames`` frames, with the text features of the bundle's own t
 row then runs the video graph on every clip in a process of its own
 (``calibration.int8.outputs_child``, ``spawn``: its peak RSS is its own), and the chosen tracks
 are compared with the reference row's: mean mask IoU of the chosen queries' stride-4 masks,
-the same-query rate and the largest mask-logit error (``calibration.int8.agreement``, the measure calibration records in the manifest). Latency is
-``benchmarks/latency.py``'s job; the seconds here are one untimed-warm-up call per clip.
+the same-query rate and the largest mask-logit error (``calibration.int8.agreement``, the
+measure calibration records in the manifest). Latency is ``benchmarks/latency.py``'s job; the
+seconds here are one untimed-warm-up call per clip.
 
 Results go to ``benchmarks/results/<machine>/agreement-<tag>.{json,md}``; the markdown is
 printed.

@@ -18,8 +18,15 @@ import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+from torchvision.models.video.swin_transformer import (
+    ShiftedWindowAttention3d,
+    _compute_attention_mask_3d,
+    _compute_pad_size_3d,
+    _get_window_and_shift_size,
+)
 
 from .config import BackboneConfig
 from .state import load_state_checked
@@ -103,8 +110,79 @@ _SWIN_SIZES = {
 }
 
 
+def window_attention_3d(
+    x: torch.Tensor,
+    attention: nn.Module,
+    window_size: list[int],
+    shift_size: list[int],
+) -> torch.Tensor:
+    """torchvision's ``shifted_window_attention_3d`` with the attention itself computed by
+    ``F.scaled_dot_product_attention``; the same math, parameters and result.
+
+    torchvision materialises every window's attention map, then adds the relative position
+    bias and the shift mask and applies the softmax, each into a new map the size of the
+    first: at 360x640 and 19 frames one stage-1 map is 1.65 GB, and in eager PyTorch these
+    steps took 8 of the video graph's 18 seconds (paper-swin-t, T 9, 2 cores). The fused kernel
+    (CPU flash attention, CUDA memory-efficient attention) takes bias and mask as one additive
+    mask and never writes the map out: 2.6-3.5x faster on that step (docs/model.md,
+    "Choices where the paper is silent").
+
+    Inputs ``(B, T, H, W, C)``; ``window_size``/``shift_size`` already adapted to the input
+    (``_get_window_and_shift_size``).
+    """
+    b, t, h, w, c = x.shape
+    heads = attention.num_heads
+    pad = _compute_pad_size_3d((t, h, w), tuple(window_size))
+    x = F.pad(x, (0, 0, 0, pad[2], 0, pad[1], 0, pad[0]))
+    _, tp, hp, wp, _ = x.shape
+    shifted = sum(shift_size) > 0
+    if shifted:
+        x = torch.roll(x, shifts=tuple(-s for s in shift_size), dims=(1, 2, 3))
+    grid = (tp // window_size[0], hp // window_size[1], wp // window_size[2])
+    windows = grid[0] * grid[1] * grid[2]
+    tokens = window_size[0] * window_size[1] * window_size[2]
+    x = x.view(b, grid[0], window_size[0], grid[1], window_size[1], grid[2], window_size[2], c)
+    x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b * windows, tokens, c)
+
+    qkv = F.linear(x, attention.qkv.weight, attention.qkv.bias)
+    q, k, v = qkv.reshape(b * windows, tokens, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    bias = attention.get_relative_position_bias(window_size)  # (1, heads, N, N)
+    if shifted:
+        mask = _compute_attention_mask_3d(x, (tp, hp, wp), tuple(window_size), tuple(shift_size))
+        bias = bias + mask.unsqueeze(1)  # (windows, heads, N, N): the same for every video
+        if b > 1:
+            bias = bias.repeat(b, 1, 1, 1)
+    dropout = attention.attention_dropout if attention.training else 0.0
+    x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=dropout)
+    x = x.transpose(1, 2).reshape(b * windows, tokens, c)
+    x = F.linear(x, attention.proj.weight, attention.proj.bias)
+    x = F.dropout(x, p=attention.dropout, training=attention.training)
+
+    x = x.view(b, grid[0], grid[1], grid[2], window_size[0], window_size[1], window_size[2], c)
+    x = x.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, tp, hp, wp, c)
+    if shifted:
+        x = torch.roll(x, shifts=tuple(shift_size), dims=(1, 2, 3))
+    return x[:, :t, :h, :w, :].contiguous()
+
+
+class FusedWindowAttention3d(ShiftedWindowAttention3d):
+    """torchvision's ``ShiftedWindowAttention3d`` whose forward is ``window_attention_3d`` in
+    PyTorch, and torchvision's own code while a graph is exported, so the ONNX graph keeps the
+    explicit MatMul/Softmax form every runtime (TensorRT included) fuses itself. ``VideoSwin``
+    swaps the class of torchvision's modules: parameters and state_dict keys are unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        window_size, shift_size = _get_window_and_shift_size(
+            self.shift_size.copy(), list(x.shape[1:4]), self.window_size.copy()
+        )
+        return window_attention_3d(x, self, window_size, shift_size)
+
+
 class VideoSwin(nn.Module):
-    """torchvision ``SwinTransformer3d`` with patch size (1, 4, 4); one norm per output level."""
+    """torchvision ``SwinTransformer3d`` with patch size (1, 4, 4); one norm per output level.
+    Its window attention runs fused in PyTorch (``window_attention_3d``)."""
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
@@ -117,6 +195,9 @@ class VideoSwin(nn.Module):
             stochastic_depth_prob=config.drop_path_rate,
             **sizes,
         )
+        for module in swin.modules():
+            if type(module) is ShiftedWindowAttention3d:
+                module.__class__ = FusedWindowAttention3d
         # Keep the patch embedding and the stages; the classification norm/head are unused.
         self.patch_embed = swin.patch_embed
         self.pos_drop = swin.pos_drop

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -115,11 +116,21 @@ def convert_fp16(source: Path, target: Path, metadata: dict[str, str], external_
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(source))
-    model = convert_float_to_float16(
-        model,
-        keep_io_types=True,
-        op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FP32)),
-    )
+    # The converter logs, at INFO, every node whose initializer FP32 and FP16 nodes share, as a
+    # whole protobuf: hundreds of lines of an export's log for a note that asks nothing of us
+    # (it stores such an initializer in FP16 and the FP32 nodes read it through a Cast; the
+    # FP16 parity check measures what that costs).
+    converter_log = logging.getLogger("onnxruntime.transformers.float16")
+    level = converter_log.level
+    converter_log.setLevel(max(level, logging.WARNING))
+    try:
+        model = convert_float_to_float16(
+            model,
+            keep_io_types=True,
+            op_block_list=sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP16_KEEP_FP32)),
+        )
+    finally:
+        converter_log.setLevel(level)
     staged = target.with_suffix(".tmp.onnx")
     onnx.save_model(model, str(staged), save_as_external_data=True, location=staged.name + ".data")
     try:

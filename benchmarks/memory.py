@@ -158,16 +158,18 @@ def format_markdown(results: dict) -> str:
     if results.get("models"):
         lines += [
             "",
-            ("Memory models kept in the bundle (peak = base + a·T + b·T·E, in GB of 10^9 bytes; "
+            ("Memory models kept in the bundle (peak = base + a·P(T) + b·T·E, in GB of 10^9 "
+             "bytes; P(T): T padded to a multiple of the backbone's temporal window, the step; "
              "`runtime.budget`):"),
             "",
-            "| backend | graph | base | a (per frame) | b (per frame and expression) |",
-            "|---|---|---:|---:|---:|",
+            "| backend | graph | base | a (per frame) | b (per frame and expression) | step |",
+            "|---|---|---:|---:|---:|---:|",
         ]
         for name, by_mode in results["models"].items():
             for mode, m in by_mode.items():
                 lines.append(f"| {name} | {mode} | {m['base'] / 1e9:.3f} | "
-                             f"{m['per_frame'] / 1e9:.4f} | {m['per_frame_expression'] / 1e9:.4f} |")  # fmt: skip
+                             f"{m['per_frame'] / 1e9:.4f} | {m['per_frame_expression'] / 1e9:.4f} "
+                             f"| {m.get('frame_step', 1)} |")  # fmt: skip
     lines += ["", f"Command: `{results['command']}`", ""]
     return "\n".join(lines)
 
@@ -175,7 +177,9 @@ def format_markdown(results: dict) -> str:
 def record_models(manifest: Any, results: dict) -> dict:
     """Fit each backend's and mode's memory model to its measured points and keep them in the
     bundle's manifest (``runtime.budget.record_memory_models``); returns them by row name."""
-    from runtime.budget import MemoryModel, record_memory_models
+    from runtime.budget import MemoryModel, frame_step, record_memory_models
+
+    step = frame_step(manifest)
 
     fitted: dict[str, dict] = {}
     for name in dict.fromkeys(p["backend"] for p in results["points"]):
@@ -188,10 +192,10 @@ def record_models(manifest: Any, results: dict) -> dict:
                        "peak_bytes": int(p["peak_rss_mb"] * 2**20)}
                       for p in results["points"] if p["backend"] == name
                       and p.get("mode", "video") == mode and p["status"] == "measured"]  # fmt: skip
-            if len({p["T"] for p in points}) >= 2:
-                models[mode] = MemoryModel.fit(points)
-            else:
-                log.warning("%s %s: too few measured points for a memory model", name, mode)
+            try:
+                models[mode] = MemoryModel.fit(points, step)
+            except ValueError as reason:
+                log.warning("%s %s: no memory model (%s)", name, mode, reason)
         if models:
             measured = {key: results[key] for key in ("command", "created")}
             measured |= {"machine": results["machine"]["slug"], "setting": results["setting"]}

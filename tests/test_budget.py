@@ -19,6 +19,7 @@ from runtime.budget import (
     MemoryBudgetError,
     MemoryModel,
     format_memory,
+    padded_frames,
     parse_memory,
     plan_calls,
 )
@@ -62,6 +63,29 @@ def test_a_fitted_model_bounds_every_measured_point():
     assert MemoryModel.from_dict(json.loads(json.dumps(model.to_dict()))) == model
     with pytest.raises(ValueError, match="two or more T"):
         MemoryModel.fit(points(GB, GB, GB, frames=(4,)))
+
+
+def test_a_windowed_backbone_steps_with_its_padded_frames():
+    """Video-Swin pads T to a multiple of its temporal window (8): the peak is a step
+    function of T, and a window of 16 frames costs what one of 9 does."""
+    assert [padded_frames(t, 8) for t in (1, 5, 8, 9, 16, 17, 19, 24, 25)] == [
+        1, 5, 8, 16, 16, 24, 24, 24, 32]  # fmt: skip
+    assert [padded_frames(t, 1) for t in (1, 9, 19)] == [1, 9, 19]
+    truth = [{"T": t, "E": 1, "peak_bytes": int(3 * GB + 0.4 * GB * padded_frames(t, 8))}
+             for t in (9, 19)]  # fmt: skip
+    model = MemoryModel.fit(truth, frame_step=8)
+    assert model.predict(12, 1) == model.predict(16, 1) == model.predict(9, 1)
+    assert model.predict(17, 1) == model.predict(19, 1) > model.predict(16, 1)
+    assert MemoryModel.from_dict(json.loads(json.dumps(model.to_dict()))) == model
+    # A budget between the two steps runs windows of 16, where a model linear in T (the
+    # same points, step 1) would cut them to 14.
+    budget = int(3 * GB + 0.4 * GB * 20)
+    assert plan_calls({"video": model}, budget, 19, 1, 9, 8).window == 16
+    linear = MemoryModel.fit(truth)
+    assert plan_calls({"video": linear}, budget, 19, 1, 9, 8).window == 14
+    # Points that pad to one length do not determine the per-frame slope.
+    with pytest.raises(ValueError, match="padded to multiples of 8"):
+        MemoryModel.fit([dict(p, T=t) for p, t in zip(truth, (9, 16))], frame_step=8)
 
 
 def test_the_plan_prefers_the_longest_window_then_the_one_graph_then_large_groups():

@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.machine import cpu_line, machine_info
 from benchmarks.report import RESULTS_DIR
 
 log = logging.getLogger("accuracy")
@@ -200,9 +200,16 @@ def measure(
             for p in ("int8-tensorrt", "int8-cpu")
             if p in manifest.precisions("video")
         },
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine_info("cpu"),
         "command": " ".join(sys.argv),
     }
+
+
+def _machine_lines(machine) -> list[str]:
+    """Where the seconds column was measured (J&F does not depend on it, the seconds do)."""
+    if not isinstance(machine, dict):  # reports written before the machine was recorded
+        return []
+    return [f"Seconds measured on {cpu_line(machine)}.", ""]
 
 
 def markdown(report: dict) -> str:
@@ -213,6 +220,7 @@ def markdown(report: dict) -> str:
             f"{report.get('protocol', 'per-expression')} protocol), bundle {report['bundle']}"
         ),
         "",
+        *_machine_lines(report.get("machine")),
         "| row | J&F | J | F | Δ J&F vs ORT FP32 (points) | seconds |",
         "|---|---:|---:|---:|---:|---:|",
     ]

@@ -21,12 +21,6 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torchvision.models.video.swin_transformer import (
-    ShiftedWindowAttention3d,
-    _compute_attention_mask_3d,
-    _compute_pad_size_3d,
-    _get_window_and_shift_size,
-)
 
 from .config import BackboneConfig
 from .state import load_state_checked
@@ -130,6 +124,11 @@ def window_attention_3d(
     Inputs ``(B, T, H, W, C)``; ``window_size``/``shift_size`` already adapted to the input
     (``_get_window_and_shift_size``).
     """
+    from torchvision.models.video.swin_transformer import (
+        _compute_attention_mask_3d,
+        _compute_pad_size_3d,
+    )
+
     b, t, h, w, c = x.shape
     heads = attention.num_heads
     pad = _compute_pad_size_3d((t, h, w), tuple(window_size))
@@ -165,19 +164,42 @@ def window_attention_3d(
     return x[:, :t, :h, :w, :].contiguous()
 
 
-class FusedWindowAttention3d(ShiftedWindowAttention3d):
-    """torchvision's ``ShiftedWindowAttention3d`` whose forward is ``window_attention_3d`` in
-    PyTorch, and torchvision's own code while a graph is exported, so the ONNX graph keeps the
-    explicit MatMul/Softmax form every runtime (TensorRT included) fuses itself. ``VideoSwin``
-    swaps the class of torchvision's modules: parameters and state_dict keys are unchanged."""
+_FUSED_CLASS: type | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
-            return super().forward(x)
-        window_size, shift_size = _get_window_and_shift_size(
-            self.shift_size.copy(), list(x.shape[1:4]), self.window_size.copy()
+
+def _fused_window_attention_class() -> type:
+    """``FusedWindowAttention3d``: torchvision's ``ShiftedWindowAttention3d`` whose forward is
+    ``window_attention_3d`` in PyTorch, and torchvision's own code while a graph is exported,
+    so the ONNX graph keeps the explicit MatMul/Softmax form every runtime (TensorRT included)
+    fuses itself. ``VideoSwin`` swaps the class of torchvision's modules: parameters and
+    state_dict keys are unchanged. Made on first use (and reached as a module attribute, so
+    pickles of the model load) because torchvision is imported only where Video-Swin is built:
+    a machine with torch alone still imports the model (the GPU check's machine)."""
+    global _FUSED_CLASS
+    if _FUSED_CLASS is None:
+        from torchvision.models.video.swin_transformer import (
+            ShiftedWindowAttention3d,
+            _get_window_and_shift_size,
         )
-        return window_attention_3d(x, self, window_size, shift_size)
+
+        class FusedWindowAttention3d(ShiftedWindowAttention3d):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export():
+                    return super().forward(x)
+                window_size, shift_size = _get_window_and_shift_size(
+                    self.shift_size.copy(), list(x.shape[1:4]), self.window_size.copy()
+                )
+                return window_attention_3d(x, self, window_size, shift_size)
+
+        FusedWindowAttention3d.__qualname__ = "FusedWindowAttention3d"
+        _FUSED_CLASS = FusedWindowAttention3d
+    return _FUSED_CLASS
+
+
+def __getattr__(name: str):
+    if name == "FusedWindowAttention3d":
+        return _fused_window_attention_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class VideoSwin(nn.Module):
@@ -195,9 +217,10 @@ class VideoSwin(nn.Module):
             stochastic_depth_prob=config.drop_path_rate,
             **sizes,
         )
+        fused = _fused_window_attention_class()
         for module in swin.modules():
-            if type(module) is ShiftedWindowAttention3d:
-                module.__class__ = FusedWindowAttention3d
+            if type(module) is fused.__base__:
+                module.__class__ = fused
         # Keep the patch embedding and the stages; the classification norm/head are unused.
         self.patch_embed = swin.patch_embed
         self.pos_drop = swin.pos_drop

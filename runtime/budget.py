@@ -6,10 +6,12 @@ as much as of the model: on paper-swin-t at 360x640 and 19 frames, one expressio
 So it is measured, not derived from the graph: ``benchmarks/memory.py --record`` runs calls
 of a few sizes, each in a fresh process, and fits per backend and per mode
 
-    peak(T, G) = base + per_frame * P(T) + per_frame_expression * T * G
+    peak(T, G) = base + max(per_frame * P(T) + per_frame_expression * T * G,
+                            expression_phase * T * G)
 
 (T frames, G expressions in one call), raised by the largest residual so that it bounds every
-measured point. ``P(T)`` is the frames the backbone computes on: Video-Swin pads T up to a
+measured point (``MemoryModel``: the second term is the expressions' work once the backbone's
+memory is freed). ``P(T)`` is the frames the backbone computes on: Video-Swin pads T up to a
 multiple of its temporal window (8) unless T fits in one window, so its attention maps, and
 the peak, step: on paper-swin-t at 360x640 in onnxruntime without its arena, T = 12, 16 and 17
 peak at 6.62, 6.95 and 9.33 GiB. A model linear in T would refuse T = 16 under a budget that
@@ -101,6 +103,38 @@ def current_rss() -> int:
         return 0
 
 
+# glibc serves blocks of at least this size with mmap and returns them to the system on free
+# (``release_freed_memory``).
+MMAP_THRESHOLD = 1 << 20
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+def release_freed_memory() -> bool:
+    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD`` for this process, so that freed
+    tensors of a megabyte or more go back to the system at once. True where it was set
+    (glibc), False elsewhere.
+
+    By default glibc raises the threshold to the size of each mmapped block freed (up to 32
+    MB), after which blocks below it come from the heap, where a later run's tensors of other
+    sizes fragment what the earlier ones freed. onnxruntime without its arena allocates
+    through malloc, so under a budget that was measured on single calls: on paper-swin-t
+    (16 + 9 frames, four expressions) the second window raised the peak from 8.00 to 8.30
+    GiB; with the threshold fixed it peaked at 7.81 GiB, at the same speed. It is process-wide,
+    so the runtime sets it only where it runs onnxruntime without the arena.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or "libc" not in name:
+        return False
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
 def default_budget() -> int:
     """The budget when none is given: this process's RSS plus ``DEFAULT_SHARE`` of the
     memory the system reports available (``MemAvailable``), or of its physical memory where
@@ -131,27 +165,44 @@ def padded_frames(frames: int, step: int) -> int:
     return frames if frames <= step else -(-frames // step) * step
 
 
+# A multi-expression point this far (relative) above the backbone phase's fit shows a second
+# phase; below it, the gap is the run-to-run spread of a peak (0.45 GiB between identical
+# OpenVINO points), which the raise of ``base`` covers.
+SECOND_PHASE = 0.03
+
+
 @dataclass
 class MemoryModel:
     """Peak RSS of a process that loaded the graphs and ran one call of T frames and G
-    expressions: ``base + per_frame * P(T) + per_frame_expression * T * G`` bytes, with
-    ``P(T) = padded_frames(T, frame_step)``."""
+    expressions, in bytes: the larger of two phases,
+
+    - ``base + per_frame * P(T) + per_frame_expression * T * G`` (the backbone's, with what
+      the expressions hold beside it), ``P(T) = padded_frames(T, frame_step)``;
+    - ``base + expression_phase * T * G``: the expressions' work after the backbone's
+      attention maps are freed. In onnxruntime on paper-swin-t one call at T 16, E 4 peaks at
+      8.00 GiB against 6.95 at T 16, E 1 and 6.34 at T 9, E 4, while at T 19 four expressions
+      add nothing: the peak is the larger phase, not their sum. 0 where no point shows it.
+    """
 
     base: float
     per_frame: float
     per_frame_expression: float
     points: list[dict] = field(default_factory=list)  # the measurements it was fitted on
     frame_step: int = 1
+    expression_phase: float = 0.0
 
     def predict(self, frames: int, group: int) -> int:
         padded = padded_frames(frames, self.frame_step)
-        return int(self.base + self.per_frame * padded
-                   + self.per_frame_expression * frames * group)  # fmt: skip
+        backbone = self.per_frame * padded + self.per_frame_expression * frames * group
+        return int(self.base + max(backbone, self.expression_phase * frames * group))
 
     @classmethod
     def fit(cls, points: list[dict], frame_step: int = 1) -> MemoryModel:
-        """Least squares over ``[{"T", "E", "peak_bytes"}, ...]`` with coefficients kept
-        >= 0, then ``base`` raised by the largest underestimate: the model bounds every point.
+        """Least squares of the backbone phase over ``[{"T", "E", "peak_bytes"}, ...]`` with
+        coefficients kept >= 0; the expression phase through the multi-expression points the
+        backbone phase underestimates by more than ``SECOND_PHASE`` (its slope the largest
+        they need); then ``base`` raised by the largest underestimate left: the model bounds
+        every point.
 
         Raises:
             ValueError: fewer than two distinct ``P(T)`` (the per-frame slope is not
@@ -167,15 +218,27 @@ class MemoryModel:
         groups = np.array([p["E"] for p in points], np.float64)
         peaks = np.array([p["peak_bytes"] for p in points], np.float64)
         design = np.stack([np.ones_like(frames), padded, frames * groups], axis=1)
-        if len(set(groups)) < 2:  # one G: the expression term is not determined
-            design = design[:, :2]
-        coefficients = np.linalg.lstsq(design, peaks, rcond=None)[0]
-        coefficients = np.maximum(coefficients, 0.0)
-        coefficients = np.pad(coefficients, (0, 3 - len(coefficients)))
-        base, per_frame, per_expression = (float(c) for c in coefficients)
-        predicted = base + per_frame * padded + per_expression * frames * groups
+
+        def backbone_fit(used: np.ndarray) -> tuple[float, float, float]:
+            columns = design[used] if len(set(groups[used])) > 1 else design[used][:, :2]
+            coefficients = np.linalg.lstsq(columns, peaks[used], rcond=None)[0]
+            coefficients = np.pad(np.maximum(coefficients, 0.0), (0, 3 - len(coefficients)))
+            return tuple(float(c) for c in coefficients)
+
+        # Fitted on every point, then again without the points of the second phase (which
+        # would otherwise tilt the backbone's expression term towards them).
+        base, per_frame, per_expression = backbone_fit(np.ones(len(points), bool))
+        backbone = base + per_frame * padded + per_expression * frames * groups
+        second = (groups > 1) & (peaks > backbone * (1 + SECOND_PHASE))
+        if second.any() and len(set(padded[~second])) >= 2:
+            base, per_frame, per_expression = backbone_fit(~second)
+            backbone = base + per_frame * padded + per_expression * frames * groups
+        phase = 0.0
+        if second.any():
+            phase = float(((peaks[second] - base) / (frames * groups)[second]).max())
+        predicted = np.maximum(backbone, base + phase * frames * groups)
         base += float(max(0.0, (peaks - predicted).max()))
-        return cls(base, per_frame, per_expression, list(points), int(frame_step))
+        return cls(base, per_frame, per_expression, list(points), int(frame_step), phase)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -184,7 +247,8 @@ class MemoryModel:
     def from_dict(cls, data: dict) -> MemoryModel:
         return cls(float(data["base"]), float(data["per_frame"]),
                    float(data["per_frame_expression"]), list(data.get("points", [])),
-                   int(data.get("frame_step", 1)))  # fmt: skip
+                   int(data.get("frame_step", 1)),
+                   float(data.get("expression_phase", 0.0)))  # fmt: skip
 
 
 def memory_key(runtime: str, precision: str) -> str:

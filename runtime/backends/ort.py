@@ -219,7 +219,9 @@ class OnnxRuntimeBackend(BaseBackend):
             graph at 360x640 and 19 frames. Off, tensors are freed as the run goes, and
             onnxruntime's memory pattern is off too: from the second run at the same shapes it
             allocates one block laid out by the first run's plan, which held a stage-1 piece
-            of paper-swin-t 1.7 GB above the first run's peak (``calibration.ranges``).
+            of paper-swin-t 1.7 GB above the first run's peak (``calibration.ranges``). Off
+            also fixes glibc's mmap threshold for the process
+            (``runtime.budget.release_freed_memory``).
 
     Raises:
         BackendUnavailable: onnxruntime is missing, a requested provider is not available
@@ -265,6 +267,10 @@ class OnnxRuntimeBackend(BaseBackend):
         options.graph_optimization_level = _optimization_level(ort, graph_optimization_level)
         options.enable_cpu_mem_arena = bool(cpu_arena)
         options.enable_mem_pattern = bool(cpu_arena)  # bounded memory: neither (docstring)
+        if not cpu_arena:
+            from ..budget import release_freed_memory
+
+            release_freed_memory()  # tensors are malloc'd: give freed ones back (its docstring)
         if not allow_spinning:
             # Idle intra-op threads otherwise spin for a while after each run, taking cores
             # from whatever runs next (the other graph, post-processing, another process).

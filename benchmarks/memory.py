@@ -5,7 +5,7 @@
     python benchmarks/memory.py --bundle bundles/paper-swin-t --backends ort,ov,ov-bf16 \\
         --frames 9 19 --expressions 1 2
     python benchmarks/memory.py --bundle bundles/paper-swin-t-split --backends ort,ov-bf16 \\
-        --frames 9 19 --expressions 1 4 --modes video split --ort-arena off --record
+        --frames 9 16 19 --expressions 1 4 --modes video split --ort-arena off --record
 
 Every (backend, T, E) point runs in a process of its own (``spawn``): for the ONNX runtimes the
 runtime's own ``RVOSPredictor`` segments random frames at the bundle's size in one window
@@ -158,17 +158,18 @@ def format_markdown(results: dict) -> str:
     if results.get("models"):
         lines += [
             "",
-            ("Memory models kept in the bundle (peak = base + a·P(T) + b·T·E, in GB of 10^9 "
-             "bytes; P(T): T padded to a multiple of the backbone's temporal window, the step; "
-             "`runtime.budget`):"),
+            ("Memory models kept in the bundle (peak = base + max(a·P(T) + b·T·E, x·T·E), in "
+             "GB of 10^9 bytes; P(T): T padded to a multiple of the backbone's temporal window, "
+             "the step; x: the expressions' phase, 0 where no point shows it; `runtime.budget`):"),
             "",
-            "| backend | graph | base | a (per frame) | b (per frame and expression) | step |",
-            "|---|---|---:|---:|---:|---:|",
+            "| backend | graph | base | a (per frame) | b (per frame and expression) | x | step |",
+            "|---|---|---:|---:|---:|---:|---:|",
         ]
         for name, by_mode in results["models"].items():
             for mode, m in by_mode.items():
                 lines.append(f"| {name} | {mode} | {m['base'] / 1e9:.3f} | "
                              f"{m['per_frame'] / 1e9:.4f} | {m['per_frame_expression'] / 1e9:.4f} "
+                             f"| {m.get('expression_phase', 0.0) / 1e9:.4f} "
                              f"| {m.get('frame_step', 1)} |")  # fmt: skip
     lines += ["", f"Command: `{results['command']}`", ""]
     return "\n".join(lines)

@@ -15,7 +15,8 @@ memory is freed). ``P(T)`` is the frames the backbone computes on: Video-Swin pa
 multiple of its temporal window (8) unless T fits in one window, so its attention maps, and
 the peak, step: on paper-swin-t at 360x640 in onnxruntime without its arena, T = 12, 16 and 17
 peak at 6.62, 6.95 and 9.33 GiB. A model linear in T would refuse T = 16 under a budget that
-T = 12 fits. For other backbones ``P(T) = T`` (``frame_step`` 1). The fit is kept in the bundle's manifest under ``memory``, keyed by
+T = 12 fits. For other backbones ``P(T) = T`` (``frame_step`` 1). The fit is kept in the
+bundle's manifest under ``memory``, keyed by
 ``<runtime>/<precision>`` (``memory_key``).
 
 The modes are the two ways to run the video graph:

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.backends import AVAILABLE, load_backend, openvino_status
+from runtime.budget import trim_heap
 from runtime.child import ChildDied, max_rss_mb, run_in_child
 from runtime.manifest import Manifest, atomic_write_text
 from runtime.precisions import INT8_TENSORRT, precision_name
@@ -35,7 +36,6 @@ from .quantize import (
     quantized_nodes,
     range_cache,
 )
-from .ranges import release_memory
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def calibrate_bundle(
         manifest.add_variant("video", target, {"file": path.name, "external_data": []})
         manifest.add_file(path.name, "onnx graph")
     manifest.save()  # the check's processes load the INT8 variants from the bundle
-    release_memory()
+    trim_heap()
     results = _check_agreement(manifest, data, check_split, check_samples, seed, frames,
                                targets, range_backend, threads)  # fmt: skip
     for target, (path, seconds) in made.items():

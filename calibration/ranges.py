@@ -34,7 +34,6 @@ with ONNX Runtime's calibrator.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import shutil
 import tempfile
@@ -47,6 +46,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
+from runtime.budget import trim_heap
 from runtime.manifest import Manifest, installed_versions
 
 from .data import CalibrationSet
@@ -104,16 +104,6 @@ def reduce_before_use(model) -> int:
     # Graph outputs keep reading the tensor itself (nothing runs after them).
     graph.node.extend(new_nodes)
     return len(rewired)
-
-
-def release_memory() -> None:
-    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; nothing
-    elsewhere). Between pieces and between calibration's phases, what one engine freed may
-    otherwise stay with the allocator and count again under the next one's peak."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def graph_pieces(model, tensors: list[str], pieces: int) -> list[Piece]:
@@ -451,7 +441,7 @@ def collect_minmax(
                 # Free what no later piece reads.
                 for name in [n for n in values if piece.last_reader.get(n, -1) <= index]:
                     del values[name]
-                release_memory()
+                trim_heap()
             del values
             log.info("ranges: clip %d/%d in %.1f s", number + 1, len(calibration),
                      time.perf_counter() - clip_started)  # fmt: skip

@@ -13,8 +13,10 @@ as often as needed. Pre- and post-processing are numpy (docs/design.md, "Inferen
 long video is never held whole; ``segment`` collects the stream into one ``Segmentation``.
 Videos longer than the window run in windows that may overlap and link one object per
 expression across them (``runtime.stream``); with no overlap (the default) each window picks
-its own query, as the PyTorch evaluation does. Clips shorter than the profile's minimum are
-padded with their last frame; more expressions than the profile allows run in groups.
+its own query, as the PyTorch evaluation does. Where the video's end would leave a last
+window shorter than the profile's minimum, the last two windows share the remaining frames;
+a window still below it is padded with its last frame (``runtime.stream.call_frames``). More
+expressions than the profile allows run in groups.
 
 Under a memory budget (``memory_budget``, ``runtime.budget``) the predictor picks the window
 length and the expressions per call from the bundle's measured memory models: the one video
@@ -34,13 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from .backends import load_backend
-from .budget import Plan, memory_models, parse_memory, plan_calls
+from .budget import Plan, frame_step, memory_models, parse_memory, plan_calls
 from .budget import default_budget as default_memory_budget
 from .expressions import check_expressions, shorten
 from .manifest import Manifest
 from .precisions import RUNTIME_PRECISIONS, RUNTIME_VARIANT
 from .selection import chosen_tracks, select_queries
-from .stream import TrackLinker, check_overlap, iter_windows, merge_shared
+from .stream import TrackLinker, call_frames, check_overlap, iter_windows, merge_shared
 from .video import VideoStream, open_video, resize_frames
 
 log = logging.getLogger(__name__)
@@ -177,6 +179,7 @@ class RVOSPredictor:
         # one video graph, or its two parts; a budget's measurements hold one set loaded.
         self._video = video_backend
         self._split: tuple | None = None  # (video_encoder, video_decoder)
+        self._last_call_frames: int | None = None  # frames of the last video call (padded)
         profiles = self.manifest.profiles
         self.min_frames = profiles["T"]["min"]
         self.max_frames = profiles["T"]["max"]
@@ -392,7 +395,7 @@ class RVOSPredictor:
         )
         text_ms = (time.perf_counter() - tick) * 1e3
         held = None  # the last window's tracks on the frames the next one shares
-        for win in iter_windows(source, window, overlap):
+        for win in iter_windows(source, window, overlap, self.min_frames):
             tick = time.perf_counter()
             logits, mask_logits = self._run_window(win.frames, text, plan)
             video_ms = (time.perf_counter() - tick) * 1e3
@@ -427,11 +430,10 @@ class RVOSPredictor:
         every expression: the video graph once per group of the profile's maximum E, or under
         a split plan the video encoder once and the video decoder per group of the plan's."""
         clip = resize_frames(np.stack(frames), self.size)
-        # A graph whose frame profile starts above 1 (Video-Swin: T >= 9) gets short clips
-        # padded with copies of their last frame; the padded frames' outputs are dropped.
         real = len(clip)
-        if real < self.min_frames:
-            clip = np.concatenate([clip, np.repeat(clip[-1:], self.min_frames - real, 0)])
+        frames_in = self._call_frames(real, plan)
+        if frames_in > real:  # padded with copies of the last frame; their outputs are dropped
+            clip = np.concatenate([clip, np.repeat(clip[-1:], frames_in - real, 0)])
         logits, masks = [], []
         if plan is not None and plan.mode == "split":
             encoder, decoder = self._split
@@ -450,6 +452,15 @@ class RVOSPredictor:
             logits.append(out["pred_logits"][:, :real])
             masks.append(out["pred_masks"][:, :real])
         return np.concatenate(logits), np.concatenate(masks)
+
+    def _call_frames(self, real: int, plan: Plan | None) -> int:
+        """The frames a window of ``real`` frames runs with (``runtime.stream.call_frames``)."""
+        backends = self._split if plan is not None and plan.mode == "split" else (self._video,)
+        static = any(getattr(b, "static_shapes", False) for b in backends)
+        frames = call_frames(real, self.min_frames, self._last_call_frames,
+                             frame_step(self.manifest) if static else None)  # fmt: skip
+        self._last_call_frames = frames
+        return frames
 
     def _video_feeds(self, clip: np.ndarray, text: TextEmbedding, group: slice) -> dict:
         if self.frame_format == "uint8-nhwc":

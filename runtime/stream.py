@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .budget import padded_frames
 from .selection import chosen_tracks, query_scores
 
 
@@ -62,26 +63,77 @@ def check_overlap(overlap: int, window: int) -> int:
     return int(overlap)
 
 
-def iter_windows(frames: Iterable[tuple[str, np.ndarray]], window: int,
-                 overlap: int = 0) -> Iterator[Window]:  # fmt: skip
+def iter_windows(frames: Iterable[tuple[str, np.ndarray]], window: int, overlap: int = 0,
+                 min_frames: int = 1) -> Iterator[Window]:  # fmt: skip
     """Windows of up to ``window`` frames over ``(name, frame)`` pairs, consecutive ones sharing
-    ``overlap`` frames. Frames are pulled from ``frames`` only as the next window needs them
-    (one frame ahead, to know which window is the last), so at most ``window + 1`` are held."""
+    ``overlap`` frames. Frames are pulled from ``frames`` only as the next window needs them.
+
+    ``min_frames`` is the shortest call the graph takes (Video-Swin: 9 frames); a shorter
+    window is padded to it by the caller, and the padding is computed like real frames. So
+    where the video's end would leave a last window below ``min_frames``, the last two windows
+    share the remaining frames instead (``tail_lengths``): a 19-frame video in 16-frame windows
+    runs as 10 + 9 frames, not 16 + 3 padded to 9, which ran 6 frames of padding through every
+    expression. To see the end coming, up to ``window + max(1, min_frames - overlap)`` frames
+    are held (one frame ahead with ``min_frames=1``).
+    """
     overlap = check_overlap(overlap, window)
+    ahead = window + max(1, min_frames - overlap)  # frames held to know how the video ends
     source = iter(frames)
-    ahead = next(source, None)
-    kept: list[tuple[str, np.ndarray]] = []
-    start = index = 0
-    while ahead is not None:
-        items = list(kept)
-        while ahead is not None and len(items) < window:
-            items.append(ahead)
-            ahead = next(source, None)
-        yield Window(index, start, [n for n, _ in items], [f for _, f in items], len(kept),
-                     ahead is None)  # fmt: skip
-        kept = items[len(items) - overlap :] if overlap else []
-        start += len(items) - len(kept)
+    held: list[tuple[str, np.ndarray]] = []  # the kept overlap, then frames not yet run
+    exhausted = False
+    start = index = kept = 0
+    while True:
+        while not exhausted and len(held) < ahead:
+            item = next(source, None)
+            if item is None:
+                exhausted = True
+            else:
+                held.append(item)
+        if len(held) <= kept:  # nothing new: the previous window was the last
+            return
+        take = window
+        if exhausted:
+            take = tail_lengths(len(held), window, overlap, min_frames)[0]
+        items, last = held[:take], exhausted and take >= len(held)
+        yield Window(index, start, [n for n, _ in items], [f for _, f in items], kept, last)
+        if last:
+            return
+        kept = overlap
+        held = held[take - overlap :]
+        start += take - overlap
         index += 1
+
+
+def tail_lengths(remaining: int, window: int, overlap: int, min_frames: int) -> tuple[int, ...]:
+    """The lengths of the windows over the video's last ``remaining`` frames (the kept overlap
+    included), when at most ``window + min_frames - overlap - 1`` remain: one window if they
+    fit, else two sharing ``overlap`` frames, the second of at least ``min_frames`` (and at
+    most ``window``) where the first, as a full window, would leave fewer."""
+    if remaining <= window:
+        return (remaining,)
+    if remaining - window + overlap >= min_frames:
+        return (window, remaining - window + overlap)
+    second = min(window, max(min_frames, (remaining + overlap) // 2))
+    return (remaining + overlap - second, second)
+
+
+def call_frames(real: int, min_frames: int, previous: int | None = None,
+                step: int | None = None) -> int:  # fmt: skip
+    """The frames a window of ``real`` frames is run with, padded with copies of its last frame
+    (whose outputs are dropped).
+
+    A graph whose frame profile starts above 1 (Video-Swin: T >= 9) takes short windows padded
+    to ``min_frames``. A backend that compiles per input shape (OpenVINO's static shapes;
+    pass its backbone's ``step``, ``runtime.budget.frame_step``) has them padded to the
+    ``previous`` call's frames instead where the backbone computes as many padded frames either
+    way (``runtime.budget.padded_frames``): a compile saved (about 5 s for paper-swin-t) for
+    a few more frames through the expressions.
+    """
+    frames = max(real, min_frames)
+    if step is not None and previous is not None and previous > frames:
+        if padded_frames(previous, step) == padded_frames(frames, step):
+            frames = previous
+    return frames
 
 
 def check_fraction(name: str, value: float) -> float:

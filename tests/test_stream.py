@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from runtime.__main__ import main
-from runtime.stream import Choice, TrackLinker, check_overlap, iter_windows, merge_shared
+from runtime.stream import (
+    Choice,
+    TrackLinker,
+    call_frames,
+    check_overlap,
+    iter_windows,
+    merge_shared,
+)
 from runtime.writers import paint
 
 TEXTS = ["the small red circle", "the big blue square"]
@@ -51,6 +58,81 @@ def test_windows_pull_frames_only_as_needed():
     assert len(pulled) == 11  # the window and one frame ahead, not the video
     next(windows)
     assert len(pulled) == 18
+
+
+def naive_windows(count: int, window: int, overlap: int) -> list[int]:
+    """Window lengths without the shared tail: full windows, then whatever is left."""
+    lengths, start = [], 0
+    while True:
+        lengths.append(min(window, count - start))
+        if start + window >= count:
+            return lengths
+        start += window - overlap
+
+
+@pytest.mark.parametrize(
+    ("count", "window", "overlap", "min_frames", "expected"),
+    [
+        (19, 16, 0, 9, [10, 9]),  # not 16 + 3 padded to 9
+        (19, 16, 2, 9, [11, 10]),
+        (40, 16, 0, 9, [16, 12, 12]),
+        (17, 16, 0, 9, [8, 9]),  # the first is padded to 9: 18 frames computed, not 25
+        (25, 16, 0, 9, [16, 9]),  # the tail already fits: unchanged
+        (16, 16, 0, 9, [16]),
+        (5, 16, 0, 9, [5]),
+    ],
+)
+def test_a_short_tail_is_shared_by_the_last_two_windows(count, window, overlap, min_frames,
+                                                         expected):  # fmt: skip
+    windows = list(iter_windows(numbered(count), window, overlap, min_frames))
+    assert [len(w.frames) for w in windows] == expected
+    assert windows[-1].last and not any(w.last for w in windows[:-1])
+    for before, after in itertools.pairwise(windows):
+        assert after.overlap == overlap and after.start == before.start + len(before.frames) - overlap
+        assert after.names[:overlap] == before.names[len(before.frames) - overlap :]
+    for w in windows:
+        assert [int(f[0, 0, 0]) for f in w.frames] == list(range(w.start, w.start + len(w.frames)))
+    assert windows[-1].start + len(windows[-1].frames) == count
+    # Fewer frames computed (short windows padded to min_frames) than full windows and a
+    # short last one.
+    computed = sum(max(n, min_frames) for n in expected)
+    assert computed <= sum(max(n, min_frames) for n in naive_windows(count, window, overlap))
+
+
+@pytest.mark.parametrize("overlap", [0, 3, 6])
+@pytest.mark.parametrize("count", range(1, 60, 3))
+def test_windows_with_a_shortest_call_cover_the_video_once(count, overlap):
+    window, min_frames = 9, 7
+    pulled: list[int] = []
+    windows = list(iter_windows(numbered(count, pulled), window, overlap, min_frames))
+    assert len(pulled) == count
+    new = [len(w.frames) - w.overlap for w in windows]
+    assert sum(new) == count and all(n > 0 for n in new)
+    assert all(len(w.frames) <= window for w in windows)
+    assert all(len(w.frames) == window for w in windows[:-2])
+    if count >= window + min_frames - overlap:  # room for a second window of min_frames
+        assert len(windows[-1].frames) >= min_frames
+
+
+def test_windows_hold_only_what_shows_the_end_coming():
+    pulled: list[int] = []
+    windows = iter_windows(numbered(1000, pulled), window=16, overlap=2, min_frames=9)
+    next(windows)
+    assert len(pulled) == 16 + 7  # the window and min_frames - overlap frames ahead
+    next(windows)
+    assert len(pulled) == 16 + 7 + 14
+
+
+def test_short_windows_are_padded_to_the_shortest_call_or_the_compiled_shape():
+    assert call_frames(3, 9) == 9
+    assert call_frames(12, 9) == 12
+    # A static-shape backend keeps the previous call's 10 frames: both compute 16 padded frames.
+    assert call_frames(9, 9, previous=10, step=8) == 10
+    assert call_frames(3, 9, previous=16, step=8) == 16
+    # ...but not across the padding step, nor without one.
+    assert call_frames(9, 9, previous=17, step=8) == 9
+    assert call_frames(9, 9, previous=10) == 9
+    assert call_frames(4, 1, previous=6, step=8) == 4  # below the window: P(T) = T
 
 
 @pytest.mark.parametrize(("overlap", "window"), [(-1, 8), (8, 8), (9, 8)])

@@ -117,7 +117,7 @@ def run_segment(args: argparse.Namespace) -> dict:
     from .budget import parse_memory
     from .expressions import check_expressions
     from .outputs import RunOutput, default_name
-    from .predictor import RVOSPredictor
+    from .predictor import TIMING_KEYS, RVOSPredictor
     from .stream import check_fraction, check_overlap
     from .video import open_video
     from .writers import OverlayWriter, WriteError, check_fps, write_masks
@@ -147,7 +147,7 @@ def run_segment(args: argparse.Namespace) -> dict:
     windows, frames, switches = [], 0, [0] * len(texts)
     scores = [[] for _ in texts]
     fraction = [0.0] * len(texts)
-    timings = {"text": 0.0, "video": 0.0, "postprocess": 0.0, "write": 0.0}
+    timings = dict.fromkeys((*TIMING_KEYS, "write"), 0.0)
     started_run = time.perf_counter()
     suffix = ".gif" if args.gif else ".mp4"
     with output:
@@ -165,7 +165,7 @@ def run_segment(args: argparse.Namespace) -> dict:
                 if overlay is not None:
                     overlay.write(np.stack(result.frames), result.masks)
                 timings["write"] += (time.perf_counter() - started) * 1e3
-                for key in ("text", "video", "postprocess"):
+                for key in TIMING_KEYS:
                     timings[key] += result.timings_ms[key]
                 for index, choice in enumerate(result.choices):
                     scores[index].append(choice.score)

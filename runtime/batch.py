@@ -175,11 +175,13 @@ def segment_video(predictor, job: VideoJob, out: Path) -> dict:
     """Segment one video window by window (``RVOSPredictor.stream``: never the whole video in
     memory) and write its outputs (masks per expression id as each window completes, the result
     JSON last); earlier, unfinished outputs of the video are replaced."""
+    from .predictor import TIMING_KEYS
+
     started = time.perf_counter()
     texts = [text for _, text in job.expressions]
     scores: list[list[float]] = [[] for _ in texts]
     queries: list[list[int]] = [[] for _ in texts]
-    timings = {"text": 0.0, "video": 0.0, "postprocess": 0.0}
+    timings = dict.fromkeys(TIMING_KEYS, 0.0)
     frames = 0
     with RunOutput(out, job.name, overwrite=True) as output:
         for window in predictor.stream(job.source, texts):

@@ -47,6 +47,12 @@ from .video import VideoStream, open_video, resize_frames
 
 log = logging.getLogger(__name__)
 
+# A window's timings (ms): text (the first window's), video graphs, post-processing, and
+# "compile", the part of text and video spent compiling for new input shapes (OpenVINO's
+# static shapes: about 5 s per shape for paper-swin-t), a one-off a server pays once.
+TIMING_KEYS = ("text", "video", "postprocess", "compile")
+
+
 @dataclass
 class TextEmbedding:
     """What ``encode_text`` returns: reusable across videos of the same expressions."""
@@ -84,7 +90,7 @@ class WindowResult:
     masks: np.ndarray  # (E, t, H0, W0) bool
     window: tuple[int, int]  # [first, end) video frames of the call
     choices: list  # runtime.stream.Choice per expression
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float]  # TIMING_KEYS
     plan: Plan | None = None  # how the window ran under a memory budget
 
     def record(self) -> dict:
@@ -327,9 +333,7 @@ class RVOSPredictor:
         started = time.perf_counter()
         results = list(self.stream(video, expressions, window, allow_partial, overlap, link,
                                    plan=plan))  # fmt: skip
-        timings = {
-            k: sum(r.timings_ms[k] for r in results) for k in ("text", "video", "postprocess")
-        }
+        timings = {k: sum(r.timings_ms[k] for r in results) for k in TIMING_KEYS}
         timings["total"] = (time.perf_counter() - started) * 1e3
         return Segmentation(
             masks=np.concatenate([r.masks for r in results], axis=1),
@@ -390,6 +394,7 @@ class RVOSPredictor:
         self.prepare(plan)
         source = video if isinstance(video, VideoStream) else open_video(video, None, allow_partial)
         tick = time.perf_counter()
+        compiled = self._shape_compile_seconds()
         text = (
             expressions if isinstance(expressions, TextEmbedding) else self.encode_text(expressions)
         )
@@ -409,6 +414,8 @@ class RVOSPredictor:
             masks = self._track_masks(tracks[:, :done], original)
             held = tracks[:, done:] if hold else None
             post_ms = (time.perf_counter() - tick) * 1e3
+            now = self._shape_compile_seconds()
+            compile_ms, compiled = (now - compiled) * 1e3, now
             yield WindowResult(
                 index=win.index,
                 start=win.start,
@@ -421,9 +428,15 @@ class RVOSPredictor:
                     "text": text_ms if win.index == 0 else 0.0,
                     "video": video_ms,
                     "postprocess": post_ms,
+                    "compile": compile_ms,
                 },
                 plan=plan,
             )
+
+    def _shape_compile_seconds(self) -> float:
+        """Seconds the loaded backends spent compiling for new input shapes so far."""
+        backends = (self.text_backend, self._video, *(self._split or ()))
+        return sum(getattr(b, "shape_compile_seconds", 0.0) for b in backends if b is not None)
 
     def _run_window(self, frames: list[np.ndarray], text: TextEmbedding, plan: Plan | None = None):
         """One window's frames -> class logits (E, t, N) and mask logits (E, t, N, h, w) of

@@ -313,3 +313,25 @@ def test_engines_follow_the_split_graph(paper_bundle):
     with pytest.raises(BundleError, match="video_decoder has no INT8 variant"):
         trtexec_commands(paper_bundle, "int8-tensorrt", graphs=["video_decoder"],
                          tensorrt_major=10)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_the_budget_benchmark_reports_each_run_with_its_compiles(measured_bundle, tmp_path):
+    """benchmarks/budget.py runs the segment command three times per backend, each in a process
+    of its own, and reports peak memory, time, the part of it compiling new shapes (OpenVINO),
+    and the budget's plan."""
+    from benchmarks.budget import main
+
+    bundle, _ = measured_bundle
+    results = main(["--bundle", str(bundle), "--backends", "ov", "--frames", "5",
+                    "--expressions", "2", "--budget", "100GB", "--threads", "1",
+                    "--out", str(tmp_path)])  # fmt: skip
+    rows = results["rows"]
+    assert [(r["expressions"], r["budget"]) for r in rows] == [(1, "off"), (2, "off"),
+                                                               (2, "100GB")]  # fmt: skip
+    for row in rows:
+        assert row["exit_code"] == 0, row
+        assert row["peak_rss_mb"] > 0 and row["segment_ms"] > row["compile_ms"] > 0
+    assert rows[0]["plan"] is None and rows[2]["plan"]["mode"] == "video"
+    markdown = (tmp_path / "budget-bundle.md").read_text()
+    assert "| of it compile s |" in markdown and "| ov | 2 | 100GB |" in markdown

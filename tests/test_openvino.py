@@ -498,3 +498,19 @@ def test_static_shapes_compile_per_shape_and_agree_with_dynamic(tiny_bundle):
         assert static._shapes["frames"] == (frames, *raw["frames"].shape[1:])
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-4)
+
+
+def test_windows_time_their_compiles_for_new_shapes(tiny_bundle, clip):
+    """A window that brings a new input shape says how much of its time was the compile (the
+    one-off a server pays once per shape); a window of a shape compiled before says 0."""
+    from runtime.predictor import TIMING_KEYS, RVOSPredictor
+
+    predictor = RVOSPredictor(tiny_bundle, backend="openvino", threads=1, cache_dir=None)
+    video = np.concatenate([clip, clip, clip[:1]])  # 11 frames: windows of 4, 4 and 3
+    windows = list(predictor.stream(video, ["the small red circle"], window=4))
+    assert [len(w.names) for w in windows] == [4, 4, 3]
+    compile_ms = [w.timings_ms["compile"] for w in windows]
+    assert compile_ms[0] > 0 and compile_ms[1] == 0 and compile_ms[2] > 0
+    assert compile_ms[0] <= windows[0].timings_ms["text"] + windows[0].timings_ms["video"]
+    assert set(predictor.segment(video, ["the small red circle"], window=4).timings_ms) == {
+        *TIMING_KEYS, "total"}

@@ -188,6 +188,9 @@ class BaseBackend:
     name: str
     runtime: str  # "onnxruntime", "openvino" or "tensorrt"
     _closed = False
+    # Seconds spent inside ``infer`` compiling for new input shapes (OpenVINO's static
+    # shapes), so timings can tell a one-off compile from the call's own work.
+    shape_compile_seconds = 0.0
 
     def __init__(self, manifest: Manifest | str | Path, graph: str, precision: str) -> None:
         self.manifest = as_manifest(manifest)

@@ -356,8 +356,10 @@ class OpenVINOBackend(BaseBackend):
         self._request = self._compiled = self._outputs = None
         self._compile(lambda model: model.reshape({n: list(v) for n, v in shapes.items()}))
         self._shapes = shapes
+        seconds = time.perf_counter() - started
+        self.shape_compile_seconds += seconds
         logger.info("%s: compiled %s for %s in %.2f s", self.name, self._path.name,
-                    shapes, time.perf_counter() - started)  # fmt: skip
+                    shapes, seconds)  # fmt: skip
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.static_shapes:

@@ -210,6 +210,32 @@ def test_the_split_graph_is_the_video_graph(paper_bundle):
     np.testing.assert_allclose(one["pred_masks"], video["pred_masks"][1:2], atol=1e-4, rtol=1e-4)
 
 
+def test_bounded_onnxruntime_keeps_an_arena_only_within_decoder_runs(paper_bundle):
+    """With cpu_arena off (a budget's onnxruntime) no session reuses buffers or lays out a
+    memory pattern; the per-expression graph alone keeps an arena and gives it back after each
+    run, and two runs in a row give the arena's masks."""
+    from benchmarks.workload import make_feeds
+    from runtime.backends import load_backend
+
+    manifest = Manifest.load(paper_bundle)
+    feeds = make_feeds(manifest, 5, 2, 8)
+    words = load_backend(manifest, "text_encoder", "onnxruntime").infer(
+        {k: feeds[k] for k in ("input_ids", "attention_mask")})  # fmt: skip
+    words = {"text_features": words["text_features"], "attention_mask": feeds["attention_mask"]}
+    levels = load_backend(manifest, "video_encoder", "onnxruntime", cpu_arena=False).infer(
+        {"frames": feeds["frames"]})  # fmt: skip
+    reference = load_backend(manifest, "video_decoder", "onnxruntime").infer(levels | words)
+    for graph, arena in (("video_encoder", False), ("video_decoder", True), ("video", False)):
+        backend = load_backend(manifest, graph, "onnxruntime", cpu_arena=False)
+        options = backend._session.get_session_options()
+        assert (options.enable_mem_reuse, options.enable_mem_pattern) == (False, False), graph
+        assert (options.enable_cpu_mem_arena, backend._run_options is not None) == (arena,) * 2
+    decoder = load_backend(manifest, "video_decoder", "onnxruntime", cpu_arena=False)
+    for _ in range(2):  # the second run allocates from an arena the first gave back
+        bounded = decoder.infer(levels | words)
+        np.testing.assert_allclose(bounded["pred_masks"], reference["pred_masks"], atol=1e-5)
+
+
 def test_a_bundle_with_half_the_split_graph_is_refused(paper_bundle, tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(paper_bundle, copy)

@@ -25,9 +25,14 @@ from runtime.backends.base import (
     user_cache_dir,
 )
 from runtime.manifest import BundleError, Manifest
+from runtime.manifest_schema import SPLIT_GRAPHS
 from runtime.profiles import PROFILE_POINTS, profile_shapes, shape_list
 
 logger = logging.getLogger(__name__)
+
+# The graph a memory budget runs once per expression group (with cpu_arena off, the one that
+# keeps an arena within each run: OrtBackend's docstring).
+PER_EXPRESSION_GRAPH = SPLIT_GRAPHS[1]
 
 # Short names accepted for onnxruntime execution providers.
 PROVIDER_ALIASES = {
@@ -216,12 +221,23 @@ class OnnxRuntimeBackend(BaseBackend):
             spinning threads of one slowed the other by up to 2x on a 2-core CPU.
         cpu_arena: onnxruntime's CPU memory arena (its default). An arena keeps the peak of
             the largest run until the session closes: near 21 GB for paper-swin-t's video
-            graph at 360x640 and 19 frames. Off, tensors are freed as the run goes, and
-            onnxruntime's memory pattern is off too: from the second run at the same shapes it
-            allocates one block laid out by the first run's plan, which held a stage-1 piece
-            of paper-swin-t 1.7 GB above the first run's peak (``calibration.ranges``). Off
-            also fixes glibc's mmap threshold for the process
-            (``runtime.budget.release_freed_memory``).
+            graph at 360x640 and 19 frames. Off is the bounded-memory mode a memory budget
+            runs (docs/deployment.md, "Memory budget"):
+
+            - tensors are freed as the run goes, and onnxruntime's memory pattern is off: from
+              the second run at the same shapes it allocates one block laid out by the first
+              run's plan, which held a stage-1 piece of paper-swin-t 1.7 GB above the first
+              run's peak (``calibration.ranges``);
+            - buffer reuse is off: onnxruntime's planner otherwise keeps a freed buffer for a
+              later tensor of the same size, so every stage-1 attention map stayed allocated
+              until the next block (paper-swin-t's encoder at T 19: 8.85 GiB peak with reuse,
+              4.40 GiB without, the same time);
+            - the per-expression graph (``video_decoder``), run once per expression group,
+              keeps an arena within each run and gives it back at the run's end (arena
+              shrinkage): without one it spent half its time faulting in fresh pages (E 2 at T
+              19: 25 s a window against 60 s for E 4 in one call, at 5.0 GiB);
+            - glibc's mmap threshold is fixed for the process
+              (``runtime.budget.release_freed_memory``).
 
     Raises:
         BackendUnavailable: onnxruntime is missing, a requested provider is not available
@@ -265,8 +281,16 @@ class OnnxRuntimeBackend(BaseBackend):
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         options.graph_optimization_level = _optimization_level(ort, graph_optimization_level)
-        options.enable_cpu_mem_arena = bool(cpu_arena)
-        options.enable_mem_pattern = bool(cpu_arena)  # bounded memory: neither (docstring)
+        # Bounded memory (cpu_arena off): no memory pattern, no buffer reuse, and an arena
+        # only within each run of the per-expression graph (docstring).
+        shrink_each_run = not cpu_arena and graph == PER_EXPRESSION_GRAPH
+        options.enable_cpu_mem_arena = bool(cpu_arena) or shrink_each_run
+        options.enable_mem_pattern = bool(cpu_arena)
+        options.enable_mem_reuse = bool(cpu_arena)
+        self._run_options = None
+        if shrink_each_run:
+            self._run_options = ort.RunOptions()
+            self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         if not cpu_arena:
             from ..budget import release_freed_memory
 
@@ -341,7 +365,7 @@ class OnnxRuntimeBackend(BaseBackend):
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = {name: np.ascontiguousarray(feeds[name]) for name in self.input_names}
-        values = self._session.run(list(self.output_names), arrays)
+        values = self._session.run(list(self.output_names), arrays, self._run_options)
         return dict(zip(self.output_names, values, strict=True))
 
     def end_profiling(self) -> str:

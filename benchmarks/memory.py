@@ -190,7 +190,8 @@ def record_models(manifest: Any, results: dict) -> dict:
         models = {}
         for mode in results["setting"]["modes"]:
             points = [{"T": p["frames"], "E": p["expressions"],
-                       "peak_bytes": int(p["peak_rss_mb"] * 2**20)}
+                       "peak_bytes": int(p["peak_rss_mb"] * 2**20),
+                       "seconds": round(p["seconds"], 2)}
                       for p in results["points"] if p["backend"] == name
                       and p.get("mode", "video") == mode and p["status"] == "measured"]  # fmt: skip
             try:

@@ -271,6 +271,21 @@ class MemoryModel:
                    float(data.get("expression_phase", 0.0)))  # fmt: skip
 
 
+def faster_mode(models: dict[str, MemoryModel]) -> str | None:
+    """The mode whose calls took less time in total over the (T, E) points both modes were
+    measured at (``benchmarks/memory.py --record`` keeps each point's seconds); None where
+    that cannot be told (one mode, or models recorded without times)."""
+    if not all(mode in models for mode in MODES):
+        return None
+    times = [{(p["T"], p["E"]): p["seconds"] for p in models[mode].points if "seconds" in p}
+             for mode in MODES]
+    shared = set(times[0]) & set(times[1])
+    if not shared:
+        return None
+    totals = [sum(t[key] for key in shared) for t in times]
+    return MODES[int(totals[1] < totals[0])]
+
+
 def memory_key(runtime: str, precision: str) -> str:
     """Where a backend's memory models are kept in the manifest: ``"openvino/bf16"``."""
     return f"{runtime}/{precision}"
@@ -321,7 +336,10 @@ def plan_calls(
 
     At each window the one video graph with every expression in one call comes first (more
     than ``max_group`` expressions, the bundle's E profile, always run in groups of it); then
-    the split graphs with groups from ``min(expressions, max_group)`` down to 1.
+    the split graphs with groups from ``min(expressions, max_group)`` down to 1. The split
+    graphs come first where their measured calls were the faster (``faster_mode``): in
+    onnxruntime without its arena the split decoder keeps an arena within each run, and
+    paper-swin-t at T 19, E 4 took 56 s split against 93 s in the one graph.
 
     Raises:
         MemoryBudgetError: no model to plan with, or no call fits; the message names the
@@ -336,19 +354,18 @@ def plan_calls(
     if unknown:
         raise ValueError(f"unknown mode(s) {sorted(unknown)}; modes are {MODES}")
     whole = min(expressions, max_group)
+    order = [mode for mode in MODES if mode in models]
+    if faster_mode(models) == "split":
+        order.reverse()
     smallest = []
     for frames in range(window, min_frames - 1, -1):
-        if "video" in models:
-            peak = models["video"].predict(frames, whole)
-            if peak <= budget:
-                return Plan("video", frames, whole, peak, budget)
-            smallest.append(("video", whole, models["video"].predict(min_frames, whole)))
-        if "split" in models:
-            for group in range(whole, 0, -1):
-                peak = models["split"].predict(frames, group)
+        for mode in order:
+            for group in [whole] if mode == "video" else range(whole, 0, -1):
+                peak = models[mode].predict(frames, group)
                 if peak <= budget:
-                    return Plan("split", frames, group, peak, budget)
-            smallest.append(("split", 1, models["split"].predict(min_frames, 1)))
+                    return Plan(mode, frames, group, peak, budget)
+            least = whole if mode == "video" else 1
+            smallest.append((mode, least, models[mode].predict(min_frames, least)))
     mode, group, need = min(smallest, key=lambda item: item[2])
     hint = "" if "split" in models else (
         "; a bundle exported with --split can also run the expressions in smaller groups"

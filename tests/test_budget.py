@@ -18,6 +18,7 @@ import pytest
 from runtime.budget import (
     MemoryBudgetError,
     MemoryModel,
+    faster_mode,
     format_memory,
     padded_frames,
     parse_memory,
@@ -171,6 +172,27 @@ def test_the_plan_prefers_the_longest_window_then_the_one_graph_then_large_group
     assert (plan.mode, plan.group) == ("video", 8)
 
 
+def test_the_split_graphs_come_first_where_their_calls_were_faster():
+    """Times recorded with the points decide which mode a window tries first (onnxruntime's
+    bounded split decoder is faster than its one graph); without them, the one graph."""
+    video, split = points(2 * GB, 0.3 * GB, 0.1 * GB), points(2 * GB, 0.3 * GB, 0.02 * GB)
+    assert faster_mode({"video": MemoryModel.fit(video), "split": MemoryModel.fit(split)}) is None
+
+    def timed(measured, seconds):
+        return MemoryModel.fit([p | {"seconds": seconds * p["T"] * p["E"]} for p in measured])
+
+    models = {"video": timed(video, 2.0), "split": timed(split, 1.0)}
+    assert faster_mode(models) == "split"
+    plan = plan_calls(models, 100 * GB, 19, 4, 1, 8)
+    assert (plan.mode, plan.window, plan.group) == ("split", 19, 4)
+    # A shorter window of the faster mode never wins over a longer one of the other.
+    plan = plan_calls(models, models["video"].predict(19, 4), 19, 4, 1, 8)
+    assert (plan.mode, plan.window) == ("split", 19)
+    slower = {"video": timed(video, 1.0), "split": timed(split, 2.0)}
+    assert faster_mode(slower) == "video"
+    assert plan_calls(slower, 100 * GB, 19, 4, 1, 8).mode == "video"
+
+
 def test_a_budget_that_cannot_be_met_names_the_least_that_can():
     models = {"video": MemoryModel.fit(points(2 * GB, 0.3 * GB, 0.1 * GB))}
     need = models["video"].predict(9, 2)
@@ -293,11 +315,14 @@ def test_the_predictor_plans_with_measured_models(measured_bundle, clip, tmp_pat
         assert predictor._video is None  # the one graph is not held beside its parts
         assert (result.masks == reference.masks).mean() > 0.999
         np.testing.assert_array_equal(result.queries, reference.queries)
-    # A roomy budget runs the one graph as without a budget.
+    # A roomy budget runs every expression in one call of the mode whose calls measured
+    # faster (the points keep their seconds), and the masks are those without a budget.
     roomy = RVOSPredictor(bundle, backend="openvino", memory_budget="100GB")
     result = roomy.segment(frames, texts, window=5)
-    assert result.plan["mode"] == "video"
-    np.testing.assert_array_equal(result.masks, reference.masks)
+    faster = faster_mode(models)
+    assert faster is not None and all("seconds" in p for p in entry[faster]["points"])
+    assert (result.plan["mode"], result.plan["expression_group"]) == (faster, 2)
+    assert (result.masks == reference.masks).mean() > 0.999
 
     smallest = min(m.predict(1, 1) for m in models.values())
     tight = RVOSPredictor(bundle, backend="openvino", memory_budget=smallest // 2)

@@ -339,7 +339,7 @@ def plan_calls(
     the split graphs with groups from ``min(expressions, max_group)`` down to 1. The split
     graphs come first where their measured calls were the faster (``faster_mode``): in
     onnxruntime without its arena the split decoder keeps an arena within each run, and
-    paper-swin-t at T 19, E 4 took 56 s split against 93 s in the one graph.
+    paper-swin-t at T 19, E 4 took 60 s split against 86 s in the one graph.
 
     Raises:
         MemoryBudgetError: no model to plan with, or no call fits; the message names the

@@ -234,8 +234,8 @@ class OnnxRuntimeBackend(BaseBackend):
               4.40 GiB without, the same time);
             - the per-expression graph (``video_decoder``), run once per expression group,
               keeps an arena within each run and gives it back at the run's end (arena
-              shrinkage): without one it spent half its time faulting in fresh pages (E 2 at T
-              19: 25 s a window against 60 s for E 4 in one call, at 5.0 GiB);
+              shrinkage): without one it spent about half its time faulting in fresh pages
+              (the split graphs at T 19, E 4: 106.8 s without, 60.2 s with, at 7.37 GiB);
             - glibc's mmap threshold is fixed for the process
               (``runtime.budget.release_freed_memory``).
 

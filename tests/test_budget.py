@@ -164,6 +164,10 @@ def test_the_plan_prefers_the_longest_window_then_the_one_graph_then_large_group
     plan = plan_calls(models, 8.5 * GB, 19, 4, 1, 8)
     assert plan.mode == "split" and plan.predicted_bytes <= 8.5 * GB
     assert (plan.window, plan.group) == (19, 2)
+    # A group of 3 fits 8.9 GB, but five expressions run as 3 + 2 and four as 2 + 2.
+    assert plan_calls(models, 8.9 * GB, 19, 5, 1, 8).group == 3
+    plan = plan_calls(models, 8.9 * GB, 19, 4, 1, 8)
+    assert (plan.group, plan.predicted_bytes) == (2, models["split"].predict(19, 2))
     # Without the split graphs the window shrinks instead.
     plan = plan_calls({"video": models["video"]}, 8.5 * GB, 19, 4, 1, 8)
     assert (plan.mode, plan.group) == ("video", 4) and plan.window < 19

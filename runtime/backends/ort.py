@@ -31,7 +31,7 @@ from runtime.profiles import PROFILE_POINTS, profile_shapes, shape_list
 logger = logging.getLogger(__name__)
 
 # The graph a memory budget runs once per expression group (with cpu_arena off, the one that
-# keeps an arena within each run: OrtBackend's docstring).
+# keeps an arena within each run: OnnxRuntimeBackend's docstring).
 PER_EXPRESSION_GRAPH = SPLIT_GRAPHS[1]
 
 # Short names accepted for onnxruntime execution providers.

@@ -286,6 +286,14 @@ def faster_mode(models: dict[str, MemoryModel]) -> str | None:
     return MODES[int(totals[1] < totals[0])]
 
 
+def _even_groups(expressions: int, largest: int) -> list[int]:
+    """Expressions per call, largest first, for 1 to ``largest`` per call, each spread evenly
+    over the calls it takes (4 in groups of at most 3 run as 2 + 2, not 3 + 1: the same work,
+    a lower peak); each size once."""
+    calls = (-(-expressions // group) for group in range(largest, 0, -1))
+    return list(dict.fromkeys(-(-expressions // count) for count in calls))
+
+
 def memory_key(runtime: str, precision: str) -> str:
     """Where a backend's memory models are kept in the manifest: ``"openvino/bf16"``."""
     return f"{runtime}/{precision}"
@@ -361,11 +369,7 @@ def plan_calls(
     smallest = []
     for frames in range(window, min_frames - 1, -1):
         for mode in order:
-            for group in [whole] if mode == "video" else range(whole, 0, -1):
-                if mode == "split":
-                    # As many calls as the largest group that fits, of even sizes (4 as 2 + 2,
-                    # not 3 + 1): the same work, a lower peak.
-                    group = -(-expressions // -(-expressions // group))
+            for group in [whole] if mode == "video" else _even_groups(expressions, whole):
                 peak = models[mode].predict(frames, group)
                 if peak <= budget:
                     return Plan(mode, frames, group, peak, budget)

@@ -245,9 +245,9 @@ def test_bounded_onnxruntime_keeps_an_arena_only_within_decoder_runs(paper_bundl
 
     manifest = Manifest.load(paper_bundle)
     feeds = make_feeds(manifest, 5, 2, 8)
-    words = load_backend(manifest, "text_encoder", "onnxruntime").infer(
-        {k: feeds[k] for k in ("input_ids", "attention_mask")})  # fmt: skip
-    words = {"text_features": words["text_features"], "attention_mask": feeds["attention_mask"]}
+    text = load_backend(manifest, "text_encoder", "onnxruntime").infer(
+        {k: feeds[k] for k in ("input_ids", "attention_mask")})["text_features"]  # fmt: skip
+    words = {"text_features": text, "attention_mask": feeds["attention_mask"]}
     levels = load_backend(manifest, "video_encoder", "onnxruntime", cpu_arena=False).infer(
         {"frames": feeds["frames"]})  # fmt: skip
     reference = load_backend(manifest, "video_decoder", "onnxruntime").infer(levels | words)

@@ -9,8 +9,11 @@
         --range-pieces 128 --target int8-cpu                         # bounded memory
 
 Writes ``video.int8-tensorrt.onnx`` / ``video.int8-cpu.onnx`` and their manifest entries
-(calibration settings, Q/DQ summary, mask agreement with FP32 on held-out clips). The work is
-done by ``calibration.int8``; this script only parses arguments.
+(calibration settings, Q/DQ summary, mask agreement with FP32 on held-out clips); on a bundle
+exported with ``--split``, also ``video_encoder.<target>.onnx`` and
+``video_decoder.<target>.onnx``, quantized from the same ranges, so a memory budget can run
+INT8 expressions in groups. The work is done by ``calibration.int8``; this script only parses
+arguments.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import sys
 
 from calibration.int8 import calibrate_bundle, float_nodes_from_sensitivity, sensitivity
 from calibration.quantize import METHODS, TARGETS
-from runtime.manifest import BundleError
+from runtime.manifest import SPLIT_GRAPHS, BundleError
 from runtime.precisions import cli_type
 
 
@@ -142,12 +145,17 @@ def run(args: argparse.Namespace) -> int:
             args.range_pieces,
         )  # fmt: skip
         args.recalibrate = False
-        entry = manifest.variant("video", target)
-        result = entry["agreement_vs_fp32"]
-        check = ("not checked against FP32 (--check-samples 0)" if result is None else
-                 f"mask IoU vs FP32 {result['mask_iou']:.4f}, same query "
-                 f"{result['same_query']:.3f} ({result['tracks']} held-out tracks)")  # fmt: skip
-        print(f"{entry['file']}: {entry['quantization']['quantized_ops']} quantized ops, {check}")
+        for graph in ("video", *SPLIT_GRAPHS):
+            if target not in manifest.data["graphs"].get(graph, {}).get("variants", {}):
+                continue
+            entry = manifest.variant(graph, target)
+            result = entry["agreement_vs_fp32"]
+            check = ("not checked against FP32 (--check-samples 0)" if result is None else
+                     f"mask IoU vs FP32 {result['mask_iou']:.4f}, same query "
+                     f"{result['same_query']:.3f} ({result['tracks']} held-out tracks, "
+                     f"{' + '.join(result.get('graphs', ['video']))})")  # fmt: skip
+            print(f"{entry['file']}: {entry['quantization']['quantized_ops']} quantized ops, "
+                  f"{check}")  # fmt: skip
     return 0
 
 

@@ -1,5 +1,6 @@
-"""``calibrate_bundle``: calibration samples -> INT8 variants of ``video.onnx`` in the bundle,
-each with its agreement against FP32 on held-out clips; and the per-node sensitivity pass.
+"""``calibrate_bundle``: calibration samples -> INT8 variants of ``video.onnx`` in the bundle
+(and of its split parts, where the bundle has them), each with its agreement against FP32 on
+held-out clips; and the per-node sensitivity pass.
 
 Agreement is measured the way a user sees the output: for every held-out clip and expression
 the FP32 and INT8 graphs each pick their query (``runtime.selection``) and threshold its mask; the
@@ -22,7 +23,7 @@ from tqdm import tqdm
 from runtime.backends import AVAILABLE, load_backend, openvino_status
 from runtime.budget import trim_heap
 from runtime.child import ChildDied, max_rss_mb, run_in_child
-from runtime.manifest import Manifest, atomic_write_text
+from runtime.manifest import SPLIT_GRAPHS, Manifest, atomic_write_text
 from runtime.precisions import INT8_TENSORRT, precision_name
 from runtime.selection import chosen_tracks, select_queries
 
@@ -77,30 +78,41 @@ KEPT = ("pred_logits", "pred_masks")  # the outputs the agreement reads
 
 
 def outputs_child(connection: Any, bundle: str, clips: str, runtime: str, precision: str,
-                  threads: int | None, out: str) -> None:  # fmt: skip
+                  threads: int | None, out: str, split: bool = False) -> None:  # fmt: skip
     """The body of a child process (``runtime.child.run_in_child``) that runs the bundle's
-    video graph of ``runtime`` at ``precision`` on every clip saved in ``clips``
-    (``CalibrationSet.save``), saves the outputs the agreement reads to ``out`` (npz) and sends
-    what the run cost (load and per-clip seconds, peak RSS, the backend), or why it could not
-    run. onnxruntime runs without its CPU arena (an arena keeps its peak)."""
+    video graph of ``runtime`` at ``precision`` (``split``: its encoder, then its decoder) on
+    every clip saved in ``clips`` (``CalibrationSet.save``), saves the outputs the agreement
+    reads to ``out`` (npz) and sends what the run cost (load and per-clip seconds, peak RSS,
+    the backend), or why it could not run. onnxruntime runs without its CPU arena (an arena
+    keeps its peak)."""
     try:
         manifest = Manifest.load(bundle)
         held_out = CalibrationSet.load(clips, manifest)
         options = {"cpu_arena": False} if runtime == "onnxruntime" else {}
         started = time.perf_counter()
-        backend = load_backend(manifest, "video", runtime, precision, threads=threads, **options)
+        graphs = SPLIT_GRAPHS if split else ("video",)
+        backends = [load_backend(manifest, graph, runtime, precision, threads=threads, **options)
+                    for graph in graphs]  # fmt: skip
         load_s = time.perf_counter() - started
         arrays, seconds = {}, []
         for index, sample in enumerate(held_out.samples):
             started = time.perf_counter()
-            outputs = backend.infer(sample)
+            if split:
+                words = {k: sample[k] for k in ("text_features", "attention_mask")}
+                levels = backends[0].infer({"frames": sample["frames"]})
+                outputs = backends[1].infer(levels | words)
+                del levels
+            else:
+                outputs = backends[0].infer(sample)
             seconds.append(time.perf_counter() - started)
             arrays |= {f"{key}_{index}": outputs[key] for key in KEPT}
-        backend.close()
+        for backend in backends:
+            backend.close()
         np.savez(out, **arrays)
         connection.send({"status": "ran", "load_s": round(load_s, 1),
                          "seconds_per_clip": [round(s, 2) for s in seconds],
-                         "peak_rss_mb": max_rss_mb(), "backend_name": backend.name})  # fmt: skip
+                         "peak_rss_mb": max_rss_mb(),
+                         "backend_name": " + ".join(b.name for b in backends)})  # fmt: skip
     except Exception as error:  # noqa: BLE001 - the reason is the run's result
         connection.send({"status": "failed", "reason": f"{type(error).__name__}: {error}"})
     finally:
@@ -114,12 +126,14 @@ def read_outputs(path: str | Path, clips: int) -> list[dict[str, np.ndarray]]:
 
 
 def outputs_in_child(bundle: Path, clips: Path, runtime: str, precision: str,
-                     threads: int | None, out: Path) -> list[dict[str, np.ndarray]]:  # fmt: skip
+                     threads: int | None, out: Path,
+                     split: bool = False) -> list[dict[str, np.ndarray]]:  # fmt: skip
     """``outputs_child`` in a fresh process; its outputs, or RuntimeError naming why not."""
-    what = f"the {runtime} {precision} video graph on {clips}"
+    what = f"the {runtime} {precision} {'split ' if split else ''}video graph on {clips}"
     try:
         result = run_in_child(outputs_child, (str(bundle), str(clips), runtime, precision,
-                                              threads, str(out)), f"check-{precision}")  # fmt: skip
+                                              threads, str(out), split),
+                              f"check-{precision}")  # fmt: skip
     except ChildDied as error:
         raise RuntimeError(f"{what}: {error}") from None
     if result["status"] != "ran":
@@ -148,7 +162,10 @@ def calibrate_bundle(
     range_backend: str = "calibrator",
     range_pieces: int = 1,
 ) -> Manifest:
-    """Calibrate on ``samples`` clips of ``split`` and write one INT8 variant per target.
+    """Calibrate on ``samples`` clips of ``split`` and write one INT8 variant per target, of
+    the video graph and, where the bundle has the split video graph, of its two parts (from
+    the video graph's ranges, ``calibration.correspond``: no second calibration). A part's
+    ``float_nodes`` are named as in the video graph.
 
     ``exclude`` names nodes left in float besides the class path, which stays float unless
     ``quantize_class_path`` (``calibration.quantize.class_path_nodes``).
@@ -184,36 +201,44 @@ def calibrate_bundle(
     # Quantize every target first (the ranges once), then check them: the two phases' memory
     # does not stack (OpenVINO's FP32 reference left 5.5 GB resident at the paper size, under
     # which the ranges then peaked at 12.8 GB).
-    fp32_path = manifest.variant_path("video", "fp32")
+    graphs = ("video", *SPLIT_GRAPHS) if manifest.split_precisions() else ("video",)
     made = {}
     for target in targets:
-        started = time.perf_counter()
-        path = quantize_video(manifest, calibration, target, method, exclude,
-                              cpu_format=cpu_format, class_path=quantize_class_path,
-                              range_backend=range_backend, threads=threads,
-                              range_pieces=range_pieces)  # fmt: skip
-        calibration = None  # the ranges are cached now; the next target reuses them
-        made[target] = (path, round(time.perf_counter() - started, 1))
-        manifest.add_variant("video", target, {"file": path.name, "external_data": []})
-        manifest.add_file(path.name, "onnx graph")
+        for graph in graphs:  # the video graph first: the parts read its ranges
+            started = time.perf_counter()
+            path = quantize_video(manifest, calibration, target, method, exclude,
+                                  cpu_format=cpu_format, class_path=quantize_class_path,
+                                  range_backend=range_backend, threads=threads,
+                                  range_pieces=range_pieces, graph=graph)  # fmt: skip
+            calibration = None  # the ranges are cached now; what follows reuses them
+            made[graph, target] = (path, round(time.perf_counter() - started, 1))
+            manifest.add_variant(graph, target, {"file": path.name, "external_data": []})
+            manifest.add_file(path.name, "onnx graph")
     manifest.save()  # the check's processes load the INT8 variants from the bundle
     trim_heap()
     results = _check_agreement(manifest, data, check_split, check_samples, seed, frames,
-                               targets, range_backend, threads)  # fmt: skip
-    for target, (path, seconds) in made.items():
+                               targets, range_backend, threads, split_graph=len(graphs) > 1)  # fmt: skip
+    for (graph, target), (path, seconds) in made.items():
+        fp32_path = manifest.variant_path(graph, "fp32")
+        info = calibration_info
+        if graph != "video":
+            ranges = range_cache(manifest, method, graph).name
+            info = calibration_info | {"ranges": f"calibration/{ranges}", "ranges_from": "video"}
+        class_path = [] if quantize_class_path or graph == SPLIT_GRAPHS[0] else class_path_nodes(
+            fp32_path)  # fmt: skip
         entry = {
             "file": path.name,
             "external_data": [],
             "target": target,
             "format": "qdq" if target == INT8_TENSORRT or cpu_format == "qdq" else "qoperator",
-            "calibration": calibration_info,
+            "calibration": info,
             "float_nodes": list(exclude or []),
-            "class_path_float": [] if quantize_class_path else class_path_nodes(fp32_path),
+            "class_path_float": class_path,
             "quantization": qdq_summary(path),
-            "agreement_vs_fp32": results.get(target),
+            "agreement_vs_fp32": results.get((graph != "video", target)),
             "seconds": seconds,
         }  # fmt: skip
-        manifest.add_variant("video", target, entry)
+        manifest.add_variant(graph, target, entry)
     _refresh_tensorrt_report(manifest)
     manifest.save()
     return manifest
@@ -221,13 +246,16 @@ def calibrate_bundle(
 
 def _check_agreement(manifest: Manifest, data, split: str, clips: int, seed: int,
                      frames: int | None, targets: tuple[str, ...], range_backend: str,
-                     threads: int | None) -> dict[str, dict]:  # fmt: skip
+                     threads: int | None, split_graph: bool = False) -> dict[tuple, dict]:  # fmt: skip
     """Each target's agreement with FP32 on ``clips`` held-out clips of ``split`` (seed + 1000),
     every graph in a child process of its own (``outputs_in_child``), so that neither the
     calibration's leftovers nor one graph's memory stacks under the next: at the paper size the
     check in the calibrating process had peaked at 11.9 GiB; in its own processes, 6.05 GiB
     (the OpenVINO INT8 graph). ``clips`` 0
     skips the check (an empty result; the manifest then records no agreement).
+
+    Keyed by (split, target): ``split_graph`` also checks each target's split graph (encoder,
+    then decoder) against the same FP32 outputs, as (True, target).
 
     The bounded path checks in OpenVINO where it can (its FP32 graph peaks at 4.7 GB at the
     paper size against onnxruntime's 9.7); onnxruntime runs the symmetric target right.
@@ -245,18 +273,21 @@ def _check_agreement(manifest: Manifest, data, split: str, clips: int, seed: int
         del held_out
         reference = outputs_in_child(manifest.root, work / "clips", engine, "fp32", threads,
                                      work / "fp32.npz")  # fmt: skip
-        for target in targets:
+        for parts, target in [(parts, t) for t in targets for parts in (False, True)
+                              if split_graph or not parts]:  # fmt: skip
             started = time.perf_counter()
             outputs = outputs_in_child(manifest.root, work / "clips", engine, target, threads,
-                                       work / f"{target}.npz")  # fmt: skip
+                                       work / f"{target}.npz", parts)  # fmt: skip
             result = agreement(reference, outputs)
-            results[target] = result | {
-                "split": split, "clips": len(reference), "engine": engine,
+            graphs = list(SPLIT_GRAPHS) if parts else ["video"]
+            results[parts, target] = result | {
+                "split": split, "clips": len(reference), "engine": engine, "graphs": graphs,
                 "seconds": round(time.perf_counter() - started, 1),
             }  # fmt: skip
             log.info(
-                "%s: mask IoU vs FP32 %.4f, same query %.3f on %d held-out tracks (%s)",
-                target, result["mask_iou"], result["same_query"], result["tracks"], engine,
+                "%s %s: mask IoU vs FP32 %.4f, same query %.3f on %d held-out tracks (%s)",
+                target, " + ".join(graphs), result["mask_iou"], result["same_query"],
+                result["tracks"], engine,
             )  # fmt: skip
     return results
 

@@ -1,4 +1,6 @@
-"""INT8 variants of ``video.onnx``: explicit Q/DQ from calibration ranges, for two targets.
+"""INT8 variants of ``video.onnx`` (and of its split parts, ``video_encoder`` and
+``video_decoder``, where the bundle has them): explicit Q/DQ from calibration ranges, for two
+targets.
 
 - ``tensorrt``: the explicit-quantization form TensorRT builds from (TensorRT 11 has no
   implicit INT8): QuantizeLinear/DequantizeLinear pairs with symmetric int8 activations
@@ -18,7 +20,9 @@ INT8 noise there flips picks that the masks themselves would survive.
 Calibration (ONNX Runtime's calibrators: entropy, percentile, minmax; or MinMax in bounded
 memory, ``calibration.ranges``) runs once per
 method; its tensor ranges are cached as JSON in the bundle, so re-quantising with other nodes
-left in float (the sensitivity pass) costs no new calibration.
+left in float (the sensitivity pass) costs no new calibration. The split graphs are quantized
+from the video graph's cached ranges, translated to their tensors (``calibration.correspond``):
+the same scales at the same places, with no second calibration.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.files import apply_umask
-from runtime.manifest import Manifest
+from runtime.manifest import SPLIT_GRAPHS, Manifest
 from runtime.precisions import INT8_PRECISIONS, INT8_TENSORRT, precision_name
 
 from .data import CalibrationSet
@@ -90,8 +94,10 @@ def quantize_video(
     range_backend: str = "calibrator",
     threads: int | None = None,
     range_pieces: int = 1,
+    graph: str = "video",
 ) -> Path:
-    """Write an INT8 copy of the bundle's FP32 ``video.onnx`` and return its path.
+    """Write an INT8 copy of the bundle's FP32 ``video.onnx`` (or of a part of the split video
+    graph) and return its path.
 
     Args:
         manifest: the bundle.
@@ -107,20 +113,32 @@ def quantize_video(
             ``calibration.ranges``).
         threads: the bounded range backend's threads.
         range_pieces: the bounded range backend's graph pieces (``collect_minmax``).
+        graph: "video", or "video_encoder" / "video_decoder": a part of the split video graph,
+            quantized with the video graph's cached ranges of ``method`` (``calibration`` must
+            be None: run the video graph's first), ``exclude`` naming video-graph nodes.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     target = precision_name(target, TARGETS, "calibration target")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    source = manifest.variant_path("video", "fp32")
-    output = output or manifest.root / f"video.{target}.onnx"
+    if graph not in ("video", *SPLIT_GRAPHS):
+        raise ValueError(f"graph must be 'video' or one of {SPLIT_GRAPHS}, got {graph!r}")
+    source = manifest.variant_path(graph, "fp32")
+    output = output or manifest.root / f"{graph}.{target}.onnx"
     cache = range_cache(manifest, method)
     exclude = list(exclude or [])
-    if not class_path:
-        exclude += [node for node in class_path_nodes(source) if node not in exclude]
     if calibration is None and not cache.is_file():
         raise FileNotFoundError(f"no calibration samples and no cached ranges at {cache}")
+    if graph != "video":
+        if calibration is not None:
+            raise ValueError(
+                f"{graph} is quantized from the video graph's cached ranges: "
+                "quantize the video graph first, then pass calibration=None"
+            )
+        cache, exclude = _split_graph_ranges(manifest, graph, method, exclude)
+    if not class_path and graph != SPLIT_GRAPHS[0]:  # the encoder's nodes feed every output
+        exclude += [node for node in class_path_nodes(source) if node not in exclude]
     check_range_backend(range_backend, method)
     if calibration is not None and range_backend != "calibrator":
         # A cached range file is these samples' (new samples delete it), and quantize_static
@@ -169,9 +187,9 @@ def quantize_video(
     logging.getLogger().addFilter(hint)
     try:
         # The calibrator writes an augmented copy of the model; keep it out of the bundle.
-        local = work / "video.onnx"
+        local = work / source.name
         shutil.copy(source, local)
-        for extra in manifest.variant("video", "fp32").get("external_data", []):
+        for extra in manifest.variant(graph, "fp32").get("external_data", []):
             shutil.copy(manifest.path(extra), work / extra)
         tmp_output = work / output.name
         quantize_static(
@@ -199,6 +217,41 @@ def quantize_video(
     return output
 
 
+def _split_graph_ranges(manifest: Manifest, graph: str, method: str,
+                        exclude: list[str]) -> tuple[Path, list[str]]:  # fmt: skip
+    """The range cache of a part of the split video graph, translated from the video graph's
+    (``calibration.correspond``), and ``exclude`` (video-graph nodes) as the part's nodes."""
+    import onnx
+    from onnxruntime.quantization.calibrate import MinMaxCalibrater
+
+    from .correspond import node_names, split_correspondence, translate_ranges
+
+    started = time.perf_counter()
+    whole, encoder, decoder = (
+        onnx.load(str(manifest.variant_path(name, "fp32")), load_external_data=False)
+        for name in ("video", *SPLIT_GRAPHS)
+    )
+    tensors = split_correspondence(whole, encoder, decoder, manifest.root)[graph]
+    part = encoder if graph == SPLIT_GRAPHS[0] else decoder
+    # The tensors this graph's quantizer looks up, selected as ONNX Runtime's calibrator does.
+    work = Path(tempfile.mkdtemp(prefix="proxyformer-select-"))
+    try:
+        calibrater = MinMaxCalibrater(manifest.variant_path(graph, "fp32"),
+                                      op_types_to_calibrate=list(QUANTIZED_OPS),
+                                      augmented_model_path=str(work / "augmented.onnx"),
+                                      use_external_data_format=True)  # fmt: skip
+        needed = calibrater.select_tensors_to_calibrate(calibrater.model)[0]
+        del calibrater
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    cache = range_cache(manifest, method, graph)
+    count = translate_ranges(range_cache(manifest, method), cache, tensors, needed, graph)
+    exclude = node_names(part, whole, tensors, exclude)
+    log.info("%s: ranges of %d tensors from the video graph's in %.1f s", graph, count,
+             time.perf_counter() - started)  # fmt: skip
+    return cache, exclude
+
+
 def check_range_backend(range_backend: str, method: str) -> None:
     """Refuse a range backend that is unknown or cannot compute ``method``."""
     if range_backend not in RANGE_BACKENDS:
@@ -211,8 +264,11 @@ def check_range_backend(range_backend: str, method: str) -> None:
         )
 
 
-def range_cache(manifest: Manifest, method: str) -> Path:
-    return manifest.root / "calibration" / f"ranges-{method}.json"
+def range_cache(manifest: Manifest, method: str, graph: str = "video") -> Path:
+    """The cached ranges of ``method``: the video graph's, or those translated from them for
+    a part of the split video graph."""
+    suffix = "" if graph == "video" else f".{graph}"
+    return manifest.root / "calibration" / f"ranges-{method}{suffix}.json"
 
 
 def class_path_nodes(path: Path, output: str = "pred_logits") -> list[str]:

@@ -357,12 +357,13 @@ def collect_minmax(
     engine: str = "onnxruntime",
     threads: int | None = None,
     pieces: int = 1,
+    graph: str = "video",
 ) -> dict:
     """Write the MinMax ranges of ``calibration`` to ``cache`` (ONNX Runtime's format).
 
     Args:
-        manifest: the bundle; its FP32 video graph is calibrated.
-        calibration: the clips, each the video graph's feeds, all of one shape.
+        manifest: the bundle; its FP32 ``graph`` (the video graph) is calibrated.
+        calibration: the clips, each the graph's feeds, all of one shape.
         cache: the range cache ``quantize_static`` reads (``calibration.quantize.range_cache``).
         op_types: the op types whose tensors are calibrated (the quantizer's).
         engine: what runs the graph: "onnxruntime" (no arena) or "openvino" (f32).
@@ -396,7 +397,7 @@ def collect_minmax(
                 "ranges are collected at one shape (build the clips with one --frames)"
             )
     started = time.perf_counter()
-    source = manifest.variant_path("video", "fp32")
+    source = manifest.variant_path(graph, "fp32")
     work = Path(tempfile.mkdtemp(prefix="proxyformer-ranges-"))
     lowest: dict[str, np.ndarray] = {}
     highest: dict[str, np.ndarray] = {}

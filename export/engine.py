@@ -112,12 +112,21 @@ def plan_build(manifest: Manifest, graph: str, precision: str, tensorrt_major: i
             ),
         )  # fmt: skip
     variant = precision
-    if precision == INT8_TENSORRT and graph in SPLIT_GRAPHS:
+    if (
+        precision == INT8_TENSORRT
+        and graph in SPLIT_GRAPHS
+        and (precision not in manifest.precisions(graph))
+    ):
         raise BundleError(
-            f"{graph} has no INT8 variant: calibration quantizes the one video graph; build "
-            "the split video graph's engines at fp16 or fp32"
+            f"{graph} has no INT8 variant: calibrate the bundle (calibration/calibrate.py "
+            "--target int8-tensorrt), which quantizes both parts of the split video graph, or "
+            "build its engines at fp16 or fp32"
         )
-    if precision == INT8_TENSORRT and variant not in manifest.precisions(graph) and graph != "video":
+    if (
+        precision == INT8_TENSORRT
+        and variant not in manifest.precisions(graph)
+        and graph != "video"
+    ):
         # Calibration quantizes the video graph only; the text encoder (run once per
         # expression, not per frame) goes into the INT8 set of engines at its best float graph.
         fallback = "fp16" if "fp16" in manifest.precisions(graph) else "fp32"
@@ -131,11 +140,12 @@ def plan_build(manifest: Manifest, graph: str, precision: str, tensorrt_major: i
 
 def engine_graphs(manifest: Manifest, precision: str) -> list[str]:
     """The graphs an engine set of ``precision`` has by default: the text encoder and the video
-    graph, and the split video graph's two parts where the bundle has them in a float
-    precision (they have no INT8 variant)."""
+    graph, and the split video graph's two parts where the bundle has them (at INT8: where
+    calibration quantized them)."""
     graphs = list(GRAPHS)
     precision = precision_name(precision, PRECISIONS, "engine precision")
-    if manifest.split_precisions() and precision != INT8_TENSORRT:
+    split = manifest.split_precisions()
+    if split and (precision != INT8_TENSORRT or precision in split):
         graphs += SPLIT_GRAPHS
     return graphs
 

@@ -355,8 +355,9 @@ def test_the_predictor_plans_with_measured_models(measured_bundle, clip, tmp_pat
 
 def test_engines_follow_the_split_graph(paper_bundle):
     """The trtexec commands (and build_engines, which plans the same way) cover the split
-    video graph's parts in float precisions, and refuse them at INT8 rather than building a
-    float engine under an INT8 name."""
+    video graph's parts in float precisions, and refuse them at INT8 where the bundle has no
+    INT8 parts (not calibrated) rather than building a float engine under an INT8 name
+    (calibrated: ``test_calibration_split``)."""
     from export.trtexec import trtexec_commands
 
     commands = trtexec_commands(paper_bundle, "fp16", tensorrt_major=10)

@@ -39,6 +39,7 @@ from benchmarks.isolate import point_body, predictor_point_child
 from benchmarks.machine import cpu_line, machine_info, run_record
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
+from runtime.allocator import huge_pages_in_children
 from runtime.child import ChildDied, run_in_child
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,9 @@ def format_markdown(results: dict) -> str:
         (
             f"{cpu_line(machine)}; {setting['threads']} "
             f"threads, L = {setting['text_length']}. Each point in a process of its own: peak "
-            "RSS (VmHWM) of loading the backend and its calls; the last call's seconds."
+            "RSS (VmHWM) of loading the backend and its calls; the last call's seconds; malloc "
+            + ("with" if setting.get("malloc_huge_pages") else "without")
+            + " transparent huge pages (`runtime.allocator`)."
         ),
         "",
         "| backend | graph | T | E | peak RSS GiB | after load GiB | last call s | note |",
@@ -254,7 +257,10 @@ def main(argv: list[str] | None = None) -> dict:
     manifest = Manifest.load(args.bundle)
     check_points(manifest, args.frames, args.expressions)
     text_length = min(args.text_length, manifest.profiles["L"]["max"])
-    points = sweep(args, backends, text_length)
+    # The children's malloc as ``python -m runtime``'s (it restarts itself with huge pages):
+    # the recorded seconds choose the plan's mode for that command.
+    with huge_pages_in_children() as huge_pages:
+        points = sweep(args, backends, text_length)
     machine = machine_info("cpu")
     results = {
         **run_record("benchmarks/memory.py", argv, machine),
@@ -266,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
             "threads": args.threads,
             "modes": args.modes,
             "ort_arena": args.ort_arena,
+            "malloc_huge_pages": huge_pages,
         },
         "points": points,
     }

@@ -46,7 +46,7 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from runtime.budget import trim_heap
+from runtime.allocator import trim_heap
 from runtime.manifest import Manifest, installed_versions
 
 from .data import CalibrationSet

@@ -114,6 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run_segment(args: argparse.Namespace) -> dict:
     """Segment one video window by window: each window's masks and overlay frames are written
     as it completes (into the staging area of ``RunOutput``), the result JSON last."""
+    from .allocator import malloc_huge_pages
     from .budget import parse_memory
     from .expressions import check_expressions
     from .outputs import RunOutput, default_name
@@ -208,6 +209,7 @@ def run_segment(args: argparse.Namespace) -> dict:
             ],
             "windows": windows,
             "memory_plan": plan.as_dict() if plan is not None else None,
+            "malloc_huge_pages": malloc_huge_pages(),
             "timings_ms": {k: round(v, 2) for k, v in timings.items()},
         }
         if not args.no_overlay:
@@ -259,4 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from .allocator import restart_with_huge_pages
+
+    restart_with_huge_pages()  # glibc reads its tunables at start (runtime.allocator)
     sys.exit(main())

@@ -34,7 +34,6 @@ names the smallest budget that works.
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -103,56 +102,6 @@ def current_rss() -> int:
         return int(status.split("VmRSS:")[1].split()[0]) * 1024
     except (OSError, IndexError, ValueError):
         return 0
-
-
-# glibc serves blocks of at least this size with mmap and returns them to the system on free
-# (``release_freed_memory``).
-MMAP_THRESHOLD = 1 << 20
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-@functools.cache
-def _glibc():
-    """The C library through ctypes where it is glibc (it has ``mallopt``), else None; looked
-    up once (``find_library`` runs ``ldconfig``)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or "libc" not in name:
-        return None
-    try:
-        library = ctypes.CDLL(name)
-        library.mallopt  # noqa: B018 - musl and others have no mallopt
-    except (OSError, AttributeError):
-        return None
-    return library
-
-
-def release_freed_memory() -> bool:
-    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD`` for this process, so that freed
-    tensors of a megabyte or more go back to the system at once. True where it was set
-    (glibc), False elsewhere.
-
-    By default glibc raises the threshold to the size of each mmapped block freed (up to 32
-    MB), after which blocks below it come from the heap, where a later run's tensors of other
-    sizes fragment what the earlier ones freed. onnxruntime without its arena allocates
-    through malloc, so under a budget that was measured on single calls: on paper-swin-t
-    (16 + 9 frames, four expressions) the second window raised the peak from 8.00 to 8.30
-    GiB; with the threshold fixed it peaked at 7.81 GiB, at the same speed. It is process-wide,
-    so the runtime sets it only where it runs onnxruntime without the arena.
-    """
-    library = _glibc()
-    return library is not None and bool(library.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
-
-
-def trim_heap() -> None:
-    """Hand the C heap's free pages back to the system now (glibc's ``malloc_trim``; nothing
-    elsewhere): what one engine freed may otherwise stay with the allocator and count again
-    under the next one's peak (calibration, between range pieces and phases)."""
-    library = _glibc()
-    if library is not None:
-        library.malloc_trim(0)
 
 
 def default_budget() -> int:

@@ -10,6 +10,7 @@ command plan with them.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -126,7 +127,8 @@ def test_freed_tensors_go_back_to_the_system(tmp_path):
         pytest.skip("glibc's mallopt")
     code = (
         "import ctypes, sys\n"
-        "from runtime.budget import current_rss, release_freed_memory\n"
+        "from runtime.allocator import release_freed_memory\n"
+        "from runtime.budget import current_rss\n"
         "if sys.argv[1] == 'fixed': assert release_freed_memory()\n"
         "libc = ctypes.CDLL(None)\n"
         "libc.malloc.restype = ctypes.c_void_p; libc.free.argtypes = [ctypes.c_void_p]\n"
@@ -234,6 +236,34 @@ def test_the_split_graph_is_the_video_graph(paper_bundle):
     # One expression at a time on the same levels: what a budget's groups do.
     one = decoder.infer(levels | {k: v[1:2] for k, v in words.items()})
     np.testing.assert_allclose(one["pred_masks"], video["pred_masks"][1:2], atol=1e-4, rtol=1e-4)
+
+
+def test_huge_pages_are_asked_for_only_where_they_change_something():
+    """glibc's huge-page tunable is added (beside the user's other tunables) on glibc 2.35+
+    with the kernel's huge pages in madvise mode, and nowhere else; a tunable the user set and
+    PROXYFORMER_HUGE_PAGES=0 are left alone. The restart itself is checked by the CLI test."""
+    from runtime.allocator import huge_page_environment, huge_pages_in_children
+
+    glibc, mode = (2, 36), "madvise"
+    added = huge_page_environment({"A": "1"}, glibc, mode)
+    assert added == {"A": "1", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    other = huge_page_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, glibc, mode)
+    assert other["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    for environ, version, thp in (
+        ({}, (2, 31), mode),  # before the tunable existed
+        ({}, None, mode),  # not glibc
+        ({}, glibc, "always"),  # every mapping gets huge pages already
+        ({}, glibc, "never"),
+        ({}, glibc, None),  # no transparent huge pages
+        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, glibc, mode),  # the user's choice
+        ({"PROXYFORMER_HUGE_PAGES": "0"}, glibc, mode),
+    ):
+        assert huge_page_environment(environ, version, thp) is None, (environ, version, thp)
+    before = os.environ.get("GLIBC_TUNABLES")
+    with huge_pages_in_children() as set_here:
+        assert set_here == ("glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
+                            and before != os.environ.get("GLIBC_TUNABLES"))  # fmt: skip
+    assert os.environ.get("GLIBC_TUNABLES") == before
 
 
 def test_bounded_onnxruntime_keeps_an_arena_only_within_decoder_runs(paper_bundle):

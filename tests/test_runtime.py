@@ -160,6 +160,12 @@ def test_cli_segment_and_info(tiny_bundle, video, tmp_path):
     assert (out / "clip_overlay.mp4").stat().st_size > 1000
     result = json.loads((out / "clip_result.json").read_text())
     assert [e["text"] for e in result["expressions"]] == TEXTS
+    # The command restarted itself with glibc's malloc asking for huge pages where the machine
+    # takes them (runtime.allocator), unless this environment already asked.
+    from runtime.allocator import huge_page_environment, malloc_huge_pages
+
+    assert result["malloc_huge_pages"] == (huge_page_environment() is not None
+                                           or malloc_huge_pages())  # fmt: skip
     info = subprocess.run([sys.executable, "-m", "runtime", "info", "--bundle", str(tiny_bundle)],
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert info.returncode == 0 and "graph video" in info.stdout and "pred_masks" in info.stdout

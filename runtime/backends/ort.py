@@ -237,7 +237,7 @@ class OnnxRuntimeBackend(BaseBackend):
               shrinkage): without one it spent about half its time faulting in fresh pages
               (the split graphs at T 19, E 4: 106.8 s without, 60.2 s with, at 7.37 GiB);
             - glibc's mmap threshold is fixed for the process
-              (``runtime.budget.release_freed_memory``).
+              (``runtime.allocator.release_freed_memory``).
 
     Raises:
         BackendUnavailable: onnxruntime is missing, a requested provider is not available
@@ -292,7 +292,7 @@ class OnnxRuntimeBackend(BaseBackend):
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         if not cpu_arena:
-            from ..budget import release_freed_memory
+            from ..allocator import release_freed_memory
 
             release_freed_memory()  # tensors are malloc'd: give freed ones back (its docstring)
         if not allow_spinning:

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from runtime.backends import AVAILABLE, load_backend, openvino_status
 from runtime.allocator import trim_heap
+from runtime.backends import AVAILABLE, load_backend, openvino_status
 from runtime.child import ChildDied, max_rss_mb, run_in_child
 from runtime.manifest import SPLIT_GRAPHS, Manifest, atomic_write_text
 from runtime.precisions import INT8_TENSORRT, precision_name
@@ -89,7 +89,8 @@ def outputs_child(connection: Any, bundle: str, clips: str, runtime: str, precis
     ``split`` runs the split video graph one part at a time: the encoder on every clip (its
     levels go to disk beside ``out``), closed, then the decoder. With both parts loaded at
     once, OpenVINO held the encoder's buffers while the decoder ran: paper-swin-t's INT8 check
-    peaked at 10.7 GiB, against 6.2 GiB for the one video graph."""
+    peaked at 10.73 GiB, against 6.18 GiB for the one video graph; one part at a time, at
+    5.98 GiB."""
     staged = Path(out).parent / f"{Path(out).stem}-levels"
     try:
         manifest = Manifest.load(bundle)

@@ -220,17 +220,28 @@ class MemoryModel:
                    float(data.get("expression_phase", 0.0)))  # fmt: skip
 
 
-def faster_mode(models: dict[str, MemoryModel]) -> str | None:
-    """The mode whose calls took less time in total over the (T, E) points both modes were
-    measured at (``benchmarks/memory.py --record`` keeps each point's seconds); None where
-    that cannot be told (one mode, or models recorded without times)."""
+def faster_mode(models: dict[str, MemoryModel], frames: int | None = None,
+                expressions: int | None = None) -> str | None:  # fmt: skip
+    """The mode whose calls measured faster (``benchmarks/memory.py --record`` keeps each
+    point's seconds), at the (T, E) point both modes were measured at that is closest to a
+    call of ``frames`` and ``expressions`` (the largest at or below both; the smallest
+    point where none is), or, without them, in total over every such point. None where that
+    cannot be told (one mode, or models recorded without times).
+
+    The point matters: paper-swin-t's INT8 split graphs were faster in total (175 s against
+    185 s over six points, onnxruntime without its arena), but not at T 19, E 4 (51.5 s
+    against 50.7 s), where the decoder's arena also left room for two expressions a call only.
+    """
     if not all(mode in models for mode in MODES):
         return None
     times = [{(p["T"], p["E"]): p["seconds"] for p in models[mode].points if "seconds" in p}
-             for mode in MODES]
+             for mode in MODES]  # fmt: skip
     shared = set(times[0]) & set(times[1])
     if not shared:
         return None
+    if frames is not None and expressions is not None:
+        below = [key for key in shared if key[0] <= frames and key[1] <= expressions]
+        shared = {max(below)} if below else {min(shared)}
     totals = [sum(t[key] for key in shared) for t in times]
     return MODES[int(totals[1] < totals[0])]
 
@@ -295,9 +306,10 @@ def plan_calls(
     than ``max_group`` expressions, the bundle's E profile, always run in groups of it); then
     the split graphs with groups from ``min(expressions, max_group)`` down to 1, evened out
     over the calls they take (four expressions in groups of at most 3 run as 2 + 2). The split
-    graphs come first where their measured calls were the faster (``faster_mode``): in
-    onnxruntime without its arena the split decoder keeps an arena within each run, and
-    paper-swin-t at T 19, E 4 took 60 s split against 86 s in the one graph.
+    graphs come first where their measured calls were the faster at the point nearest to
+    ``window`` and the expressions (``faster_mode``): in onnxruntime without its arena the
+    split decoder keeps an arena within each run, and paper-swin-t at T 19, E 4 took 41 s
+    split against 56 s in the one graph (FP32; at INT8 51.5 against 50.7 s).
 
     Raises:
         MemoryBudgetError: no model to plan with, or no call fits; the message names the
@@ -313,7 +325,7 @@ def plan_calls(
         raise ValueError(f"unknown mode(s) {sorted(unknown)}; modes are {MODES}")
     whole = min(expressions, max_group)
     order = [mode for mode in MODES if mode in models]
-    if faster_mode(models) == "split":
+    if faster_mode(models, window, whole) == "split":
         order.reverse()
     smallest = []
     for frames in range(window, min_frames - 1, -1):

@@ -197,6 +197,16 @@ def test_the_split_graphs_come_first_where_their_calls_were_faster():
     slower = {"video": timed(video, 1.0), "split": timed(split, 2.0)}
     assert faster_mode(slower) == "video"
     assert plan_calls(slower, 100 * GB, 19, 4, 1, 8).mode == "video"
+    # Faster in total but not at the call's size: the point nearest the call decides.
+    mixed = {"video": timed(video, 1.0),
+             "split": MemoryModel.fit([p | {"seconds": (1.2 if (p["T"], p["E"]) == (6, 4)
+                                                        else 0.1) * p["T"] * p["E"]}
+                                       for p in split])}  # fmt: skip
+    assert faster_mode(mixed) == "split" and faster_mode(mixed, 6, 4) == "video"
+    assert faster_mode(mixed, 40, 9) == "video"  # above every point: the largest
+    assert faster_mode(mixed, 5, 3) == "split"  # (2, 1), the largest at or below
+    assert faster_mode(mixed, 1, 1) == "split"  # below every point: the smallest
+    assert plan_calls(mixed, 100 * GB, 19, 4, 1, 8).mode == "video"
 
 
 def test_a_budget_that_cannot_be_met_names_the_least_that_can():

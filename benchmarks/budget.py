@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.long_video import segment_child, write_synthetic_mp4
-from benchmarks.machine import cpu_line, run_record
+from benchmarks.machine import cpu_line, run_record, settle_freed_memory
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
 from runtime.child import ChildDied, run_in_child
@@ -94,7 +94,10 @@ def run_row(args: argparse.Namespace, video: Path, work: Path, name: str, expres
             "--no-overlay", "--name", "clip"]  # fmt: skip
     for text in TEXTS[:expressions]:
         argv += ["--text", text]
-    row = {"backend": name, "expressions": expressions, "budget": budget}
+    # Rows must not inherit each other's memory: not its RSS (a process each) and not, on a
+    # virtual machine, the host still taking back what the previous row freed.
+    row = {"backend": name, "expressions": expressions, "budget": budget,
+           "settled_s": settle_freed_memory()}  # fmt: skip
     try:
         row |= run_in_child(segment_child, (argv,), f"budget-{name}")
     except ChildDied as error:

@@ -35,6 +35,7 @@ from benchmarks.long_video import segment_child, write_synthetic_mp4
 from benchmarks.machine import cpu_line, run_record, settle_freed_memory
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
+from runtime.allocator import huge_pages_in_children
 from runtime.child import ChildDied, run_in_child
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ def run_row(args: argparse.Namespace, video: Path, work: Path, name: str, expres
         timings = result["timings_ms"]
         row |= {"segment_ms": timings["total"], "compile_ms": timings.get("compile", 0.0),
                 "plan": result.get("memory_plan"), "windows": len(result["windows"]),
-                "backend_name": result["backend"]}  # fmt: skip
+                "backend_name": result["backend"],
+                "malloc_huge_pages": result.get("malloc_huge_pages")}  # fmt: skip
     log.info("%s", row)
     return row
 
@@ -123,7 +125,11 @@ def format_markdown(results: dict) -> str:
          f"threads. `python -m runtime segment` on a {setting['frames']}-frame synthetic mp4 at "
          f"the bundle's size, window {setting['frames']}, each run in a process of its own: "
          "peak RSS (loading included) and the segment's own time (not loading), of which "
-         "compiling for new input shapes (OpenVINO); the ratios leave the compiles out."),
+         "compiling for new input shapes (OpenVINO); the ratios leave the compiles out. "
+         "malloc with transparent huge pages in "
+         f"{sum(bool(r.get('malloc_huge_pages')) for r in results['rows'])} of "
+         f"{len(results['rows'])} runs (`runtime.allocator`); each run started once the "
+         "machine had handed the previous run's freed memory back (`settled_s`)."),
         "",
         ("| backend | E | budget | peak RSS GiB | segment s | of it compile s | plan | windows "
          "| vs same E, no budget | vs E = 1 |"),
@@ -176,10 +182,13 @@ def main(argv: list[str] | None = None) -> dict:
         work = Path(folder)
         video = write_synthetic_mp4(work / "clip.mp4", args.frames, tuple(manifest.size),
                                     args.seed)  # fmt: skip
-        for name in backends:
-            for expressions, budget in ((1, "off"), (args.expressions, "off"),
-                                        (args.expressions, args.budget)):  # fmt: skip
-                rows.append(run_row(args, video, work, name, expressions, budget))
+        # The rows run the command in spawned children (``segment_child``), which start with
+        # the malloc tunable ``python -m runtime`` restarts itself with (runtime.allocator).
+        with huge_pages_in_children():
+            for name in backends:
+                for expressions, budget in ((1, "off"), (args.expressions, "off"),
+                                            (args.expressions, args.budget)):  # fmt: skip
+                    rows.append(run_row(args, video, work, name, expressions, budget))
     results = {
         **run_record("benchmarks/budget.py", argv),
         "bundle": args.bundle,

@@ -7,8 +7,8 @@ frees between phases.
 - ``huge_page_environment``: an environment in which glibc's malloc asks the kernel for
   transparent huge pages (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``). glibc reads it when a
   process starts, so ``python -m runtime`` restarts itself with it
-  (``restart_with_huge_pages``) and ``benchmarks/memory.py`` sets it for the children it
-  measures in (``huge_pages_in_children``).
+  (``restart_with_huge_pages``), and ``benchmarks/memory.py`` and ``benchmarks/budget.py``
+  set it for the children they measure in (``huge_pages_in_children``).
 
 Why huge pages: without an arena every large tensor is fresh memory, and touching fresh memory
 costs a page fault per 4 KiB page. On the AMD EPYC virtual machine the benchmarks ran on, whose

@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         args.recalibrate = False
         for graph in ("video", *SPLIT_GRAPHS):
-            if target not in manifest.data["graphs"].get(graph, {}).get("variants", {}):
+            if graph not in manifest.graphs or target not in manifest.precisions(graph):
                 continue
             entry = manifest.variant(graph, target)
             result = entry["agreement_vs_fp32"]

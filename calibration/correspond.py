@@ -42,6 +42,9 @@ _SMALL = 16  # integer initializers up to this many entries are evaluated as val
 _NONE = b"-"  # the digest of an omitted optional input
 
 Value = tuple  # the entries of a small integer tensor: int, a symbolic dim (str) or None
+_ARITHMETIC = {"Mul": lambda a, b: a * b, "Add": lambda a, b: a + b,
+               "Sub": lambda a, b: a - b, "Div": lambda a, b: a // b,
+               "Mod": lambda a, b: a % b}  # fmt: skip
 
 
 def _digest(*parts) -> bytes:
@@ -112,17 +115,14 @@ def _evaluate(node, values: dict[str, Value], annotations: dict) -> Value | None
         if all(isinstance(x, int) for x in (start, end, step)):
             return tuple(inputs[0][start:end:step])
         return None
-    arithmetic = {"Mul": lambda a, b: a * b, "Add": lambda a, b: a + b,
-                  "Sub": lambda a, b: a - b, "Div": lambda a, b: a // b,
-                  "Mod": lambda a, b: a % b}  # fmt: skip
-    if op in arithmetic and len(inputs) == 2 and all(v is not None for v in inputs):
+    if op in _ARITHMETIC and len(inputs) == 2 and all(v is not None for v in inputs):
         a, b = inputs
         size = max(len(a), len(b))
         if len(a) not in (1, size) or len(b) not in (1, size):
             return None
         a, b = (v * size if len(v) == 1 else v for v in (a, b))
         return tuple(
-            arithmetic[op](x, y) if isinstance(x, int) and isinstance(y, int) and (
+            _ARITHMETIC[op](x, y) if isinstance(x, int) and isinstance(y, int) and (
                 op not in ("Div", "Mod") or y != 0) else None
             for x, y in zip(a, b)
         )  # fmt: skip
@@ -182,24 +182,17 @@ def tensor_digests(model: onnx.ModelProto, root: str | Path,
     return digests
 
 
-def by_digest(digests: dict[str, bytes], names: Iterable[str] | None = None) -> dict[bytes, str]:
-    """One tensor name per digest (the first in ``names`` order; equal digests are equal
-    values, so any of them stands for the others)."""
-    found: dict[bytes, str] = {}
-    for name in names if names is not None else digests:
-        found.setdefault(digests[name], name)
-    return found
-
-
 def split_correspondence(
     whole: onnx.ModelProto, encoder: onnx.ModelProto, decoder: onnx.ModelProto, root: str | Path
 ) -> dict[str, dict[str, str]]:
     """For ``video_encoder`` and ``video_decoder``: each of its tensors -> the video graph's
     tensor of the same value (those the video graph has; the others are left out)."""
-    whole_digests = tensor_digests(whole, root)
-    names = [t.name for t in whole.graph.initializer] + [i.name for i in whole.graph.input]
-    names += [name for node in whole.graph.node for name in node.output]
-    lookup = by_digest(whole_digests, names)
+    # One video-graph tensor per digest: equal digests are equal values, so any stands for
+    # the others.
+    lookup: dict[bytes, str] = {}
+    for name, digest in tensor_digests(whole, root).items():
+        if name:
+            lookup.setdefault(digest, name)
     encoder_digests = tensor_digests(encoder, root)
     seeds = {output.name: encoder_digests[output.name] for output in encoder.graph.output}
     decoder_digests = tensor_digests(decoder, root, seeds)

@@ -10,6 +10,7 @@ the largest mask-logit difference). J&F against the ground truth is ``benchmarks
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import shutil
@@ -99,7 +100,8 @@ def outputs_child(connection: Any, bundle: str, clips: str, runtime: str, precis
         graphs = SPLIT_GRAPHS if split else ("video",)
         load_s, names, arrays = 0.0, [], {}
         seconds = [0.0] * len(held_out)
-        staged.mkdir(exist_ok=True)
+        if split:
+            staged.mkdir(exist_ok=True)
         for phase, graph in enumerate(graphs):
             started = time.perf_counter()
             backend = load_backend(manifest, graph, runtime, precision, threads=threads,
@@ -287,8 +289,7 @@ def _check_agreement(manifest: Manifest, data, split: str, clips: int, seed: int
         del held_out
         reference = outputs_in_child(manifest.root, work / "clips", engine, "fp32", threads,
                                      work / "fp32.npz")  # fmt: skip
-        for parts, target in [(parts, t) for t in targets for parts in (False, True)
-                              if split_graph or not parts]:  # fmt: skip
+        for target, parts in itertools.product(targets, (False, True) if split_graph else (False,)):
             started = time.perf_counter()
             outputs = outputs_in_child(manifest.root, work / "clips", engine, target, threads,
                                        work / f"{target}.npz", parts)  # fmt: skip

@@ -115,7 +115,7 @@ def plan_build(manifest: Manifest, graph: str, precision: str, tensorrt_major: i
     if (
         precision == INT8_TENSORRT
         and graph in SPLIT_GRAPHS
-        and (precision not in manifest.precisions(graph))
+        and precision not in manifest.precisions(graph)
     ):
         raise BundleError(
             f"{graph} has no INT8 variant: calibrate the bundle (calibration/calibrate.py "

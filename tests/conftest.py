@@ -95,6 +95,18 @@ def calibrated_copy(bundle: Path, data: Path, tmp_path_factory) -> Path:
     return copy
 
 
+def video_feeds(manifest, expressions: int):
+    """5 random frames for the video graphs, and the text inputs of ``expressions``
+    expressions: ``text_features`` from the bundle's own text graph, ``attention_mask``."""
+    from benchmarks.workload import make_feeds
+    from runtime.backends import load_backend
+
+    feeds = make_feeds(manifest, 5, expressions, 8)
+    text = load_backend(manifest, "text_encoder", "onnxruntime").infer(
+        {k: feeds[k] for k in ("input_ids", "attention_mask")})["text_features"]  # fmt: skip
+    return feeds["frames"], {"text_features": text, "attention_mask": feeds["attention_mask"]}
+
+
 @pytest.fixture(scope="session")
 def make_synthetic(tmp_path_factory):
     """The one builder of synthetic referring-video sets for the tests: ``make(videos, frames,

@@ -15,6 +15,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import video_feeds
 
 from runtime.budget import (
     MemoryBudgetError,
@@ -222,7 +223,6 @@ def test_a_budget_that_cannot_be_met_names_the_least_that_can():
 def test_the_split_graph_is_the_video_graph(paper_bundle):
     """video_decoder(video_encoder(frames), text) = video(frames, text) in onnxruntime, and the
     export checked both parts against PyTorch like every graph."""
-    from benchmarks.workload import make_feeds
     from runtime.backends import load_backend
 
     manifest = Manifest.load(paper_bundle)
@@ -231,13 +231,10 @@ def test_the_split_graph_is_the_video_graph(paper_bundle):
         parity = manifest.variant(graph, "fp32")["parity"]
         assert parity["max_abs_error"]["pred_masks" if graph == "video_decoder" else "level0"] \
             < 1e-3, parity  # fmt: skip
-    feeds = make_feeds(manifest, 5, 3, 8)
-    text = load_backend(manifest, "text_encoder", "onnxruntime").infer(
-        {k: feeds[k] for k in ("input_ids", "attention_mask")})["text_features"]  # fmt: skip
-    words = {"text_features": text, "attention_mask": feeds["attention_mask"]}
-    video = load_backend(manifest, "video", "onnxruntime").infer({"frames": feeds["frames"]} | words)
+    frames, words = video_feeds(manifest, 3)
+    video = load_backend(manifest, "video", "onnxruntime").infer({"frames": frames} | words)
     levels = load_backend(manifest, "video_encoder", "onnxruntime").infer(
-        {"frames": feeds["frames"]})  # fmt: skip
+        {"frames": frames})  # fmt: skip
     assert list(levels) == ["level0", "level1", "level2", "level3"]
     decoder = load_backend(manifest, "video_decoder", "onnxruntime")
     split = decoder.infer(levels | words)
@@ -280,16 +277,12 @@ def test_bounded_onnxruntime_keeps_an_arena_only_within_decoder_runs(paper_bundl
     """With cpu_arena off (a budget's onnxruntime) no session reuses buffers or lays out a
     memory pattern; the per-expression graph alone keeps an arena and gives it back after each
     run, and two runs in a row give the arena's masks."""
-    from benchmarks.workload import make_feeds
     from runtime.backends import load_backend
 
     manifest = Manifest.load(paper_bundle)
-    feeds = make_feeds(manifest, 5, 2, 8)
-    text = load_backend(manifest, "text_encoder", "onnxruntime").infer(
-        {k: feeds[k] for k in ("input_ids", "attention_mask")})["text_features"]  # fmt: skip
-    words = {"text_features": text, "attention_mask": feeds["attention_mask"]}
+    frames, words = video_feeds(manifest, 2)
     levels = load_backend(manifest, "video_encoder", "onnxruntime", cpu_arena=False).infer(
-        {"frames": feeds["frames"]})  # fmt: skip
+        {"frames": frames})  # fmt: skip
     reference = load_backend(manifest, "video_decoder", "onnxruntime").infer(levels | words)
     for graph, arena in (("video_encoder", False), ("video_decoder", True), ("video", False)):
         backend = load_backend(manifest, graph, "onnxruntime", cpu_arena=False)

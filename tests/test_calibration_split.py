@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from conftest import video_feeds
 from onnxruntime.quantization.calibrate import load_tensors_data
 
 from calibration.correspond import split_correspondence, translate_ranges
@@ -94,14 +95,10 @@ def test_int8_split_graph_computes_the_int8_video_graph(paper_int8):
     """Calibration quantized both parts (for both targets) with the video graph's scales, so
     encoder then decoder give the INT8 video graph's outputs; the manifest says where their
     ranges came from and how they agree with FP32."""
-    from benchmarks.workload import make_feeds
 
     manifest = Manifest.load(paper_int8)
     assert set(manifest.split_precisions()) >= {"int8-tensorrt", "int8-cpu"}
-    feeds = make_feeds(manifest, 5, 2, 8)
-    text = load_backend(manifest, "text_encoder", "onnxruntime").infer(
-        {k: feeds[k] for k in ("input_ids", "attention_mask")})["text_features"]  # fmt: skip
-    words = {"text_features": text, "attention_mask": feeds["attention_mask"]}
+    frames, words = video_feeds(manifest, 2)
     for precision in ("int8-cpu", "int8-tensorrt"):
         entry = manifest.variant("video_decoder", precision)
         assert entry["calibration"]["ranges_from"] == "video"
@@ -110,9 +107,9 @@ def test_int8_split_graph_computes_the_int8_video_graph(paper_int8):
         assert 0.0 <= entry["agreement_vs_fp32"]["mask_iou"] <= 1.0
         assert entry["agreement_vs_fp32"]["graphs"] == list(SPLIT_GRAPHS)
         video = load_backend(manifest, "video", "onnxruntime", precision).infer(
-            {"frames": feeds["frames"]} | words)  # fmt: skip
+            {"frames": frames} | words)  # fmt: skip
         levels = load_backend(manifest, "video_encoder", "onnxruntime", precision).infer(
-            {"frames": feeds["frames"]})  # fmt: skip
+            {"frames": frames})  # fmt: skip
         split = load_backend(manifest, "video_decoder", "onnxruntime", precision).infer(
             levels | words)  # fmt: skip
         np.testing.assert_allclose(split["pred_logits"], video["pred_logits"], atol=0.05)

@@ -139,8 +139,8 @@ def predictor_point_child(connection: Any, bundle: str, runtime: str, precision:
     """One memory point as the runtime makes it, in this (spawned) process: an
     ``RVOSPredictor`` of the row's backend segments ``frames`` random frames at the bundle's
     size for ``expressions`` expressions in one window with ``mode``'s graphs ("video", or
-    "split": every expression in one ``video_decoder`` call), twice on OpenVINO
-    (``point_body``). No torch here: what a budget measures is the runtime's process."""
+    "split": every expression in one ``video_decoder`` call), twice on OpenVINO and in
+    onnxruntime's shared arena (``point_body``). No torch here: what a budget measures is the runtime's process."""
 
     def load():
         import numpy as np
@@ -164,7 +164,9 @@ def predictor_point_child(connection: Any, bundle: str, runtime: str, precision:
         def call():
             predictor.segment(clip, texts, window=frames, plan=plan)
 
-        return call, runtime == "openvino"
+        # Twice on OpenVINO (it compiles in the first call) and in onnxruntime's shared arena
+        # (what one run leaves in it adds to the next run's peak).
+        return call, runtime == "openvino" or options.get("cpu_arena") == "shared"
 
     point_body(connection, load)
 

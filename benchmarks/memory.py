@@ -21,7 +21,10 @@ failed (``--keep-going`` runs them anyway).
 bundle exported with ``--split``) beside the one graph. ``--record`` fits each backend's and
 mode's memory model (``runtime.budget.MemoryModel``) to its points and keeps it in the bundle's
 manifest, where a memory budget (``RVOSPredictor(memory_budget=...)``, ``--memory-budget``)
-reads it; onnxruntime rows are best recorded with ``--ort-arena off``, as a budget runs them.
+reads it; onnxruntime rows are recorded with ``--ort-arena off`` or ``shared``, its bounded
+modes, and a budget then runs onnxruntime as recorded (``runtime.budget.measured_arena``). With
+``shared`` each point makes its call twice, as on OpenVINO: the shared arena keeps what a run
+still held at its end, and the peak over two calls counts it.
 
 Results go to ``benchmarks/results/<machine>/memory-<tag>.{json,md,png}``: a table, and a
 figure of peak RSS against T (at the smallest E) and against E (at the largest T). The
@@ -40,6 +43,7 @@ from benchmarks.machine import cpu_line, machine_info, run_record
 from benchmarks.report import save_results
 from benchmarks.rows import BACKENDS
 from runtime.allocator import huge_pages_in_children
+from runtime.backends.ort import ARENA_SETTINGS
 from runtime.child import ChildDied, run_in_child
 
 log = logging.getLogger(__name__)
@@ -55,8 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--modes", nargs="+", default=["video"], choices=("video", "split"),
                         help="the one video graph, and/or its two parts (a --split bundle)")  # fmt: skip
-    parser.add_argument("--ort-arena", default="on", choices=("on", "off"),
-                        help="onnxruntime's CPU memory arena (a memory budget runs it off)")  # fmt: skip
+    parser.add_argument("--ort-arena", default="on", choices=tuple(ARENA_SETTINGS),
+                        help="onnxruntime's CPU memory arena: off or shared are the bounded "
+                             "modes a memory budget runs, as recorded")  # fmt: skip
     parser.add_argument("--record", action="store_true",
                         help="fit and keep each backend's memory model in the bundle's manifest")  # fmt: skip
     parser.add_argument("--keep-going", action="store_true",
@@ -103,7 +108,7 @@ def _point_child(connection: Any, bundle: str, name: str, frames: int, expressio
 def sweep(args: argparse.Namespace, backends: list[str], text_length: int) -> list[dict]:
     points = []
     calls = sorted((t * e, t, e) for t in args.frames for e in args.expressions)
-    options = {"cpu_arena": args.ort_arena == "on"}
+    options = {"cpu_arena": ARENA_SETTINGS[args.ort_arena]}
     for name, mode in ((n, m) for n in backends for m in args.modes):
         stopped = None
         for _, frames, expressions in calls:

@@ -17,7 +17,9 @@ the peak, step: on paper-swin-t at 360x640 in onnxruntime without its arena, T =
 peak at 6.62, 6.95 and 9.33 GiB. A model linear in T would refuse T = 16 under a budget that
 T = 12 fits. For other backbones ``P(T) = T`` (``frame_step`` 1). The fit is kept in the
 bundle's manifest under ``memory``, keyed by
-``<runtime>/<precision>`` (``memory_key``).
+``<runtime>/<precision>`` (``memory_key``), with how they were measured: for onnxruntime that
+includes its allocation (no arena, or one shared arena), which a budget then runs
+(``measured_arena``).
 
 The modes are the two ways to run the video graph:
 
@@ -263,6 +265,17 @@ def memory_models(manifest, runtime: str, precision: str) -> dict[str, MemoryMod
     """The bundle's measured models for one backend, by mode (empty when none was recorded)."""
     entry = manifest.data.get("memory", {}).get(memory_key(runtime, precision), {})
     return {mode: MemoryModel.from_dict(entry[mode]) for mode in MODES if mode in entry}
+
+
+def measured_arena(manifest, precision: str) -> bool | str:
+    """How onnxruntime allocated when its memory models at ``precision`` were measured
+    (``benchmarks/memory.py --ort-arena``, kept under ``measured``): True, False or "shared"
+    (``runtime.backends.ort.ARENA_SETTINGS``), so that a budget runs it that way. Records
+    that name none were measured without the arena, the only bounded mode then."""
+    from .backends.ort import check_arena
+
+    entry = manifest.data.get("memory", {}).get(memory_key("onnxruntime", precision), {})
+    return check_arena(entry.get("measured", {}).get("setting", {}).get("ort_arena", "off"))
 
 
 def record_memory_models(manifest, runtime: str, precision: str,

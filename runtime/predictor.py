@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import load_backend
-from .budget import Plan, frame_step, memory_models, parse_memory, plan_calls
+from .budget import Plan, frame_step, measured_arena, memory_models, parse_memory, plan_calls
 from .budget import default_budget as default_memory_budget
 from .expressions import check_expressions, shorten
 from .manifest import Manifest
@@ -104,12 +104,13 @@ class RVOSPredictor:
         memory_budget: int | str | None = "auto",
         **backend_options,
     ) -> None:
+        text_options = dict(backend_options)
         if memory_budget is not None and memory_budget != "auto":
             memory_budget = parse_memory(memory_budget)  # a bad size fails before any loading
             if str(backend).lower() in ("onnxruntime", "ort"):
-                # onnxruntime's arena keeps the peak of the largest call: 21 GB against 9.7 GB
-                # without it for paper-swin-t at 19 frames. The measurements assume it off.
-                backend_options.setdefault("cpu_arena", False)
+                # onnxruntime's arena keeps the peak of the largest call until the session
+                # closes; the video graphs run as their memory was measured (``prepare``).
+                text_options.setdefault("cpu_arena", False)
         self.memory_budget = memory_budget
         self.manifest = bundle if isinstance(bundle, Manifest) else Manifest.load(bundle, verify)
         pre = self.manifest.preprocessing
@@ -125,7 +126,7 @@ class RVOSPredictor:
             same = precision in self.manifest.precisions("text_encoder")
             text_precision = precision if same or precision in RUNTIME_PRECISIONS else "fp32"
         self.text_backend = text_backend if text_backend is not None else load_backend(
-            self.manifest, "text_encoder", backend, text_precision, **backend_options
+            self.manifest, "text_encoder", backend, text_precision, **text_options
         )
         self.precision = precision
         self._load = (backend, precision, backend_options)
@@ -162,13 +163,19 @@ class RVOSPredictor:
             return self._split[0].name
         return self.video_backend.name
 
+    def _runtime(self) -> str | None:
+        """The runtime "auto" chose (``runtime.budget.memory_key``): the loaded video graph's,
+        else the text graph's (loaded by the same choice), so nothing is loaded to find it
+        out; None for a backend the caller built."""
+        loaded = self._split[0] if self._split is not None else self._video
+        return getattr(loaded if loaded is not None else self.text_backend, "runtime", None)
+
     def _memory_models(self) -> dict:
         """The bundle's memory models for this backend (``runtime.budget``); the split mode
         only where the bundle has both split graphs in the precision's variant."""
         # The runtime "auto" chose: the loaded video graph's, else the text graph's (loaded
         # by the same choice), so nothing is loaded to find it out.
-        loaded = self._split[0] if self._split is not None else self._video
-        runtime = getattr(loaded if loaded is not None else self.text_backend, "runtime", None)
+        runtime = self._runtime()
         if runtime is None:  # a backend the caller built: nothing was measured for it
             return {}
         models = memory_models(self.manifest, runtime, self.precision)
@@ -212,6 +219,11 @@ class RVOSPredictor:
         loading out of a timed run."""
         mode = plan.mode if plan is not None else "video"
         backend, precision, options = self._load
+        budgeted = self.memory_budget is not None and self._memory_models()
+        if budgeted and "cpu_arena" not in options and self._runtime() == "onnxruntime":
+            # Under a budget onnxruntime allocates as its memory was measured: without an
+            # arena, or from one shared arena shrunk after each run (``measured_arena``).
+            options = options | {"cpu_arena": measured_arena(self.manifest, self.precision)}
         if mode == "split" and self._split is None:
             if self._video is not None:
                 self._video.close()

@@ -56,6 +56,49 @@ _OPTIMIZATION_LEVELS = {
 }
 
 
+# The command line's names for ``OnnxRuntimeBackend(cpu_arena=...)`` (benchmarks/memory.py's
+# --ort-arena, the setting a bundle's memory models record).
+ARENA_SETTINGS = {"on": True, "off": False, "shared": "shared"}
+# The shared arena grows by what is asked (onnxruntime's kSameAsRequested), where its default
+# doubles: a power-of-two arena held 11.65 GiB for paper-swin-t's INT8 video graph at T 19,
+# E 4, against 5.29 GiB without an arena (docs/benchmarks.md, "Memory budget").
+SHARED_ARENA_CONFIG = {"arena_extend_strategy": 1}
+
+
+def check_arena(setting: bool | str) -> bool | str:
+    """``setting`` as ``OnnxRuntimeBackend`` takes it (True, False or "shared"), from either
+    form of ``ARENA_SETTINGS``; ValueError naming both forms otherwise."""
+    if isinstance(setting, str) and setting in ARENA_SETTINGS:
+        return ARENA_SETTINGS[setting]
+    if setting in ARENA_SETTINGS.values() and type(setting) in (bool, str):
+        return setting
+    raise ValueError(
+        f"cpu_arena {setting!r} is not one of True, False, 'shared' (or "
+        f"{', '.join(repr(k) for k in ARENA_SETTINGS)})"
+    )
+
+
+def arena_name(setting: bool | str) -> str:
+    """The command line's name of an arena setting ("on", "off", "shared")."""
+    setting = check_arena(setting)
+    return next(name for name, value in ARENA_SETTINGS.items() if value == setting)
+
+
+_SHARED: list[Any] = []  # the registered arena's config, once per process
+
+
+def shared_arena(ort: Any) -> None:
+    """Register the process's shared CPU arena with onnxruntime's environment, once: sessions
+    created with ``session.use_env_allocators`` take their CPU tensors from it."""
+    if _SHARED:
+        return
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
+                             ort.OrtMemType.DEFAULT)  # fmt: skip
+    config = ort.OrtArenaCfg(dict(SHARED_ARENA_CONFIG))
+    ort.create_and_register_allocator(info, config)
+    _SHARED.append(config)  # onnxruntime's environment keeps the allocator; this, the config
+
+
 def import_onnxruntime() -> Any:
     """``import onnxruntime``, or BackendUnavailable saying which package to install."""
     return import_package(
@@ -219,10 +262,12 @@ class OnnxRuntimeBackend(BaseBackend):
         allow_spinning: let idle intra-op threads spin-wait after a run (onnxruntime's
             default). Off here: the runtime alternates two sessions (text, then video) and
             spinning threads of one slowed the other by up to 2x on a 2-core CPU.
-        cpu_arena: onnxruntime's CPU memory arena (its default). An arena keeps the peak of
-            the largest run until the session closes: near 21 GB for paper-swin-t's video
-            graph at 360x640 and 19 frames. Off is the bounded-memory mode a memory budget
-            runs (docs/deployment.md, "Memory budget"):
+        cpu_arena: onnxruntime's CPU memory arena: True (its default), False or "shared"
+            (``ARENA_SETTINGS`` maps the command line's "on", "off" and "shared" to these). An
+            arena keeps the peak of the largest run until the session closes: near 21 GB for
+            paper-swin-t's video graph at 360x640 and 19 frames. False and "shared" are the
+            bounded-memory modes a memory budget runs (docs/deployment.md, "Memory budget"),
+            in both of which:
 
             - tensors are freed as the run goes, and onnxruntime's memory pattern is off: from
               the second run at the same shapes it allocates one block laid out by the first
@@ -232,12 +277,21 @@ class OnnxRuntimeBackend(BaseBackend):
               later tensor of the same size, so every stage-1 attention map stayed allocated
               until the next block (paper-swin-t's encoder at T 19: 8.85 GiB peak with reuse,
               4.40 GiB without, the same time);
-            - the per-expression graph (``video_decoder``), run once per expression group,
-              keeps an arena within each run and gives it back at the run's end (arena
-              shrinkage): without one it spent about half its time faulting in fresh pages
-              (the split graphs at T 19, E 4: 106.8 s without, 60.2 s with, at 7.37 GiB);
             - glibc's mmap threshold is fixed for the process
               (``runtime.allocator.release_freed_memory``).
+
+            False: no arena, every tensor is malloc'd, except in the per-expression graph
+            (``video_decoder``, run once per expression group), which keeps an arena within
+            each run and gives it back at the run's end (arena shrinkage): without one it spent
+            about half its time faulting in fresh pages (the split graphs at T 19, E 4: 106.8 s
+            without, 60.2 s with, at 7.37 GiB).
+
+            "shared": every such session of the process takes its tensors from one arena
+            (``shared_arena``) that grows by what is asked, not to the next power of two, and
+            is shrunk at the end of each run, so freed tensors are reused within a run instead
+            of mapped afresh. Faster where fresh memory is dear, at a higher peak: paper-swin-t
+            INT8 (CPU form), split graphs at T 19, E 2 + 2, 36.5 s at 6.63 GiB against 47-54 s
+            at 4.86-5.28 GiB (docs/benchmarks.md, "Memory budget").
 
     Raises:
         BackendUnavailable: onnxruntime is missing, a requested provider is not available
@@ -261,7 +315,7 @@ class OnnxRuntimeBackend(BaseBackend):
         profile_dir: str | Path | None = None,
         device_id: int = 0,
         allow_spinning: bool = False,
-        cpu_arena: bool = True,
+        cpu_arena: bool | str = True,
     ) -> None:
         ort = import_onnxruntime()
         super().__init__(manifest, graph, precision)
@@ -281,17 +335,24 @@ class OnnxRuntimeBackend(BaseBackend):
         if threads is not None:
             options.intra_op_num_threads = int(threads)
         options.graph_optimization_level = _optimization_level(ort, graph_optimization_level)
-        # Bounded memory (cpu_arena off): no memory pattern, no buffer reuse, and an arena
-        # only within each run of the per-expression graph (docstring).
-        shrink_each_run = not cpu_arena and graph == PER_EXPRESSION_GRAPH
-        options.enable_cpu_mem_arena = bool(cpu_arena) or shrink_each_run
-        options.enable_mem_pattern = bool(cpu_arena)
-        options.enable_mem_reuse = bool(cpu_arena)
+        # Bounded memory (cpu_arena False or "shared"): no memory pattern, no buffer reuse, and
+        # an arena only within each run: the per-expression graph's own (False), or the
+        # process's shared one ("shared"; docstring).
+        self.cpu_arena = check_arena(cpu_arena)
+        bounded = self.cpu_arena is not True
+        shared = self.cpu_arena == "shared"
+        shrink_each_run = shared or (bounded and graph == PER_EXPRESSION_GRAPH)
+        options.enable_cpu_mem_arena = not bounded or shrink_each_run
+        options.enable_mem_pattern = not bounded
+        options.enable_mem_reuse = not bounded
+        if shared:
+            shared_arena(ort)
+            options.add_session_config_entry("session.use_env_allocators", "1")
         self._run_options = None
         if shrink_each_run:
             self._run_options = ort.RunOptions()
             self._run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
-        if not cpu_arena:
+        if bounded:
             from ..allocator import release_freed_memory
 
             release_freed_memory()  # tensors are malloc'd: give freed ones back (its docstring)

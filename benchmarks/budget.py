@@ -20,6 +20,11 @@ unbudgeted ones, compiles excluded, the ratios the targets name (docs/benchmarks
 budget"). The budget needs the bundle's memory models
 (``benchmarks/memory.py --record``) for each backend.
 
+``--repeat N`` runs the rows N times, round after round (so that a slow spell of the machine
+falls on every row alike), and reports each row by its median run, with the highest peak and
+every run's seconds: on a virtual machine whose host takes freed memory back, the same command
+took 40 to 59 s in one session.
+
 Results go to ``benchmarks/results/<machine>/budget-<tag>.{json,md}``; the markdown is printed.
 """
 
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -62,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", default="8GB", help="the --memory-budget of the third run")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs of each row, in rounds; each row is reported by its median")  # fmt: skip
     parser.add_argument("--out", default=None, help="default: benchmarks/results/<machine>")
     parser.add_argument("--tag", default=None, help="default: the bundle's folder name")
     return parser.parse_args(argv)
@@ -72,6 +80,8 @@ def check_args(args: argparse.Namespace, manifest) -> list[str]:
     from runtime.budget import parse_memory
 
     parse_memory(args.budget)
+    if args.repeat < 1:
+        raise ValueError(f"--repeat must be at least 1, got {args.repeat}")
     if not 1 <= args.expressions <= len(TEXTS):
         raise ValueError(f"--expressions must be in [1, {len(TEXTS)}], got {args.expressions}")
     low, high = manifest.profiles["T"]["min"], manifest.profiles["T"]["max"]
@@ -86,9 +96,9 @@ def check_args(args: argparse.Namespace, manifest) -> list[str]:
 
 
 def run_row(args: argparse.Namespace, video: Path, work: Path, name: str, expressions: int,
-            budget: str) -> dict:  # fmt: skip
+            budget: str, attempt: int = 0) -> dict:  # fmt: skip
     spec = BACKENDS[name]
-    out = work / f"{name}-{expressions}-{budget}"
+    out = work / f"{name}-{expressions}-{budget}-{attempt}"
     argv = ["segment", "--bundle", args.bundle, "--video", str(video), "--out", str(out),
             "--backend", spec.runtime, "--precision", spec.precision, "--window",
             str(args.frames), "--threads", str(args.threads), "--memory-budget", budget,
@@ -115,6 +125,26 @@ def run_row(args: argparse.Namespace, video: Path, work: Path, name: str, expres
     return row
 
 
+def _work_ms(run: dict) -> float:
+    """A run's segment milliseconds without its compiles for new shapes."""
+    return run["segment_ms"] - run.get("compile_ms", 0.0)
+
+
+def median_row(runs: list[dict]) -> dict:
+    """One row from its repeated runs: the run of median time (compiles left out; the lower of
+    the two middle ones for an even count), with the highest peak of all and every run's
+    seconds and peak under ``runs``; a row with a failed run is reported by that run."""
+    failed = [run for run in runs if run.get("exit_code") != 0 or "segment_ms" not in run]
+    if failed:
+        return failed[0]
+    middle = statistics.median_low(_work_ms(run) for run in runs)
+    row = dict(next(run for run in runs if _work_ms(run) == middle))
+    row["peak_rss_mb"] = max(run["peak_rss_mb"] for run in runs)
+    row["runs"] = [{key: run.get(key) for key in ("segment_ms", "compile_ms", "peak_rss_mb",
+                                                   "settled_s")} for run in runs]  # fmt: skip
+    return row
+
+
 def format_markdown(results: dict) -> str:
     machine = results["machine"]
     setting = results["setting"]
@@ -128,19 +158,22 @@ def format_markdown(results: dict) -> str:
          "compiling for new input shapes (OpenVINO); the ratios leave the compiles out. "
          "malloc with transparent huge pages in "
          f"{sum(bool(r.get('malloc_huge_pages')) for r in results['rows'])} of "
-         f"{len(results['rows'])} runs (`runtime.allocator`); each run started once the "
-         "machine had handed the previous run's freed memory back (`settled_s`)."),
+         f"{len(results['rows'])} rows (`runtime.allocator`); each run started once the "
+         "machine had handed the previous run's freed memory back (`settled_s`)."
+         + (f" Each row is the median of {setting['repeat']} runs made in rounds (its peak "
+            "the highest); every run's seconds, compiles left out, in the last column."
+            if setting.get("repeat", 1) > 1 else "")),
         "",
         ("| backend | E | budget | peak RSS GiB | segment s | of it compile s | plan | windows "
-         "| vs same E, no budget | vs E = 1 |"),
-        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|",
+         "| vs same E, no budget | vs E = 1 | runs s |"),
+        "|---|---:|---|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     rows = results["rows"]
     for row in rows:
         head = f"| {row['backend']} | {row['expressions']} | {row['budget']} |"
         if row.get("exit_code") != 0 or "segment_ms" not in row:
             reason = row.get("error", f"exit code {row.get('exit_code')}")
-            lines.append(f"{head} – | – | – | {reason} | – | – | – |")
+            lines.append(f"{head} – | – | – | {reason} | – | – | – | – |")
             continue
         plan = row.get("plan")
         plan_text = (f"{plan['mode']}, T {plan['window']}, {plan['expression_group']} per call"
@@ -151,7 +184,9 @@ def format_markdown(results: dict) -> str:
         work = seconds - compiling
         lines.append(f"{head} {row['peak_rss_mb'] / 1024:.2f} | {seconds:.1f} | {compiling:.1f} | "
                      f"{plan_text} | {row['windows']} | {_ratio(work, same)} | "
-                     f"{_ratio(work, single)} |")  # fmt: skip
+                     f"{_ratio(work, single)} | "
+                     + ", ".join(f"{_work_ms(run) / 1e3:.1f}" for run in row.get("runs", [row]))
+                     + " |")  # fmt: skip
     lines += ["", f"Command: `{results['command']}`", ""]
     return "\n".join(lines)
 
@@ -177,18 +212,21 @@ def main(argv: list[str] | None = None) -> dict:
 
     manifest = Manifest.load(args.bundle)
     backends = check_args(args, manifest)
-    rows = []
     with tempfile.TemporaryDirectory(prefix="proxyformer-budget-") as folder:
         work = Path(folder)
         video = write_synthetic_mp4(work / "clip.mp4", args.frames, tuple(manifest.size),
                                     args.seed)  # fmt: skip
         # The rows run the command in spawned children (``segment_child``), which start with
         # the malloc tunable ``python -m runtime`` restarts itself with (runtime.allocator).
-        with huge_pages_in_children():
-            for name in backends:
+        keys = [(name, expressions, budget) for name in backends
                 for expressions, budget in ((1, "off"), (args.expressions, "off"),
-                                            (args.expressions, args.budget)):  # fmt: skip
-                    rows.append(run_row(args, video, work, name, expressions, budget))
+                                            (args.expressions, args.budget))]  # fmt: skip
+        runs: dict[tuple, list[dict]] = {key: [] for key in keys}
+        with huge_pages_in_children():
+            for _ in range(args.repeat):  # rounds: a slow spell falls on every row alike
+                for key in keys:
+                    runs[key].append(run_row(args, video, work, *key, len(runs[key])))
+        rows = [median_row(runs[key]) for key in keys]
     results = {
         **run_record("benchmarks/budget.py", argv),
         "bundle": args.bundle,
@@ -197,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
             "expressions": args.expressions,
             "budget": args.budget,
             "threads": args.threads,
+            "repeat": args.repeat,
         },
         "rows": rows,
     }

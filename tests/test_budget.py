@@ -407,20 +407,37 @@ def test_engines_follow_the_split_graph(paper_bundle):
 @pytest.mark.slow
 def test_the_budget_benchmark_reports_each_run_with_its_compiles(measured_bundle, tmp_path):
     """benchmarks/budget.py runs the segment command three times per backend, each in a process
-    of its own, and reports peak memory, time, the part of it compiling new shapes (OpenVINO),
-    and the budget's plan."""
+    of its own, twice over with --repeat 2, and reports each row's median run: peak memory
+    (the highest), time, the part of it compiling new shapes (OpenVINO), and the budget's
+    plan."""
     from benchmarks.budget import main
 
     bundle, _ = measured_bundle
     results = main(["--bundle", str(bundle), "--backends", "ov", "--frames", "5",
                     "--expressions", "2", "--budget", "100GB", "--threads", "1",
-                    "--out", str(tmp_path)])  # fmt: skip
+                    "--repeat", "2", "--out", str(tmp_path)])  # fmt: skip
     rows = results["rows"]
     assert [(r["expressions"], r["budget"]) for r in rows] == [(1, "off"), (2, "off"),
                                                                (2, "100GB")]  # fmt: skip
     for row in rows:
         assert row["exit_code"] == 0, row
         assert row["peak_rss_mb"] > 0 and row["segment_ms"] > row["compile_ms"] > 0
+        assert len(row["runs"]) == 2 and row["segment_ms"] in [r["segment_ms"] for r in row["runs"]]
+        assert row["peak_rss_mb"] == max(r["peak_rss_mb"] for r in row["runs"])
     assert rows[0]["plan"] is None and rows[2]["plan"]["mode"] == "video"
     markdown = (tmp_path / "budget-bundle.md").read_text()
     assert "| of it compile s |" in markdown and "| ov | 2 | 100GB |" in markdown
+    assert "the median of 2 runs" in markdown
+
+
+def test_a_repeated_row_is_its_median_run_with_the_highest_peak():
+    from benchmarks.budget import median_row
+
+    runs = [{"exit_code": 0, "segment_ms": ms, "compile_ms": compiling, "peak_rss_mb": peak,
+             "plan": name} for ms, compiling, peak, name in
+            ((50e3, 0.0, 100, "a"), (45e3, 10e3, 300, "b"), (40e3, 0.0, 200, "c"))]  # fmt: skip
+    row = median_row(runs)  # 50, 35 and 40 s without compiles: the median is c's 40
+    assert (row["plan"], row["peak_rss_mb"], len(row["runs"])) == ("c", 300, 3)
+    assert median_row(runs[:2])["plan"] == "b"  # an even count: the lower middle
+    failed = {"exit_code": 1, "error": "killed"}
+    assert median_row([*runs, failed]) is failed

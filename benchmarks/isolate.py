@@ -140,7 +140,8 @@ def predictor_point_child(connection: Any, bundle: str, runtime: str, precision:
     ``RVOSPredictor`` of the row's backend segments ``frames`` random frames at the bundle's
     size for ``expressions`` expressions in one window with ``mode``'s graphs ("video", or
     "split": every expression in one ``video_decoder`` call), twice on OpenVINO and in
-    onnxruntime's shared arena (``point_body``). No torch here: what a budget measures is the runtime's process."""
+    onnxruntime's shared arena (``point_body``). No torch here: what a budget measures is the
+    runtime's process."""
 
     def load():
         import numpy as np

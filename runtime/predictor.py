@@ -173,8 +173,6 @@ class RVOSPredictor:
     def _memory_models(self) -> dict:
         """The bundle's memory models for this backend (``runtime.budget``); the split mode
         only where the bundle has both split graphs in the precision's variant."""
-        # The runtime "auto" chose: the loaded video graph's, else the text graph's (loaded
-        # by the same choice), so nothing is loaded to find it out.
         runtime = self._runtime()
         if runtime is None:  # a backend the caller built: nothing was measured for it
             return {}

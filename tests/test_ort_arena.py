@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import video_feeds
 
-from runtime.backends.ort import ARENA_SETTINGS, arena_name, check_arena
+from runtime.backends.ort import ARENA_SETTINGS, check_arena
 from runtime.budget import measured_arena
 from runtime.manifest import Manifest
 
@@ -19,7 +19,6 @@ from runtime.manifest import Manifest
 def test_arena_settings_are_read_in_both_forms_and_anything_else_is_refused():
     assert [check_arena(name) for name in ARENA_SETTINGS] == [True, False, "shared"]
     assert [check_arena(value) for value in (True, False, "shared")] == [True, False, "shared"]
-    assert [arena_name(value) for value in (True, False, "shared")] == ["on", "off", "shared"]
     for bad in ("bogus", 1, 0, None, "Shared"):
         with pytest.raises(ValueError, match=r"cpu_arena .* is not one of True, False, 'shared'"):
             check_arena(bad)

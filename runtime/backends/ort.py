@@ -78,12 +78,6 @@ def check_arena(setting: bool | str) -> bool | str:
     )
 
 
-def arena_name(setting: bool | str) -> str:
-    """The command line's name of an arena setting ("on", "off", "shared")."""
-    setting = check_arena(setting)
-    return next(name for name, value in ARENA_SETTINGS.items() if value == setting)
-
-
 _SHARED: list[Any] = []  # the registered arena's config, once per process
 
 
@@ -290,8 +284,9 @@ class OnnxRuntimeBackend(BaseBackend):
             (``shared_arena``) that grows by what is asked, not to the next power of two, and
             is shrunk at the end of each run, so freed tensors are reused within a run instead
             of mapped afresh. Faster where fresh memory is dear, at a higher peak: paper-swin-t
-            INT8 (CPU form), split graphs at T 19, E 2 + 2, 36.5 s at 6.63 GiB against 47-54 s
-            at 4.86-5.28 GiB (docs/benchmarks.md, "Memory budget").
+            INT8 (CPU form) at T 19, E 4, the one graph 29.9 s at 10.01 GiB against 50.7 s at
+            5.29 GiB without an arena, the split graphs 31.3 s at 8.47 GiB against 51.5 s at
+            9.40 GiB (docs/benchmarks.md, "Memory budget").
 
     Raises:
         BackendUnavailable: onnxruntime is missing, a requested provider is not available

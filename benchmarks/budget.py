@@ -197,7 +197,7 @@ def _seconds(rows: list[dict], backend: str, expressions: int, budget: str) -> f
         if (row["backend"], row["expressions"], row["budget"]) == (backend, expressions, budget):
             if "segment_ms" not in row:
                 return None
-            return (row["segment_ms"] - row.get("compile_ms", 0.0)) / 1e3
+            return _work_ms(row) / 1e3
     return None
 
 

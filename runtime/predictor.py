@@ -38,7 +38,7 @@ from .backends import load_backend
 from .budget import Plan, frame_step, measured_arena, memory_models, parse_memory, plan_calls
 from .budget import default_budget as default_memory_budget
 from .expressions import check_expressions, shorten
-from .manifest import Manifest
+from .manifest import SPLIT_GRAPHS, Manifest
 from .precisions import RUNTIME_PRECISIONS, RUNTIME_VARIANT
 from .results import TIMING_KEYS, Segmentation, TextEmbedding, WindowResult
 from .selection import chosen_tracks, select_queries
@@ -216,23 +216,27 @@ class RVOSPredictor:
         those: what the memory models measured. ``stream`` calls it; call it first to keep
         loading out of a timed run."""
         mode = plan.mode if plan is not None else "video"
-        backend, precision, options = self._load
-        budgeted = self.memory_budget is not None and self._memory_models()
-        if budgeted and "cpu_arena" not in options and self._runtime() == "onnxruntime":
-            # Under a budget onnxruntime allocates as its memory was measured: without an
-            # arena, or from one shared arena shrunk after each run (``measured_arena``).
-            options = options | {"cpu_arena": measured_arena(self.manifest, self.precision)}
         if mode == "split" and self._split is None:
             if self._video is not None:
                 self._video.close()
                 self._video = None
-            self._split = tuple(load_backend(self.manifest, graph, backend, precision, **options)
-                                for graph in ("video_encoder", "video_decoder"))  # fmt: skip
+            load = self._video_loader()
+            self._split = tuple(load(graph) for graph in SPLIT_GRAPHS)
         elif mode == "video" and self._video is None:
             for part in self._split or ():
                 part.close()
             self._split = None
-            self._video = load_backend(self.manifest, "video", backend, precision, **options)
+            self._video = self._video_loader()("video")
+
+    def _video_loader(self):
+        """``load(graph)`` for the video graphs, with the backend options the predictor was
+        given; under a budget onnxruntime allocates as its memory was measured: without an
+        arena, or from one shared arena shrunk after each run (``measured_arena``)."""
+        backend, precision, options = self._load
+        budgeted = self.memory_budget is not None and self._memory_models()
+        if budgeted and "cpu_arena" not in options and self._runtime() == "onnxruntime":
+            options = options | {"cpu_arena": measured_arena(self.manifest, self.precision)}
+        return lambda graph: load_backend(self.manifest, graph, backend, precision, **options)
 
     # -- text ----------------------------------------------------------------------------
 

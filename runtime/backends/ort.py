@@ -8,6 +8,7 @@ so that it does not shadow the ``onnxruntime`` package).
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.util
 import logging
 import mmap
@@ -68,29 +69,26 @@ SHARED_ARENA_CONFIG = {"arena_extend_strategy": 1}
 def check_arena(setting: bool | str) -> bool | str:
     """``setting`` as ``OnnxRuntimeBackend`` takes it (True, False or "shared"), from either
     form of ``ARENA_SETTINGS``; ValueError naming both forms otherwise."""
+    if isinstance(setting, bool):
+        return setting
     if isinstance(setting, str) and setting in ARENA_SETTINGS:
         return ARENA_SETTINGS[setting]
-    if setting in ARENA_SETTINGS.values() and type(setting) in (bool, str):
-        return setting
     raise ValueError(
         f"cpu_arena {setting!r} is not one of True, False, 'shared' (or "
         f"{', '.join(repr(k) for k in ARENA_SETTINGS)})"
     )
 
 
-_SHARED: list[Any] = []  # the registered arena's config, once per process
-
-
-def shared_arena(ort: Any) -> None:
-    """Register the process's shared CPU arena with onnxruntime's environment, once: sessions
-    created with ``session.use_env_allocators`` take their CPU tensors from it."""
-    if _SHARED:
-        return
+@functools.cache
+def shared_arena(ort: Any) -> Any:
+    """Register the process's shared CPU arena with onnxruntime's environment, once (the
+    cache): sessions created with ``session.use_env_allocators`` take their CPU tensors from
+    it. Returns its config, which the cache keeps alive."""
     info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0,
                              ort.OrtMemType.DEFAULT)  # fmt: skip
     config = ort.OrtArenaCfg(dict(SHARED_ARENA_CONFIG))
     ort.create_and_register_allocator(info, config)
-    _SHARED.append(config)  # onnxruntime's environment keeps the allocator; this, the config
+    return config
 
 
 def import_onnxruntime() -> Any:
